@@ -1,0 +1,235 @@
+//! Containers: one writable layer (upper + work) over an image's layers.
+
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::archive::beneath::open_or_create_dirs;
+use crate::digest::Digest;
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil::{self, StagingDir};
+use crate::layers::now_secs;
+use crate::mount::{self, MountApi, OverlaySpec};
+use crate::store::Store;
+use crate::volumes::VolumeMount;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub id: String,
+    pub name: String,
+    pub image: Digest,
+    /// The image's chain IDs, bottom first, fixed at create time.
+    pub layers: Vec<Digest>,
+    pub volumes: Vec<VolumeMount>,
+    pub volatile: bool,
+    /// Outstanding `strata mount`s; unmounted when it drops to zero.
+    pub mount_count: u32,
+    pub created: u64,
+}
+
+const RECORD: &str = "container.json";
+
+pub struct CreateOptions {
+    pub name: Option<String>,
+    pub volumes: Vec<VolumeMount>,
+    pub volatile: bool,
+}
+
+impl Store {
+    pub fn container_dir(&self, id: &str) -> PathBuf {
+        self.containers_dir().join(id)
+    }
+    pub fn upper_dir(&self, id: &str) -> PathBuf {
+        self.container_dir(id).join("upper")
+    }
+    pub fn merged_dir(&self, id: &str) -> PathBuf {
+        self.container_dir(id).join("merged")
+    }
+
+    pub fn containers(&self) -> Result<Vec<ContainerRecord>> {
+        let dir = self.containers_dir();
+        let mut out: Vec<ContainerRecord> = Vec::new();
+        for e in fs::read_dir(&dir).ctx(|| format!("reading {}", dir.display()))? {
+            let p = e.ctx(|| "reading containers".into())?.path().join(RECORD);
+            if p.exists() {
+                out.push(fsutil::read_json(&p)?);
+            }
+        }
+        out.sort_by(|a, b| a.created.cmp(&b.created).then(a.name.cmp(&b.name)));
+        Ok(out)
+    }
+
+    /// By exact name, or by unique ID prefix.
+    pub fn find_container(&self, reference: &str) -> Result<ContainerRecord> {
+        let all = self.containers()?;
+        if let Some(c) = all.iter().find(|c| c.name == reference || c.id == reference) {
+            return Ok(c.clone());
+        }
+        let matches: Vec<_> = all.iter().filter(|c| reference.len() >= 4 && c.id.starts_with(reference)).collect();
+        match matches.len() {
+            1 => Ok(matches[0].clone()),
+            0 => Err(Error::NotFound { kind: "container", name: reference.into() }),
+            n => Err(Error::Ambiguous { kind: "container", name: reference.into(), matches: n }),
+        }
+    }
+
+    fn save_container(&self, c: &ContainerRecord) -> Result<()> {
+        fsutil::write_json_atomic(&self.container_dir(&c.id).join(RECORD), c)
+    }
+
+    pub fn create_container(&self, image_ref: &str, opts: &CreateOptions) -> Result<ContainerRecord> {
+        let _lock = self.lock()?;
+        let image = self.find_image(image_ref)?;
+        for l in &image.layers {
+            self.require_layer(l)?;
+        }
+        if image.layers.len() > mount::MAX_LAYERS {
+            return Err(Error::TooManyLayers { count: image.layers.len(), limit: mount::MAX_LAYERS });
+        }
+        for v in &opts.volumes {
+            self.volume(&v.volume)?;
+        }
+        let id = fsutil::random_hex(32);
+        let name = opts.name.clone().unwrap_or_else(|| format!("strata-{}", &id[..12]));
+        if name.is_empty() || name.contains('/') || name.len() > 128 {
+            return Err(Error::Invalid(format!("container name {name:?}")));
+        }
+        if self.containers()?.iter().any(|c| c.name == name) {
+            return Err(Error::AlreadyExists(format!("container {name}")));
+        }
+        let record = ContainerRecord {
+            id: id.clone(),
+            name,
+            image: image.id.clone(),
+            layers: image.layers.clone(),
+            volumes: opts.volumes.clone(),
+            volatile: opts.volatile,
+            mount_count: 0,
+            created: now_secs(),
+        };
+        let staged = StagingDir::create(&self.tmp_dir(), "container")?;
+        for d in ["upper", "work", "merged"] {
+            fs::create_dir(staged.path().join(d)).ctx(|| format!("creating {d}"))?;
+        }
+        fsutil::write_json_atomic(&staged.path().join(RECORD), &record)?;
+        let from = staged.keep();
+        let dest = self.container_dir(&id);
+        fs::rename(&from, &dest).ctx(|| format!("publishing container {}", dest.display()))?;
+        fsutil::sync_dir(&self.containers_dir())?;
+        Ok(record)
+    }
+
+    /// Mounts the container's merged view (reference-counted) and returns it.
+    pub fn mount_container(&self, reference: &str) -> Result<PathBuf> {
+        let _lock = self.lock()?;
+        let mut c = self.find_container(reference)?;
+        let merged = self.merged_dir(&c.id);
+        // After a reboot the count outlives the mount: remount then.
+        if c.mount_count == 0 || !mount::is_mountpoint(&merged) {
+            self.mount_stack(&c)?;
+            c.mount_count = 0;
+        }
+        c.mount_count += 1;
+        self.save_container(&c)?;
+        Ok(merged)
+    }
+
+    fn mount_stack(&self, c: &ContainerRecord) -> Result<MountApi> {
+        let mut lowers = Vec::new();
+        let mut short = Vec::new();
+        for chain in c.layers.iter().rev() {
+            let rec = self.require_layer(chain)?;
+            lowers.push(self.layer_diff(chain));
+            short.push(format!("l/{}", rec.link));
+        }
+        let upper = self.upper_dir(&c.id);
+        let work = self.container_dir(&c.id).join("work");
+        let merged = self.merged_dir(&c.id);
+        let api = mount::mount_overlay(&OverlaySpec {
+            lowers,
+            short_lowers: short,
+            links_base: self.root(),
+            upper: &upper,
+            work: &work,
+            target: &merged,
+            volatile: c.volatile,
+        })?;
+        if let Err(e) = self.mount_volumes(c, &merged) {
+            let _ = self.unmount_all(c, true);
+            return Err(e);
+        }
+        Ok(api)
+    }
+
+    fn mount_volumes(&self, c: &ContainerRecord, merged: &std::path::Path) -> Result<()> {
+        let root: OwnedFd = File::open(merged).ctx(|| format!("opening {}", merged.display()))?.into();
+        for v in &c.volumes {
+            let comps: Vec<&OsStr> = v.path.split('/').filter(|s| !s.is_empty()).map(OsStr::new).collect();
+            // Resolved beneath the merged root: an image's symlink cannot
+            // redirect the bind mount elsewhere on the host.
+            let target = open_or_create_dirs(std::os::fd::AsFd::as_fd(&root), &comps)
+                .ctx(|| format!("creating volume mount point {} in the container", v.path))?;
+            let dir: OwnedFd = crate::archive::beneath::open_beneath(
+                std::os::fd::AsFd::as_fd(&target),
+                OsStr::new("."),
+                libc::O_RDONLY | libc::O_DIRECTORY,
+            )
+            .ctx(|| format!("opening {}", v.path))?;
+            mount::bind(&self.volume_data(&v.volume), &dir, v.readonly)?;
+        }
+        Ok(())
+    }
+
+    fn unmount_all(&self, c: &ContainerRecord, force: bool) -> Result<()> {
+        let merged = self.merged_dir(&c.id);
+        for v in c.volumes.iter().rev() {
+            let p = merged.join(v.path.trim_start_matches('/'));
+            if mount::is_mountpoint(&p) {
+                mount::unmount(&p, force)?;
+            }
+        }
+        if mount::is_mountpoint(&merged) {
+            mount::unmount(&merged, force)?;
+        }
+        Ok(())
+    }
+
+    /// Drops one mount reference; unmounts at zero.
+    pub fn unmount_container(&self, reference: &str) -> Result<()> {
+        let _lock = self.lock()?;
+        let mut c = self.find_container(reference)?;
+        if c.mount_count == 0 {
+            return Err(Error::Invalid(format!("container {} is not mounted", c.name)));
+        }
+        if c.mount_count == 1 {
+            self.unmount_all(&c, false)?;
+        }
+        c.mount_count -= 1;
+        self.save_container(&c)
+    }
+
+    /// Removes the container and its writable layer. Refused while mounted
+    /// unless `force`, which unmounts first.
+    pub fn remove_container(&self, reference: &str, force: bool) -> Result<()> {
+        let _lock = self.lock()?;
+        let c = self.find_container(reference)?;
+        let merged = self.merged_dir(&c.id);
+        if c.mount_count > 0 || mount::is_mountpoint(&merged) {
+            if !force {
+                return Err(Error::InUse(format!(
+                    "container {} is mounted ({} references); umount it or use -f",
+                    c.name, c.mount_count
+                )));
+            }
+            self.unmount_all(&c, true)?;
+        }
+        let dir = self.container_dir(&c.id);
+        let doomed = self.tmp_dir().join(format!("rm-container-{}", fsutil::random_hex(8)));
+        fs::rename(&dir, &doomed).ctx(|| format!("removing {}", dir.display()))?;
+        fsutil::sync_dir(&self.containers_dir())?;
+        fsutil::remove_tree(&doomed)
+    }
+}

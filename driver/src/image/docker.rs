@@ -1,0 +1,54 @@
+//! `docker save` archives: `manifest.json` naming a config and layer tars.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::{inside, invalid, read_small, SourceImage, SourceLayer};
+use crate::digest::Digest;
+use crate::error::Result;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Entry {
+    config: String,
+    #[serde(default)]
+    repo_tags: Option<Vec<String>>,
+    layers: Vec<String>,
+}
+
+pub fn parse(dir: &Path, tag: Option<&str>, src: &Path) -> Result<SourceImage> {
+    let data = read_small(&dir.join("manifest.json"), src)?;
+    let entries: Vec<Entry> =
+        serde_json::from_slice(&data).map_err(|e| invalid(src, format!("manifest.json: {e}")))?;
+    let entry = match tag {
+        Some(t) => entries
+            .iter()
+            .find(|e| e.repo_tags.iter().flatten().any(|rt| rt == t || rt.ends_with(&format!(":{t}"))))
+            .ok_or_else(|| invalid(src, format!("no image tagged {t:?} in the archive")))?,
+        None if entries.len() == 1 => &entries[0],
+        None => {
+            return Err(invalid(
+                src,
+                format!("the archive holds {} images; pick one with FILE:TAG", entries.len()),
+            ))
+        }
+    };
+    let config = read_small(&inside(dir, &entry.config, src)?, src)?;
+    let layers = entry
+        .layers
+        .iter()
+        .map(|l| {
+            // docker >= 25 stores layers as content-addressed blobs: verify those.
+            let digest = l
+                .strip_prefix("blobs/sha256/")
+                .and_then(|h| Digest::parse(&format!("sha256:{h}")).ok());
+            Ok(SourceLayer { blob: inside(dir, l, src)?, digest })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(SourceImage {
+        config: Some(config),
+        layers,
+        tags: entry.repo_tags.clone().unwrap_or_default(),
+    })
+}

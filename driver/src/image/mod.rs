@@ -1,0 +1,131 @@
+//! Image formats strata imports: OCI image layouts (directory or tarball),
+//! `docker save` archives, and plain directories or tars (one layer).
+//!
+//! Each format is parsed into a `SourceImage`: a config, the layer blobs in
+//! order with the digests they must have, and the tags it carries.
+
+pub mod config;
+pub mod docker;
+pub mod oci;
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::archive::{apply::clean_path, compression};
+use crate::digest::Digest;
+use crate::error::{Error, IoContext, Result};
+
+#[derive(Debug)]
+pub struct SourceLayer {
+    pub blob: PathBuf,
+    /// Digest of the blob as stored (compressed), where the format has one.
+    pub digest: Option<Digest>,
+}
+
+#[derive(Debug)]
+pub struct SourceImage {
+    /// Raw config JSON; None for plain layers (strata writes one).
+    pub config: Option<Vec<u8>>,
+    pub layers: Vec<SourceLayer>,
+    pub tags: Vec<String>,
+}
+
+/// What SRC turned out to be.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SourceKind {
+    OciLayout,
+    DockerArchive,
+    PlainDir,
+    PlainTar,
+}
+
+/// Splits `PATH:TAG`, but only when PATH exists and PATH:TAG does not.
+pub fn split_tag(src: &str) -> (PathBuf, Option<String>) {
+    if Path::new(src).exists() {
+        return (PathBuf::from(src), None);
+    }
+    if let Some((path, tag)) = src.rsplit_once(':') {
+        if !tag.contains('/') && Path::new(path).exists() {
+            return (PathBuf::from(path), Some(tag.to_string()));
+        }
+    }
+    (PathBuf::from(src), None)
+}
+
+pub fn detect_dir(dir: &Path) -> SourceKind {
+    if dir.join("oci-layout").is_file() && dir.join("index.json").is_file() {
+        SourceKind::OciLayout
+    } else if dir.join("manifest.json").is_file() {
+        SourceKind::DockerArchive
+    } else {
+        SourceKind::PlainDir
+    }
+}
+
+/// Looks at a tar file's top-level names (one streaming pass, nothing
+/// written) to tell an image archive from a plain layer tar.
+pub fn detect_tar(path: &Path) -> Result<SourceKind> {
+    let f = File::open(path).ctx(|| format!("opening {}", path.display()))?;
+    let (_, reader) = compression::decompress(f).ctx(|| format!("reading {}", path.display()))?;
+    let mut archive = tar::Archive::new(reader);
+    let mut names = Vec::new();
+    let entries = archive
+        .entries()
+        .map_err(|e| invalid(path, format!("not a tar archive: {e}")))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| invalid(path, format!("corrupt tar: {e}")))?;
+        let raw = entry.path_bytes();
+        if let Ok(comps) = clean_path(&raw) {
+            if comps.len() == 1 {
+                names.push(comps[0].as_encoded_bytes().to_vec());
+            }
+        }
+    }
+    let has = |name: &str| names.iter().any(|n| n == name.as_bytes());
+    Ok(if has("oci-layout") && has("index.json") {
+        SourceKind::OciLayout
+    } else if has("manifest.json") {
+        SourceKind::DockerArchive
+    } else {
+        SourceKind::PlainTar
+    })
+}
+
+pub fn invalid(src: &Path, reason: impl Into<String>) -> Error {
+    Error::InvalidImage {
+        source_name: src.display().to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Reads a small JSON document (manifest, index, config) with a size cap,
+/// so a hostile archive cannot make us allocate gigabytes.
+pub fn read_small(path: &Path, src: &Path) -> Result<Vec<u8>> {
+    const MAX: u64 = 16 << 20;
+    let f = File::open(path).map_err(|e| invalid(src, format!("{}: {e}", path.display())))?;
+    let mut data = Vec::new();
+    f.take(MAX + 1)
+        .read_to_end(&mut data)
+        .ctx(|| format!("reading {}", path.display()))?;
+    if data.len() as u64 > MAX {
+        return Err(invalid(src, format!("{} is larger than 16 MiB", path.display())));
+    }
+    Ok(data)
+}
+
+/// Resolves `rel` (from a manifest) inside `root`, refusing anything that
+/// leads outside it, symlinks included.
+pub fn inside(root: &Path, rel: &str, src: &Path) -> Result<PathBuf> {
+    let comps = clean_path(rel.as_bytes()).map_err(|r| invalid(src, format!("path {rel:?}: {r}")))?;
+    let mut p = root.to_path_buf();
+    p.extend(comps);
+    let real = p
+        .canonicalize()
+        .map_err(|e| invalid(src, format!("{rel:?} names a missing file: {e}")))?;
+    let real_root = root.canonicalize().ctx(|| format!("resolving {}", root.display()))?;
+    if !real.starts_with(&real_root) {
+        return Err(invalid(src, format!("{rel:?} points outside the archive")));
+    }
+    Ok(real)
+}

@@ -1,0 +1,158 @@
+//! OCI image layout directories: `oci-layout`, `index.json`, `blobs/`.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::{config::host_arch, invalid, read_small, SourceImage, SourceLayer};
+use crate::digest::Digest;
+use crate::error::Result;
+
+const MANIFEST_TYPES: &[&str] = &[
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+];
+const INDEX_TYPES: &[&str] = &[
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+];
+const LAYER_TYPES: &[&str] = &[
+    "application/vnd.oci.image.layer.v1.tar",
+    "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+    "application/vnd.docker.image.rootfs.diff.tar",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+];
+const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+pub fn parse(dir: &Path, tag: Option<&str>, src: &Path) -> Result<SourceImage> {
+    let index: Value = json(&dir.join("index.json"), src)?;
+    let manifests = index
+        .get("manifests")
+        .and_then(Value::as_array)
+        .ok_or_else(|| invalid(src, "index.json has no manifests"))?;
+    let chosen = match tag {
+        Some(t) => manifests
+            .iter()
+            .find(|m| m.pointer(&format!("/annotations/{}", REF_NAME.replace('/', "~1"))).and_then(Value::as_str) == Some(t))
+            .ok_or_else(|| invalid(src, format!("no image tagged {t:?} in the layout")))?,
+        None if manifests.len() == 1 => &manifests[0],
+        None => {
+            let tags: Vec<&str> = manifests
+                .iter()
+                .filter_map(|m| m.get("annotations")?.get(REF_NAME)?.as_str())
+                .collect();
+            return Err(invalid(
+                src,
+                format!("the layout holds {} images; pick one with DIR:TAG (tags: {})", manifests.len(), tags.join(", ")),
+            ));
+        }
+    };
+    let tags = chosen
+        .get("annotations")
+        .and_then(|a| a.get(REF_NAME))
+        .and_then(Value::as_str)
+        .map(|t| vec![t.to_string()])
+        .unwrap_or_default();
+    let mut seen = HashSet::new();
+    let manifest = resolve(dir, chosen, src, &mut seen)?;
+
+    let config_desc = manifest.get("config").ok_or_else(|| invalid(src, "manifest has no config"))?;
+    let config_digest = digest_of(config_desc, src)?;
+    let config_path = blob_path(dir, &config_digest);
+    let config = read_small(&config_path, src)?;
+    verify_bytes(&config, &config_digest, src)?;
+
+    let layers = manifest
+        .get("layers")
+        .and_then(Value::as_array)
+        .ok_or_else(|| invalid(src, "manifest has no layers"))?
+        .iter()
+        .map(|l| {
+            let mt = l.get("mediaType").and_then(Value::as_str).unwrap_or("");
+            if !LAYER_TYPES.contains(&mt) {
+                return Err(invalid(src, format!("layer media type {mt:?} is not a layer tar")));
+            }
+            let digest = digest_of(l, src)?;
+            let blob = blob_path(dir, &digest);
+            if !blob.is_file() {
+                return Err(invalid(src, format!("manifest names missing blob {digest}")));
+            }
+            Ok(SourceLayer { blob, digest: Some(digest) })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(SourceImage {
+        config: Some(config),
+        layers,
+        tags,
+    })
+}
+
+/// Follows image indexes down to one image manifest for this platform.
+fn resolve(dir: &Path, desc: &Value, src: &Path, seen: &mut HashSet<Digest>) -> Result<Value> {
+    let digest = digest_of(desc, src)?;
+    if !seen.insert(digest.clone()) || seen.len() > 16 {
+        return Err(invalid(src, format!("image index cycle or nesting too deep at {digest}")));
+    }
+    let path = blob_path(dir, &digest);
+    let data = read_small(&path, src)?;
+    verify_bytes(&data, &digest, src)?;
+    let doc: Value = serde_json::from_slice(&data).map_err(|e| invalid(src, format!("{digest}: not JSON: {e}")))?;
+    let mt = desc
+        .get("mediaType")
+        .or_else(|| doc.get("mediaType"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if MANIFEST_TYPES.contains(&mt) {
+        return Ok(doc);
+    }
+    if !INDEX_TYPES.contains(&mt) {
+        return Err(invalid(src, format!("{digest}: media type {mt:?} is neither a manifest nor an index")));
+    }
+    let entries = doc
+        .get("manifests")
+        .and_then(Value::as_array)
+        .ok_or_else(|| invalid(src, format!("index {digest} has no manifests")))?;
+    let pick = entries
+        .iter()
+        .find(|m| {
+            m.pointer("/platform/architecture").and_then(Value::as_str) == Some(host_arch())
+                && m.pointer("/platform/os").and_then(Value::as_str).unwrap_or("linux") == "linux"
+        })
+        .or_else(|| (entries.len() == 1).then(|| &entries[0]))
+        .ok_or_else(|| invalid(src, format!("index {digest} has no linux/{} image", host_arch())))?;
+    resolve(dir, pick, src, seen)
+}
+
+fn json(path: &Path, src: &Path) -> Result<Value> {
+    let data = read_small(path, src)?;
+    serde_json::from_slice(&data).map_err(|e| invalid(src, format!("{}: not JSON: {e}", path.display())))
+}
+
+fn digest_of(desc: &Value, src: &Path) -> Result<Digest> {
+    let s = desc
+        .get("digest")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid(src, "descriptor without a digest"))?;
+    Digest::parse(s).map_err(|e| invalid(src, e.to_string()))
+}
+
+fn blob_path(dir: &Path, d: &Digest) -> PathBuf {
+    dir.join("blobs/sha256").join(d.hex())
+}
+
+fn verify_bytes(data: &[u8], expected: &Digest, src: &Path) -> Result<()> {
+    let actual = Digest::of_bytes(data);
+    if &actual != expected {
+        return Err(crate::error::Error::DigestMismatch {
+            what: format!("blob in {}", src.display()),
+            expected: expected.to_string(),
+            actual: actual.to_string(),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,238 @@
+//! `strata image import`: any supported source to a stored image.
+//!
+//! Every new layer is extracted into staging while its blob digest and
+//! diffID are computed; only when all layers verified does the import take
+//! the store lock and publish them, then the image. A mismatch anywhere
+//! leaves the store as it was.
+
+use std::fs::File;
+use std::io::{self, IsTerminal, Read};
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::archive::{apply_layer, compression, write_layer_tar};
+use crate::digest::{Digest, HashingReader};
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil::{self, StagingDir};
+use crate::image::{self, config, SourceImage, SourceKind};
+use crate::images::{normalize_name, ImageRecord};
+use crate::layers::now_secs;
+use crate::store::Store;
+
+#[derive(Debug, Default)]
+pub struct ImportOptions {
+    pub name: Option<String>,
+    /// Show a progress bar (only honoured on a terminal).
+    pub progress: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ImportedLayer {
+    pub chain_id: Digest,
+    pub diff_id: Digest,
+    pub size: u64,
+    /// Already in the store (same chain); not stored again.
+    pub shared: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ImportReport {
+    pub image: ImageRecord,
+    pub layers: Vec<ImportedLayer>,
+}
+
+pub fn import(store: &Store, src: &str, opts: &ImportOptions) -> Result<ImportReport> {
+    let (path, tag) = image::split_tag(src);
+    let meta = std::fs::metadata(&path).map_err(|e| image::invalid(&path, e.to_string()))?;
+    // Archives are unpacked into staging first; it goes when we return.
+    let mut unpacked: Option<StagingDir> = None;
+    let kind = if meta.is_dir() {
+        image::detect_dir(&path)
+    } else {
+        image::detect_tar(&path)?
+    };
+    let source_dir = match kind {
+        SourceKind::OciLayout | SourceKind::DockerArchive if meta.is_file() => {
+            let staged = StagingDir::create(&store.tmp_dir(), "unpack")?;
+            let f = File::open(&path).ctx(|| format!("opening {}", path.display()))?;
+            let (_, reader) = compression::decompress(f).ctx(|| format!("reading {}", path.display()))?;
+            apply_layer(reader, staged.path()).map_err(|e| image::invalid(&path, e.to_string()))?;
+            let dir = staged.path().to_path_buf();
+            unpacked = Some(staged);
+            dir
+        }
+        _ => path.clone(),
+    };
+    let source = match kind {
+        SourceKind::OciLayout => image::oci::parse(&source_dir, tag.as_deref(), &path)?,
+        SourceKind::DockerArchive => image::docker::parse(&source_dir, tag.as_deref(), &path)?,
+        SourceKind::PlainTar => plain(path.clone()),
+        SourceKind::PlainDir => {
+            // A directory becomes a one-layer image: tar it into staging.
+            let staged = StagingDir::create(&store.tmp_dir(), "plain")?;
+            let tar_path = staged.path().join("layer.tar");
+            let out = File::create(&tar_path).ctx(|| format!("creating {}", tar_path.display()))?;
+            write_layer_tar(&path, io::BufWriter::new(out))?;
+            unpacked = Some(staged);
+            plain(tar_path)
+        }
+    };
+    let report = import_source(store, source, &path, opts);
+    drop(unpacked);
+    report
+}
+
+fn plain(blob: std::path::PathBuf) -> SourceImage {
+    SourceImage {
+        config: None,
+        layers: vec![image::SourceLayer { blob, digest: None }],
+        tags: Vec::new(),
+    }
+}
+
+struct Staged {
+    dir: Option<StagingDir>,
+    chain_id: Digest,
+    diff_id: Digest,
+    parent: Option<Digest>,
+    size: u64,
+}
+
+fn import_source(store: &Store, source: SourceImage, src: &Path, opts: &ImportOptions) -> Result<ImportReport> {
+    let expected_diff_ids = match &source.config {
+        Some(c) => {
+            let ids = config::diff_ids(c).map_err(|e| image::invalid(src, e.to_string()))?;
+            if ids.len() != source.layers.len() {
+                return Err(image::invalid(
+                    src,
+                    format!("config lists {} diff_ids for {} layers", ids.len(), source.layers.len()),
+                ));
+            }
+            Some(ids)
+        }
+        None => None,
+    };
+    let total: u64 = source.layers.iter().filter_map(|l| l.blob.metadata().ok()).map(|m| m.len()).sum();
+    let progress = Progress::new(opts.progress, total);
+
+    let mut staged: Vec<Staged> = Vec::new();
+    let mut parent: Option<Digest> = None;
+    for (i, layer) in source.layers.iter().enumerate() {
+        let expected = expected_diff_ids.as_ref().map(|ids| &ids[i]);
+        if let Some(diff_id) = expected {
+            let chain = Digest::chain(parent.as_ref(), diff_id);
+            if let Some(rec) = store.layer(&chain)? {
+                progress.advance(layer.blob.metadata().map(|m| m.len()).unwrap_or(0));
+                staged.push(Staged { dir: None, chain_id: chain.clone(), diff_id: diff_id.clone(), parent: parent.clone(), size: rec.size });
+                parent = Some(chain);
+                continue;
+            }
+        }
+        let dir = store.stage_layer()?;
+        let what = format!("layer {} of {} ({})", i + 1, source.layers.len(), layer.blob.display());
+        let f = File::open(&layer.blob).ctx(|| format!("opening {}", layer.blob.display()))?;
+        let (_, decompressed) = compression::decompress(progress.wrap(f)).ctx(|| format!("reading {what}"))?;
+        let mut diff_hash = HashingReader::new(decompressed);
+        let applied = apply_layer(&mut diff_hash, &dir.path().join("diff"))
+            .map_err(|e| image::invalid(src, format!("{what}: {e}")))?;
+        let (diff_id, _) = diff_hash.finish().map_err(|e| image::invalid(src, format!("{what}: corrupt data: {e}")))?;
+        if let Some(expected) = expected {
+            if &diff_id != expected {
+                return Err(Error::DigestMismatch { what: format!("diffID of {what}"), expected: expected.to_string(), actual: diff_id.to_string() });
+            }
+        }
+        if let Some(expected) = &layer.digest {
+            // A second pass over the (page-cached) blob: the decompressor
+            // may stop before trailing bytes, which the digest still covers.
+            let actual = blob_digest(&layer.blob)?;
+            if &actual != expected {
+                return Err(Error::DigestMismatch { what: format!("blob of {what}"), expected: expected.to_string(), actual: actual.to_string() });
+            }
+        }
+        let chain = Digest::chain(parent.as_ref(), &diff_id);
+        staged.push(Staged { dir: Some(dir), chain_id: chain.clone(), diff_id, parent: parent.clone(), size: applied.size });
+        parent = Some(chain);
+    }
+    progress.finish();
+
+    let diff_ids: Vec<Digest> = staged.iter().map(|s| s.diff_id.clone()).collect();
+    let config_bytes = match source.config {
+        Some(c) => c,
+        None => config::new_config(None, &diff_ids, &format!("strata image import {}", src.display())),
+    };
+    let id = Digest::of_bytes(&config_bytes);
+    let mut names = Vec::new();
+    if let Some(n) = &opts.name {
+        names.push(normalize_name(n)?);
+    } else {
+        for t in &source.tags {
+            names.push(normalize_name(t)?);
+        }
+    }
+
+    // Durable before visible: one syncfs covers every staged file.
+    fsutil::syncfs(&store.tmp_dir())?;
+    let _lock = store.lock()?;
+    let mut layers = Vec::new();
+    for s in staged {
+        let shared = match s.dir {
+            Some(dir) => store.publish_layer(dir, &s.chain_id, &s.diff_id, s.parent.as_ref(), s.size)?.1,
+            None => store.layer(&s.chain_id)?.is_some(),
+        };
+        if !shared && store.layer(&s.chain_id)?.is_none() {
+            return Err(Error::NotFound { kind: "layer", name: s.chain_id.to_string() });
+        }
+        layers.push(ImportedLayer { chain_id: s.chain_id, diff_id: s.diff_id, size: s.size, shared });
+    }
+    let image = ImageRecord {
+        id,
+        names,
+        layers: layers.iter().map(|l| l.chain_id.clone()).collect(),
+        diff_ids,
+        created: now_secs(),
+    };
+    store.put_image(&image, &config_bytes)?;
+    let image = store.find_image(image.id.as_str())?;
+    Ok(ImportReport { image, layers })
+}
+
+fn blob_digest(path: &Path) -> Result<Digest> {
+    let f = File::open(path).ctx(|| format!("opening {}", path.display()))?;
+    let (d, _) = HashingReader::new(f).finish().ctx(|| format!("reading {}", path.display()))?;
+    Ok(d)
+}
+
+/// A byte-count progress bar on stderr, only when it is a terminal.
+struct Progress(Option<indicatif::ProgressBar>);
+
+impl Progress {
+    fn new(wanted: bool, total: u64) -> Progress {
+        if !wanted || !io::stderr().is_terminal() {
+            return Progress(None);
+        }
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} importing [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}")
+                .expect("static template")
+                .progress_chars("=> "),
+        );
+        Progress(Some(bar))
+    }
+    fn wrap<'a, R: Read + 'a>(&'a self, r: R) -> Box<dyn Read + 'a> {
+        match &self.0 {
+            Some(bar) => Box::new(bar.wrap_read(r)),
+            None => Box::new(r),
+        }
+    }
+    fn advance(&self, n: u64) {
+        if let Some(bar) = &self.0 {
+            bar.inc(n);
+        }
+    }
+    fn finish(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! The layer store: read-only, content-addressed by chain ID, shared by
+//! every image whose stack contains them.
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil::{self, StagingDir};
+use crate::store::Store;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LayerRecord {
+    pub chain_id: Digest,
+    pub diff_id: Digest,
+    pub parent: Option<Digest>,
+    /// Apparent size of the layer's contents (see `sizes`).
+    pub size: u64,
+    /// Short name under `l/`, used in legacy mount option strings.
+    pub link: String,
+    pub created: u64,
+}
+
+const RECORD: &str = "layer.json";
+
+impl Store {
+    pub fn layer_dir(&self, chain: &Digest) -> PathBuf {
+        self.layers_dir().join(chain.hex())
+    }
+
+    /// The directory overlayfs mounts as a lower layer.
+    pub fn layer_diff(&self, chain: &Digest) -> PathBuf {
+        self.layer_dir(chain).join("diff")
+    }
+
+    pub fn layer(&self, chain: &Digest) -> Result<Option<LayerRecord>> {
+        let path = self.layer_dir(chain).join(RECORD);
+        if !path.exists() {
+            return Ok(None);
+        }
+        fsutil::read_json(&path).map(Some)
+    }
+
+    pub fn require_layer(&self, chain: &Digest) -> Result<LayerRecord> {
+        self.layer(chain)?.ok_or_else(|| Error::NotFound {
+            kind: "layer",
+            name: chain.to_string(),
+        })
+    }
+
+    pub fn layers(&self) -> Result<Vec<LayerRecord>> {
+        let mut out = Vec::new();
+        let dir = self.layers_dir();
+        for entry in fs::read_dir(&dir).ctx(|| format!("reading {}", dir.display()))? {
+            let entry = entry.ctx(|| format!("reading {}", dir.display()))?;
+            let rec = entry.path().join(RECORD);
+            if rec.exists() {
+                out.push(fsutil::read_json(&rec)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A staging area for a new layer: `<staging>/diff` receives the
+    /// contents. It is deleted unless published.
+    pub fn stage_layer(&self) -> Result<StagingDir> {
+        let staged = StagingDir::create(&self.tmp_dir(), "layer")?;
+        let diff = staged.path().join("diff");
+        fs::create_dir(&diff).ctx(|| format!("creating {}", diff.display()))?;
+        Ok(staged)
+    }
+
+    /// Makes a staged layer visible under its chain ID. Call with the store
+    /// lock held. If the chain is already stored (another import won the
+    /// race) the staged copy is discarded and `shared` is true.
+    pub fn publish_layer(
+        &self,
+        staged: StagingDir,
+        chain_id: &Digest,
+        diff_id: &Digest,
+        parent: Option<&Digest>,
+        size: u64,
+    ) -> Result<(LayerRecord, bool)> {
+        if let Some(existing) = self.layer(chain_id)? {
+            return Ok((existing, true));
+        }
+        let record = LayerRecord {
+            chain_id: chain_id.clone(),
+            diff_id: diff_id.clone(),
+            parent: parent.cloned(),
+            size,
+            link: fsutil::random_hex(13),
+            created: now_secs(),
+        };
+        fsutil::write_json_atomic(&staged.path().join(RECORD), &record)?;
+        let link = self.links_dir().join(&record.link);
+        symlink(format!("../layers/{}/diff", chain_id.hex()), &link)
+            .ctx(|| format!("creating short link {}", link.display()))?;
+        let dest = self.layer_dir(chain_id);
+        let from = staged.keep();
+        fs::rename(&from, &dest).ctx(|| format!("publishing layer {}", dest.display()))?;
+        fsutil::sync_dir(&self.layers_dir())?;
+        Ok((record, false))
+    }
+
+    /// Deletes a layer: first out of sight (rename into tmp), then from disk.
+    pub fn remove_layer(&self, record: &LayerRecord) -> Result<()> {
+        let dir = self.layer_dir(&record.chain_id);
+        let doomed = self.tmp_dir().join(format!("rm-layer-{}", fsutil::random_hex(8)));
+        fs::rename(&dir, &doomed).ctx(|| format!("removing layer {}", dir.display()))?;
+        let _ = fs::remove_file(self.links_dir().join(&record.link));
+        fsutil::remove_tree(&doomed)
+    }
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,407 @@
+//! `strata`: the storage driver's command line (privileged).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+
+use strata_driver::changes::Change;
+use strata_driver::containers::CreateOptions;
+use strata_driver::image::config;
+use strata_driver::import::{import, ImportOptions};
+use strata_driver::store::DEFAULT_ROOT;
+use strata_driver::volumes::VolumeMount;
+use strata_driver::{commit, Store};
+
+#[derive(Parser)]
+#[command(name = "strata", about = "overlayfs container storage driver", version)]
+struct Cli {
+    /// Store root.
+    #[arg(long, env = "STRATA_ROOT", default_value = DEFAULT_ROOT, global = true)]
+    root: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone, Copy)]
+struct Output {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+#[derive(ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Images: import, list, history, remove.
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// Create a container: a writable layer over IMAGE.
+    Create {
+        image: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// VOLUME:/path[:ro], repeatable.
+        #[arg(short = 'v', long = "volume")]
+        volumes: Vec<VolumeMount>,
+        /// Mount with overlayfs `volatile`: no syncs, lost on a crash.
+        #[arg(long)]
+        volatile: bool,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Mount a container's merged view (reference-counted) and print it.
+    Mount { container: String },
+    /// Drop one mount reference; unmounts at zero.
+    Umount { container: String },
+    /// Remove a container and its writable layer.
+    Rm {
+        container: String,
+        /// Unmount first if mounted.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// List containers.
+    Ps {
+        /// All containers, not only mounted ones.
+        #[arg(short, long)]
+        all: bool,
+        /// Show SIZE (writable layer) and VIRTUAL (image + SIZE).
+        #[arg(short, long)]
+        size: bool,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Changes in a container's writable layer (A/C/D).
+    Diff {
+        container: String,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Turn a container's writable layer into a new image NAME.
+    Commit {
+        container: String,
+        name: String,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Volumes: create, list, inspect, remove.
+    #[command(subcommand)]
+    Volume(VolumeCmd),
+    /// Disk usage.
+    #[command(subcommand)]
+    System(SystemCmd),
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Import an OCI layout (DIR[:TAG] or tarball), a docker-save archive,
+    /// or a plain directory or tar as a one-layer image.
+    Import {
+        src: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        out: Output,
+    },
+    Ls {
+        #[command(flatten)]
+        out: Output,
+    },
+    History {
+        image: String,
+        #[command(flatten)]
+        out: Output,
+    },
+    Rm { image: String },
+}
+
+#[derive(Subcommand)]
+enum VolumeCmd {
+    Create { name: String },
+    Ls {
+        #[command(flatten)]
+        out: Output,
+    },
+    Inspect { name: String },
+    Rm { name: String },
+}
+
+#[derive(Subcommand)]
+enum SystemCmd {
+    Df {
+        #[command(flatten)]
+        out: Output,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let store = Store::open(&cli.root).with_context(|| format!("opening store {}", cli.root.display()))?;
+    match cli.cmd {
+        Cmd::Image(cmd) => image_cmd(&store, cmd),
+        Cmd::Create { image, name, volumes, volatile, out } => {
+            let c = store.create_container(&image, &CreateOptions { name, volumes, volatile })?;
+            emit(out, &c, || println!("{}", c.id))
+        }
+        Cmd::Mount { container } => {
+            println!("{}", store.mount_container(&container)?.display());
+            Ok(())
+        }
+        Cmd::Umount { container } => Ok(store.unmount_container(&container)?),
+        Cmd::Rm { container, force } => Ok(store.remove_container(&container, force)?),
+        Cmd::Ps { all, size, out } => ps(&store, all, size, out),
+        Cmd::Diff { container, out } => {
+            let changes = store.container_changes(&container)?;
+            emit(out, &changes, || {
+                for Change { kind, path } in &changes {
+                    println!("{} {path}", kind.letter());
+                }
+            })
+        }
+        Cmd::Commit { container, name, out } => {
+            let img = commit::commit(&store, &container, &name)?;
+            emit(out, &img, || println!("{}", img.id))
+        }
+        Cmd::Volume(cmd) => volume_cmd(&store, cmd),
+        Cmd::System(SystemCmd::Df { out }) => {
+            let df = store.system_df()?;
+            emit(out, &df, || {
+                let mut t = Table::new(["TYPE", "TOTAL", "SIZE"]);
+                t.row([
+                    "Images".into(),
+                    df.images.len().to_string(),
+                    human(df.layers_size),
+                ]);
+                t.row([
+                    "Containers".into(),
+                    df.containers.len().to_string(),
+                    human(df.containers_size),
+                ]);
+                t.row(["Volumes".into(), df.volumes.len().to_string(), human(df.volumes_size)]);
+                t.print();
+                println!("\nDisk used by the driver: {} (layers once + containers' writable layers)", human(df.disk_used));
+            })
+        }
+    }
+}
+
+fn image_cmd(store: &Store, cmd: ImageCmd) -> Result<()> {
+    match cmd {
+        ImageCmd::Import { src, name, out } => {
+            let report = import(store, &src, &ImportOptions { name, progress: out.format == Format::Table })
+                .with_context(|| format!("importing {src}"))?;
+            emit(out, &report, || {
+                for l in &report.layers {
+                    let how = if l.shared { "shared (already stored)" } else { "stored" };
+                    println!("layer {} {how} {}", short(l.chain_id.hex()), human(l.size));
+                }
+                println!("{}", report.image.id);
+            })
+        }
+        ImageCmd::Ls { out } => {
+            let usage = store.image_usage()?;
+            emit(out, &usage, || {
+                let mut t = Table::new(["NAME", "ID", "LAYERS", "SIZE", "SHARED", "UNIQUE"]);
+                for u in &usage {
+                    t.row([
+                        u.image.names.join(",").if_empty("<none>"),
+                        short(u.image.id.hex()),
+                        u.image.layers.len().to_string(),
+                        human(u.size),
+                        human(u.shared),
+                        human(u.unique),
+                    ]);
+                }
+                t.print();
+            })
+        }
+        ImageCmd::History { image, out } => {
+            let img = store.find_image(&image)?;
+            let cfg = store.image_config(&img.id)?;
+            let created_by = config::layer_history(&cfg);
+            #[derive(Serialize)]
+            struct Row {
+                diff_id: String,
+                chain_id: String,
+                size: u64,
+                created_by: String,
+            }
+            let mut rows = Vec::new();
+            for (i, (chain, diff)) in img.layers.iter().zip(&img.diff_ids).enumerate().rev() {
+                rows.push(Row {
+                    diff_id: diff.to_string(),
+                    chain_id: chain.to_string(),
+                    size: store.require_layer(chain)?.size,
+                    created_by: created_by.get(i).cloned().unwrap_or_default(),
+                });
+            }
+            emit(out, &rows, || {
+                let mut t = Table::new(["DIFF ID", "SIZE", "CREATED BY"]);
+                for r in &rows {
+                    t.row([short(&r.diff_id[7..]), human(r.size), r.created_by.clone()]);
+                }
+                t.print();
+            })
+        }
+        ImageCmd::Rm { image } => {
+            let freed = store.remove_image(&image)?;
+            println!("removed {image}; freed {} layer(s)", freed.len());
+            Ok(())
+        }
+    }
+}
+
+fn ps(store: &Store, all: bool, size: bool, out: Output) -> Result<()> {
+    let _lock = store.lock_shared()?;
+    let images = store.images()?;
+    let mut rows = Vec::new();
+    for c in store.containers()? {
+        if !all && c.mount_count == 0 {
+            continue;
+        }
+        rows.push(if size { Some(store.container_usage(&c)?) } else { None }.map_or_else(
+            || serde_json::json!({"container": c}),
+            |u| serde_json::to_value(u).expect("serialisable"),
+        ));
+    }
+    emit(out, &rows, || {
+        let mut header = vec!["CONTAINER ID", "NAME", "IMAGE", "MOUNTS"];
+        if size {
+            header.extend(["SIZE", "VIRTUAL"]);
+        }
+        let mut t = Table::new(header);
+        for r in &rows {
+            let c = &r["container"];
+            let image_id = c["image"].as_str().unwrap_or("");
+            let image = images
+                .iter()
+                .find(|i| i.id.as_str() == image_id)
+                .and_then(|i| i.names.first().cloned())
+                .unwrap_or_else(|| short(image_id.trim_start_matches("sha256:")));
+            let mut cells = vec![
+                short(c["id"].as_str().unwrap_or("")),
+                c["name"].as_str().unwrap_or("").to_string(),
+                image,
+                c["mount_count"].to_string(),
+            ];
+            if size {
+                cells.push(human(r["size"].as_u64().unwrap_or(0)));
+                cells.push(human(r["virtual_size"].as_u64().unwrap_or(0)));
+            }
+            t.row(cells);
+        }
+        t.print();
+    })
+}
+
+fn volume_cmd(store: &Store, cmd: VolumeCmd) -> Result<()> {
+    match cmd {
+        VolumeCmd::Create { name } => {
+            store.create_volume(&name)?;
+            println!("{name}");
+        }
+        VolumeCmd::Ls { out } => {
+            let vols = store.volumes()?;
+            emit(out, &vols, || {
+                let mut t = Table::new(["VOLUME NAME"]);
+                for v in &vols {
+                    t.row([v.name.clone()]);
+                }
+                t.print();
+            })?;
+        }
+        VolumeCmd::Inspect { name } => {
+            let v = store.volume(&name)?;
+            let info = serde_json::json!({
+                "name": v.name,
+                "created": v.created,
+                "mountpoint": store.volume_data(&name),
+                "size": strata_driver::sizes::apparent_size(&store.volume_data(&name))?,
+                "used_by": store.volume_users(&name)?,
+            });
+            println!("{}", serde_json::to_string_pretty(&info)?);
+        }
+        VolumeCmd::Rm { name } => {
+            store.remove_volume(&name)?;
+            println!("{name}");
+        }
+    }
+    Ok(())
+}
+
+/// JSON when asked, else the table printer.
+fn emit<T: Serialize>(out: Output, value: &T, table: impl FnOnce()) -> Result<()> {
+    match out.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        Format::Table => table(),
+    }
+    Ok(())
+}
+
+fn short(hex: &str) -> String {
+    hex.chars().take(12).collect()
+}
+
+/// Sizes as docker prints them: SI units, three significant digits.
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "kB", "MB", "GB", "TB", "PB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1000.0 && unit < UNITS.len() - 1 {
+        v /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        return format!("{bytes}B");
+    }
+    // Like Go's %.3g: three significant digits, trailing zeros dropped.
+    let decimals = if v < 10.0 { 2 } else if v < 100.0 { 1 } else { 0 };
+    let mut s = format!("{v:.decimals$}");
+    if s.contains('.') {
+        s = s.trim_end_matches('0').trim_end_matches('.').to_string();
+    }
+    format!("{s}{}", UNITS[unit])
+}
+
+trait IfEmpty {
+    fn if_empty(self, alt: &str) -> String;
+}
+impl IfEmpty for String {
+    fn if_empty(self, alt: &str) -> String {
+        if self.is_empty() {
+            alt.to_string()
+        } else {
+            self
+        }
+    }
+}
+
+struct Table {
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new<I: IntoIterator<Item = S>, S: Into<String>>(header: I) -> Table {
+        Table { rows: vec![header.into_iter().map(Into::into).collect()] }
+    }
+    fn row<I: IntoIterator<Item = String>>(&mut self, cells: I) {
+        self.rows.push(cells.into_iter().collect());
+    }
+    fn print(&self) {
+        let cols = self.rows[0].len();
+        let widths: Vec<usize> = (0..cols)
+            .map(|i| self.rows.iter().map(|r| r.get(i).map_or(0, |c| c.chars().count())).max().unwrap_or(0))
+            .collect();
+        for r in &self.rows {
+            let line: Vec<String> = r.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+            println!("{}", line.join("   ").trim_end());
+        }
+    }
+}

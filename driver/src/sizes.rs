@@ -1,0 +1,159 @@
+//! Sizes as `docker ps -s` and `docker system df` report them.
+//!
+//! A layer's size is the apparent size of what it holds: regular files and
+//! symlinks (their target's length), each inode once however many
+//! hardlinks it has, directories not counted. A container's SIZE is that of
+//! its writable layer; VIRTUAL adds its image. Shared layers count once on
+//! disk.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::containers::ContainerRecord;
+use crate::digest::Digest;
+use crate::error::{IoContext, Result};
+use crate::images::ImageRecord;
+use crate::store::Store;
+
+pub fn apparent_size(dir: &Path) -> Result<u64> {
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    walk(dir, &mut seen, &mut total)?;
+    Ok(total)
+}
+
+fn walk(dir: &Path, seen: &mut HashSet<(u64, u64)>, total: &mut u64) -> Result<()> {
+    for entry in fs::read_dir(dir).ctx(|| format!("reading {}", dir.display()))? {
+        let entry = entry.ctx(|| format!("reading {}", dir.display()))?;
+        // DirEntry::metadata is an fstatat on the open directory: no path walk.
+        let md = entry.metadata().ctx(|| format!("stat {}", entry.path().display()))?;
+        if md.is_dir() {
+            walk(&entry.path(), seen, total)?;
+        } else if md.len() > 0 && (md.nlink() == 1 || seen.insert((md.dev(), md.ino()))) {
+            *total += md.len();
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Serialize)]
+pub struct ImageUsage {
+    pub image: ImageRecord,
+    pub size: u64,
+    /// Bytes in layers some other image also uses.
+    pub shared: u64,
+    pub unique: u64,
+    pub containers: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ContainerUsage {
+    pub container: ContainerRecord,
+    pub size: u64,
+    pub virtual_size: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VolumeUsage {
+    pub name: String,
+    pub size: u64,
+    pub containers: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SystemDf {
+    pub images: Vec<ImageUsage>,
+    pub containers: Vec<ContainerUsage>,
+    pub volumes: Vec<VolumeUsage>,
+    /// Every stored layer once.
+    pub layers_size: u64,
+    pub containers_size: u64,
+    pub volumes_size: u64,
+    /// layers_size + containers_size: what the driver's area really uses.
+    pub disk_used: u64,
+}
+
+impl Store {
+    fn layer_sizes(&self) -> Result<HashMap<Digest, u64>> {
+        Ok(self.layers()?.into_iter().map(|l| (l.chain_id, l.size)).collect())
+    }
+
+    pub fn image_usage(&self) -> Result<Vec<ImageUsage>> {
+        let images = self.images()?;
+        let sizes = self.layer_sizes()?;
+        let containers = self.containers()?;
+        let mut users: HashMap<&Digest, usize> = HashMap::new();
+        for img in &images {
+            for l in img.layers.iter().collect::<HashSet<_>>() {
+                *users.entry(l).or_default() += 1;
+            }
+        }
+        Ok(images
+            .iter()
+            .map(|img| {
+                let unique_layers: HashSet<&Digest> = img.layers.iter().collect();
+                let size: u64 = unique_layers.iter().map(|l| sizes.get(*l).copied().unwrap_or(0)).sum();
+                let shared: u64 = unique_layers
+                    .iter()
+                    .filter(|l| users.get(**l).copied().unwrap_or(0) > 1)
+                    .map(|l| sizes.get(*l).copied().unwrap_or(0))
+                    .sum();
+                ImageUsage {
+                    image: img.clone(),
+                    size,
+                    shared,
+                    unique: size - shared,
+                    containers: containers.iter().filter(|c| c.image == img.id).count(),
+                }
+            })
+            .collect())
+    }
+
+    pub fn container_usage(&self, c: &ContainerRecord) -> Result<ContainerUsage> {
+        let sizes = self.layer_sizes()?;
+        let image: u64 = c.layers.iter().collect::<HashSet<_>>().iter().map(|l| sizes.get(*l).copied().unwrap_or(0)).sum();
+        let size = apparent_size(&self.upper_dir(&c.id))?;
+        Ok(ContainerUsage {
+            container: c.clone(),
+            size,
+            virtual_size: image + size,
+        })
+    }
+
+    pub fn system_df(&self) -> Result<SystemDf> {
+        let _lock = self.lock_shared()?;
+        let images = self.image_usage()?;
+        let containers = self
+            .containers()?
+            .iter()
+            .map(|c| self.container_usage(c))
+            .collect::<Result<Vec<_>>>()?;
+        let volumes = self
+            .volumes()?
+            .into_iter()
+            .map(|v| {
+                Ok(VolumeUsage {
+                    size: apparent_size(&self.volume_data(&v.name))?,
+                    containers: self.volume_users(&v.name)?.len(),
+                    name: v.name,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let layers_size: u64 = self.layer_sizes()?.values().sum();
+        let containers_size: u64 = containers.iter().map(|c| c.size).sum();
+        let volumes_size = volumes.iter().map(|v| v.size).sum();
+        Ok(SystemDf {
+            images,
+            containers,
+            volumes,
+            layers_size,
+            containers_size,
+            volumes_size,
+            disk_used: layers_size + containers_size,
+        })
+    }
+}

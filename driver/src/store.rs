@@ -1,0 +1,93 @@
+//! The store root and its layout, and the lock that serialises changes.
+//!
+//! ```text
+//! ROOT/
+//!   lock                   flock: exclusive for changes, shared for reads
+//!   layers/<chain>/diff    read-only layer contents (overlay lower dirs)
+//!   layers/<chain>/layer.json
+//!   l/<short>              -> ../layers/<chain>/diff (short names keep the
+//!                             legacy mount option string within a page)
+//!   images/<id>/image.json, images/<id>/config.json
+//!   containers/<id>/{upper,work,merged}, container.json
+//!   volumes/<name>/_data   outside the layer area; bind-mounted
+//!   tmp/                   staging; everything becomes visible by rename
+//! ```
+
+use std::fs::{self, File};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use crate::error::{IoContext, Result};
+
+pub const DEFAULT_ROOT: &str = "/var/lib/strata";
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// A held store lock; released on drop.
+pub struct StoreLock {
+    _file: File,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
+        let root = root.into();
+        let store = Store { root };
+        for dir in ["layers", "l", "images", "containers", "volumes", "tmp"] {
+            let p = store.root.join(dir);
+            fs::create_dir_all(&p).ctx(|| format!("creating {}", p.display()))?;
+        }
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn layers_dir(&self) -> PathBuf {
+        self.root.join("layers")
+    }
+    pub fn links_dir(&self) -> PathBuf {
+        self.root.join("l")
+    }
+    pub fn images_dir(&self) -> PathBuf {
+        self.root.join("images")
+    }
+    pub fn containers_dir(&self) -> PathBuf {
+        self.root.join("containers")
+    }
+    pub fn volumes_dir(&self) -> PathBuf {
+        self.root.join("volumes")
+    }
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// Exclusive lock for any change to metadata.
+    pub fn lock(&self) -> Result<StoreLock> {
+        self.flock(libc::LOCK_EX)
+    }
+
+    /// Shared lock for a consistent read.
+    pub fn lock_shared(&self) -> Result<StoreLock> {
+        self.flock(libc::LOCK_SH)
+    }
+
+    fn flock(&self, op: libc::c_int) -> Result<StoreLock> {
+        let path = self.root.join("lock");
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .ctx(|| format!("opening {}", path.display()))?;
+        // SAFETY: valid fd; flock has no memory-safety preconditions.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error()).ctx(|| format!("locking {}", path.display()));
+        }
+        Ok(StoreLock { _file: file })
+    }
+}
