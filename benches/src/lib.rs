@@ -1,0 +1,1 @@
+//! Performance-regression benches (see issue: benches).

@@ -1,0 +1,190 @@
+//! The contract between strata's eBPF programs and `strata-prof`.
+//!
+//! Everything here is `#[repr(C)]` plain data: the kernel side writes it into
+//! maps and the ring buffer, user space reads it back byte for byte.
+#![no_std]
+
+/// Bytes of a syscall's path argument captured in the kernel.
+pub const PATH_CAPTURE: usize = 256;
+/// log2 latency slots in the in-kernel histograms (2^0 ns .. 2^39 ns, ~9 min).
+pub const LOG2_SLOTS: usize = 40;
+/// Highest syscall number the trigger table holds.
+pub const MAX_SYSCALL_NR: u32 = 512;
+/// Size bucket used when the kernel could not see the file size.
+pub const SIZE_UNKNOWN: u8 = 0xff;
+
+/// What made overlayfs copy a file up.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    OpenWrite = 1,
+    Truncate = 2,
+    Chmod = 3,
+    Chown = 4,
+    SetXattr = 5,
+    Utimes = 6,
+    Rename = 7,
+    Link = 8,
+}
+
+impl Trigger {
+    pub const ALL: [Trigger; 8] = [
+        Trigger::OpenWrite,
+        Trigger::Truncate,
+        Trigger::Chmod,
+        Trigger::Chown,
+        Trigger::SetXattr,
+        Trigger::Utimes,
+        Trigger::Rename,
+        Trigger::Link,
+    ];
+
+    pub fn from_u8(v: u8) -> Option<Trigger> {
+        Trigger::ALL.iter().copied().find(|t| *t as u8 == v)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Trigger::OpenWrite => "open-write",
+            Trigger::Truncate => "truncate",
+            Trigger::Chmod => "chmod",
+            Trigger::Chown => "chown",
+            Trigger::SetXattr => "setxattr",
+            Trigger::Utimes => "utimes",
+            Trigger::Rename => "rename",
+            Trigger::Link => "link",
+        }
+    }
+}
+
+/// How a watched syscall's arguments are read. One entry per syscall number
+/// in the kernel's trigger table, filled by user space from the host's
+/// syscall numbers (they differ between architectures).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SyscallSpec {
+    /// `Trigger as u8`; 0 means "not watched".
+    pub trigger: u8,
+    /// Argument index of the path pointer, or -1 when the call takes an fd.
+    pub path_arg: i8,
+    /// Argument index of the directory fd for *at() calls, or -1.
+    pub dfd_arg: i8,
+    /// Argument index of open flags (only write-mode opens copy up), or -1.
+    pub flags_arg: i8,
+    /// Argument index of a `struct open_how *` (openat2), or -1.
+    pub how_arg: i8,
+    /// 1 when a successful return value is a new fd whose file the kernel can
+    /// inspect (size, filesystem) at exit.
+    pub returns_fd: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Kernel state kept per thread between syscall entry and exit.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct InFlight {
+    pub start_ns: u64,
+    /// Time the copied-up (non-directory) inode was created in the upper fs.
+    pub target_created_ns: u64,
+    pub target_ino: u64,
+    pub upper_dev: u32,
+    /// Directories created in the upper fs during the call (ancestors, or
+    /// the target itself when it is a directory).
+    pub dirs_created: u32,
+    /// Non-directory inodes created (the copied-up file; whiteouts excluded).
+    pub files_created: u32,
+    pub syscall_nr: u32,
+    pub dfd: i32,
+    /// Entry time of the overlayfs copy-up function currently running
+    /// (fentry/kprobe backends), or 0.
+    pub fn_start_ns: u64,
+    /// Time spent inside the copy-up function (fentry/kprobe backends).
+    pub fn_ns: u64,
+    pub trigger: u8,
+    pub _pad: [u8; 7],
+    pub path: [u8; PATH_CAPTURE],
+}
+
+/// One copy-up as seen by the kernel, sent through the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CopyUpEvent {
+    pub start_ns: u64,
+    /// Syscall entry to exit.
+    pub latency_ns: u64,
+    /// Syscall entry to creation of the target's upper inode: lookups plus
+    /// copying up the ancestor directories.
+    pub prepare_ns: u64,
+    pub target_ino: u64,
+    /// Time inside overlayfs's copy-up function; 0 on the tracepoint backend.
+    pub copy_fn_ns: u64,
+    pub cgroup_id: u64,
+    /// File size seen through the returned fd, or -1.
+    pub file_size: i64,
+    pub ret: i64,
+    pub upper_dev: u32,
+    pub pid: u32,
+    pub tid: u32,
+    pub dirs_created: u32,
+    pub files_created: u32,
+    pub syscall_nr: u32,
+    pub dfd: i32,
+    pub trigger: u8,
+    /// 1 when the fd's file was confirmed to be on overlayfs.
+    pub on_overlay: u8,
+    pub _pad: [u8; 2],
+    pub path: [u8; PATH_CAPTURE],
+}
+
+/// Key of the in-kernel log2 histograms.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HistKey {
+    pub trigger: u8,
+    /// log2 of the file size in bytes, or `SIZE_UNKNOWN`.
+    pub size_log2: u8,
+    /// Ancestor directories copied up too (saturates at 255).
+    pub ancestors: u8,
+    pub _pad: u8,
+}
+
+/// Per-CPU counts of latency in log2(ns) slots.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Log2Hist {
+    pub slots: [u64; LOG2_SLOTS],
+}
+
+/// Indices of the per-CPU counters array.
+pub mod counter {
+    /// Calls that matched a trigger and passed the filters.
+    pub const WATCHED_CALLS: u32 = 0;
+    /// Calls that copied something up.
+    pub const COPY_UPS: u32 = 1;
+    /// Events the ring buffer had no room for.
+    pub const RINGBUF_DROPS: u32 = 2;
+    /// Calls not tracked because the in-flight map was full.
+    pub const INFLIGHT_FULL: u32 = 3;
+    pub const COUNT: u32 = 4;
+}
+
+/// Floor of log2(v), with log2(0) = 0.
+#[inline(always)]
+pub fn log2_floor(v: u64) -> u32 {
+    if v == 0 {
+        0
+    } else {
+        63 - v.leading_zeros()
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are #[repr(C)] structs of integers and byte arrays
+    // with explicit padding fields, so every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::SyscallSpec {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::HistKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Log2Hist {}
+}

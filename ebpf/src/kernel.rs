@@ -1,0 +1,87 @@
+//! Load-time constants and reads of kernel structures.
+//!
+//! Rust eBPF has no CO-RE, so every struct offset here is resolved by user
+//! space from the running kernel's BTF (and tracepoint format files) and
+//! written into these globals before load. Nothing is hard-coded.
+
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+
+macro_rules! globals {
+    ($($name:ident: $ty:ty),* $(,)?) => {
+        /// Values set by the loader (`EbpfLoader::override_global`); all u64
+        /// so user space writes every one the same way.
+        pub mod global {
+            $(
+                #[no_mangle]
+                pub static $name: $ty = 0;
+            )*
+        }
+        /// A snapshot of the globals, read once per program run.
+        #[allow(non_snake_case)]
+        pub struct Globals { $(pub $name: $ty,)* }
+        impl Globals {
+            #[inline(always)]
+            pub fn load() -> Globals {
+                // SAFETY: read_volatile stops the compiler from folding the
+                // zero initialiser; the loader patched the real values in.
+                unsafe { Globals { $($name: core::ptr::read_volatile(&global::$name),)* } }
+            }
+        }
+    };
+}
+
+globals! {
+    filter_tgid: u64,
+    filter_cgroup: u64,
+    // syscalls:* tracepoint layout
+    nr_off: u64,
+    args_off: u64,
+    ret_off: u64,
+    // writeback:writeback_dirty_inode_enqueue layout
+    wb_dev_off: u64,
+    wb_ino_off: u64,
+    wb_state_off: u64,
+    wb_mode_off: u64,
+    i_new: u64,
+    // BTF offsets for fd -> file -> inode -> super_block
+    offsets_valid: u64,
+    task_files_off: u64,
+    files_fdt_off: u64,
+    fdt_max_fds_off: u64,
+    fdt_fd_off: u64,
+    file_inode_off: u64,
+    inode_sb_off: u64,
+    inode_size_off: u64,
+    sb_magic_off: u64,
+    overlay_magic: u64,
+}
+
+#[inline(always)]
+fn read<T>(base: u64, off: u64) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel checks the address and fails cleanly.
+    unsafe { bpf_probe_read_kernel((base + off) as *const T).ok() }
+}
+
+/// The filesystem magic and size of the file behind the current task's `fd`.
+#[inline(always)]
+pub fn fd_magic_and_size(g: &Globals, fd: u32) -> Option<(u64, i64)> {
+    // SAFETY: helper with no arguments; the result is only dereferenced
+    // through bpf_probe_read_kernel.
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = read(task, g.task_files_off)?;
+    let fdt: u64 = read(files, g.files_fdt_off)?;
+    let max_fds: u32 = read(fdt, g.fdt_max_fds_off)?;
+    if fd >= max_fds {
+        return None;
+    }
+    let fd_array: u64 = read(fdt, g.fdt_fd_off)?;
+    let file: u64 = read(fd_array, fd as u64 * 8)?;
+    if file == 0 {
+        return None;
+    }
+    let inode: u64 = read(file, g.file_inode_off)?;
+    let sb: u64 = read(inode, g.inode_sb_off)?;
+    let magic: u64 = read(sb, g.sb_magic_off)?;
+    let size: i64 = read(inode, g.inode_size_off)?;
+    Some((magic, size))
+}

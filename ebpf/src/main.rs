@@ -1,0 +1,261 @@
+//! strata's kernel programs: the syscall-tracepoint copy-up backend.
+//!
+//! A watched syscall (one that can make overlayfs copy a file up) records its
+//! thread at entry. While it runs, every inode the kernel creates in that
+//! thread is seen through `writeback:writeback_dirty_inode_enqueue` with
+//! `I_NEW` set: that is overlayfs creating the copy in the upper filesystem
+//! (directories first, for missing ancestors). At exit a call that created
+//! something is a copy-up: it is folded into the in-kernel log2 histograms
+//! and sent to user space for exact percentiles.
+#![no_std]
+#![no_main]
+
+mod copy_up_fn;
+mod kernel;
+mod maps;
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_probe_read_kernel_buf, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
+    },
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use strata_common::{counter, log2_floor, CopyUpEvent, HistKey, SIZE_UNKNOWN};
+
+use kernel::Globals;
+use maps::{bump, EVENTS, HIST, INFLIGHT, SCRATCH, TRIGGERS, ZERO_HIST};
+
+// uapi constants, identical on every Linux architecture strata supports.
+const O_ACCMODE: u64 = 0o3;
+const O_TRUNC: u64 = 0o1000;
+const S_IFMT: u16 = 0o170000;
+const S_IFDIR: u16 = 0o040000;
+const S_IFCHR: u16 = 0o020000;
+
+#[tracepoint]
+pub fn strata_sys_enter(ctx: TracePointContext) -> u32 {
+    let _ = try_sys_enter(&ctx);
+    0
+}
+
+fn try_sys_enter(ctx: &TracePointContext) -> Result<(), i64> {
+    let g = Globals::load();
+    // SAFETY: the offset comes from this tracepoint's format file.
+    let nr: i32 = unsafe { ctx.read_at(g.nr_off as usize)? };
+    if nr < 0 {
+        return Ok(());
+    }
+    let spec = match TRIGGERS.get(nr as u32) {
+        Some(s) if s.trigger != 0 => *s,
+        _ => return Ok(()),
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if g.filter_tgid != 0 && tgid as u64 != g.filter_tgid {
+        return Ok(());
+    }
+    if g.filter_cgroup != 0 {
+        // SAFETY: helper with no arguments.
+        if unsafe { bpf_get_current_cgroup_id() } != g.filter_cgroup {
+            return Ok(());
+        }
+    }
+    let arg = |i: i8| -> Result<u64, i64> {
+        // SAFETY: syscall tracepoints carry 8-byte args from args_off on.
+        Ok(unsafe { ctx.read_at::<u64>(g.args_off as usize + 8 * i as usize)? })
+    };
+    // Only an open for writing (or truncating) can copy up.
+    let mut open_flags = None;
+    if spec.flags_arg >= 0 {
+        open_flags = Some(arg(spec.flags_arg)?);
+    } else if spec.how_arg >= 0 {
+        // struct open_how starts with `__u64 flags`.
+        // SAFETY: reading user memory through the helper, which checks it.
+        open_flags = Some(unsafe { bpf_probe_read_user(arg(spec.how_arg)? as *const u64)? });
+    }
+    if let Some(flags) = open_flags {
+        if flags & O_ACCMODE == 0 && flags & O_TRUNC == 0 {
+            return Ok(());
+        }
+    }
+
+    let scratch = SCRATCH.get_ptr_mut(0).ok_or(0i64)?;
+    // SAFETY: per-CPU scratch slot; nothing else on this CPU runs during
+    // this program, and the map value outlives the borrow.
+    let state = unsafe { &mut *scratch };
+    // SAFETY: helper with no arguments.
+    state.start_ns = unsafe { bpf_ktime_get_ns() };
+    state.target_created_ns = 0;
+    state.target_ino = 0;
+    state.upper_dev = 0;
+    state.dirs_created = 0;
+    state.files_created = 0;
+    state.syscall_nr = nr as u32;
+    state.fn_start_ns = 0;
+    state.fn_ns = 0;
+    state.trigger = spec.trigger;
+    state.dfd = if spec.dfd_arg >= 0 { arg(spec.dfd_arg)? as i32 } else { -100 };
+    state.path[0] = 0;
+    if spec.path_arg >= 0 {
+        let ptr = arg(spec.path_arg)? as *const u8;
+        // SAFETY: the helper checks the user pointer and bounds the copy.
+        let _ = unsafe { bpf_probe_read_user_str_bytes(ptr, &mut state.path) };
+    }
+    let tid = pid_tgid as u32;
+    if INFLIGHT.insert(&tid, state, 0).is_err() {
+        bump(counter::INFLIGHT_FULL);
+        return Ok(());
+    }
+    bump(counter::WATCHED_CALLS);
+    Ok(())
+}
+
+#[tracepoint]
+pub fn strata_inode_created(ctx: TracePointContext) -> u32 {
+    let _ = try_inode_created(&ctx);
+    0
+}
+
+fn try_inode_created(ctx: &TracePointContext) -> Result<(), i64> {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let Some(call) = INFLIGHT.get_ptr_mut(&tid) else {
+        return Ok(());
+    };
+    let g = Globals::load();
+    // SAFETY: offsets come from this tracepoint's format file.
+    let (state, mode, ino, dev) = unsafe {
+        (
+            ctx.read_at::<u64>(g.wb_state_off as usize)?,
+            ctx.read_at::<u16>(g.wb_mode_off as usize)?,
+            ctx.read_at::<u64>(g.wb_ino_off as usize)?,
+            ctx.read_at::<u32>(g.wb_dev_off as usize)?,
+        )
+    };
+    if state & g.i_new == 0 {
+        return Ok(());
+    }
+    // SAFETY: the entry belongs to this thread, which is running this program.
+    let call = unsafe { &mut *call };
+    match mode & S_IFMT {
+        S_IFDIR => call.dirs_created += 1,
+        // A 0/0 char device is a whiteout (rename, unlink), not a copy.
+        S_IFCHR => {}
+        _ => {
+            call.files_created += 1;
+            if call.target_ino == 0 {
+                call.target_ino = ino;
+                // SAFETY: helper with no arguments.
+                call.target_created_ns = unsafe { bpf_ktime_get_ns() };
+                call.upper_dev = dev;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tracepoint]
+pub fn strata_sys_exit(ctx: TracePointContext) -> u32 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let _ = try_sys_exit(&ctx, tid);
+    let _ = INFLIGHT.remove(&tid);
+    0
+}
+
+fn try_sys_exit(ctx: &TracePointContext, tid: u32) -> Result<(), i64> {
+    let Some(call) = INFLIGHT.get_ptr(&tid) else {
+        return Ok(());
+    };
+    // SAFETY: the entry belongs to this thread; removed only after we return.
+    let call = unsafe { &*call };
+    if call.dirs_created == 0 && call.files_created == 0 {
+        return Ok(());
+    }
+    // SAFETY: helper with no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let g = Globals::load();
+    // SAFETY: the offset comes from this tracepoint's format file.
+    let ret: i64 = unsafe { ctx.read_at(g.ret_off as usize)? };
+
+    let mut file_size = -1i64;
+    let mut on_overlay = 0u8;
+    let returns_fd = TRIGGERS.get(call.syscall_nr).map(|s| s.returns_fd).unwrap_or(0);
+    if returns_fd != 0 && ret >= 0 && g.offsets_valid != 0 {
+        if let Some((magic, size)) = kernel::fd_magic_and_size(&g, ret as u32) {
+            if magic != g.overlay_magic {
+                // An O_CREAT of a new file on a plain filesystem: not ours.
+                return Ok(());
+            }
+            on_overlay = 1;
+            file_size = size;
+        }
+    }
+    let ancestors = if call.files_created > 0 {
+        call.dirs_created
+    } else {
+        call.dirs_created.saturating_sub(1)
+    };
+    let latency = now.saturating_sub(call.start_ns);
+
+    let key = HistKey {
+        trigger: call.trigger,
+        size_log2: if file_size >= 0 { log2_floor(file_size as u64) as u8 } else { SIZE_UNKNOWN },
+        ancestors: if ancestors > 255 { 255 } else { ancestors as u8 },
+        _pad: 0,
+    };
+    if HIST.get_ptr_mut(&key).is_none() {
+        if let Some(zero) = ZERO_HIST.get(0) {
+            let _ = HIST.insert(&key, zero, 0);
+        }
+    }
+    if let Some(hist) = HIST.get_ptr_mut(&key) {
+        let slot = log2_floor(latency) as usize;
+        if slot < strata_common::LOG2_SLOTS {
+            // SAFETY: per-CPU value of this CPU; index bounds-checked above.
+            unsafe { (*hist).slots[slot] += 1 };
+        }
+    }
+    bump(counter::COPY_UPS);
+
+    let Some(mut entry) = EVENTS.reserve::<CopyUpEvent>(0) else {
+        bump(counter::RINGBUF_DROPS);
+        return Ok(());
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points at a reserved ring-buffer record of the right size,
+    // exclusively ours until submit; every field is written before submit.
+    unsafe {
+        (*ev).start_ns = call.start_ns;
+        (*ev).latency_ns = latency;
+        (*ev).prepare_ns = if call.target_created_ns != 0 {
+            call.target_created_ns.saturating_sub(call.start_ns)
+        } else {
+            latency
+        };
+        (*ev).target_ino = call.target_ino;
+        (*ev).copy_fn_ns = call.fn_ns;
+        (*ev).cgroup_id = bpf_get_current_cgroup_id();
+        (*ev).file_size = file_size;
+        (*ev).ret = ret;
+        (*ev).upper_dev = call.upper_dev;
+        (*ev).pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        (*ev).tid = tid;
+        (*ev).dirs_created = call.dirs_created;
+        (*ev).files_created = call.files_created;
+        (*ev).syscall_nr = call.syscall_nr;
+        (*ev).dfd = call.dfd;
+        (*ev).trigger = call.trigger;
+        (*ev).on_overlay = on_overlay;
+        (*ev)._pad = [0; 2];
+        let _ = bpf_probe_read_kernel_buf(call.path.as_ptr(), &mut (*ev).path);
+    }
+    entry.submit(0);
+    Ok(())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

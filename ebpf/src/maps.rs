@@ -1,0 +1,44 @@
+//! The maps shared with user space. Names are the contract with
+//! `profiler/src/probes.rs`.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+};
+use strata_common::{counter, CopyUpEvent, HistKey, InFlight, Log2Hist, SyscallSpec, MAX_SYSCALL_NR};
+
+/// Syscall number -> how to read it; filled by user space.
+#[map]
+pub static TRIGGERS: Array<SyscallSpec> = Array::with_max_entries(MAX_SYSCALL_NR, 0);
+
+/// Thread id -> the watched call it is in.
+#[map]
+pub static INFLIGHT: HashMap<u32, InFlight> = HashMap::with_max_entries(16384, 0);
+
+/// Room to build an `InFlight` (too big for the 512-byte BPF stack).
+#[map]
+pub static SCRATCH: PerCpuArray<InFlight> = PerCpuArray::with_max_entries(1, 0);
+
+/// The always-on view: latency log2 histograms per key, per CPU.
+#[map]
+pub static HIST: PerCpuHashMap<HistKey, Log2Hist> = PerCpuHashMap::with_max_entries(4096, 0);
+
+/// An all-zero histogram to initialise new `HIST` keys from.
+#[map]
+pub static ZERO_HIST: PerCpuArray<Log2Hist> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// One record per copy-up, for exact percentiles in user space.
+#[map]
+pub static EVENTS: RingBuf =
+    RingBuf::with_byte_size((4096 * core::mem::size_of::<CopyUpEvent>()) as u32, 0);
+
+#[inline(always)]
+pub fn bump(index: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot of the running CPU; no concurrent writer.
+        unsafe { *c += 1 };
+    }
+}

@@ -1,0 +1,98 @@
+//! Copy-up events from the ring buffer, attributed: file size, layer depth
+//! and directory depth.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use strata_common::{CopyUpEvent, Trigger};
+
+use crate::mounts::{self, OverlayMount};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CopyUp {
+    pub trigger: &'static str,
+    pub latency_ns: u64,
+    /// Syscall entry until the file's upper inode existed: lookup plus
+    /// copying up ancestor directories.
+    pub prepare_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    /// Absolute path inside the host, where known.
+    pub path: Option<PathBuf>,
+    pub mount: Option<PathBuf>,
+    pub file_size: Option<u64>,
+    /// 1 = the layer right below the upper.
+    pub layer_depth: Option<usize>,
+    pub stack_height: Option<usize>,
+    /// Directories between the mount root and the file (0 = at the root).
+    pub dir_depth: Option<usize>,
+    /// Ancestor directories copied up along with the file.
+    pub ancestors: u32,
+    /// The start time in CLOCK_MONOTONIC ns (bpf_ktime_get_ns).
+    pub start_ns: u64,
+    pub ret: i64,
+}
+
+/// Reads a `CopyUpEvent` out of a ring buffer record.
+pub fn decode(bytes: &[u8]) -> Option<CopyUpEvent> {
+    if bytes.len() < std::mem::size_of::<CopyUpEvent>() {
+        return None;
+    }
+    // SAFETY: length checked; CopyUpEvent is repr(C) plain data valid for
+    // any bit pattern, and read_unaligned copes with the record's alignment.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<CopyUpEvent>()) })
+}
+
+/// Turns a kernel event into an attributed copy-up. `mounts` is the
+/// overlay mount table (refreshed by the caller when a path misses).
+pub fn attribute(ev: &CopyUpEvent, mounts: &[OverlayMount]) -> CopyUp {
+    let raw = &ev.path[..ev.path.iter().position(|b| *b == 0).unwrap_or(ev.path.len())];
+    let path = (!raw.is_empty()).then(|| absolute(Path::new(OsStr::from_bytes(raw)), ev.pid, ev.dfd));
+    let mut out = CopyUp {
+        trigger: Trigger::from_u8(ev.trigger).map(Trigger::name).unwrap_or("unknown"),
+        latency_ns: ev.latency_ns,
+        prepare_ns: ev.prepare_ns,
+        pid: ev.pid,
+        tid: ev.tid,
+        path: path.clone(),
+        mount: None,
+        file_size: (ev.file_size >= 0).then_some(ev.file_size as u64),
+        layer_depth: None,
+        stack_height: None,
+        dir_depth: None,
+        ancestors: if ev.files_created > 0 { ev.dirs_created } else { ev.dirs_created.saturating_sub(1) },
+        start_ns: ev.start_ns,
+        ret: ev.ret,
+    };
+    if let Some((m, rel)) = path.as_deref().and_then(|p| mounts::mount_of(mounts, p)) {
+        out.mount = Some(m.mount_point.clone());
+        out.stack_height = Some(m.lowers.len());
+        out.dir_depth = Some(rel.components().count().saturating_sub(1));
+        out.layer_depth = m.layer_of(&rel);
+        if out.file_size.is_none() {
+            if let Some(d) = out.layer_depth {
+                out.file_size = std::fs::symlink_metadata(m.lowers[d - 1].join(&rel)).ok().map(|md| md.len());
+            }
+        }
+    }
+    out
+}
+
+/// Makes a syscall's path absolute: relative to its dirfd, or the cwd.
+fn absolute(p: &Path, pid: u32, dfd: i32) -> PathBuf {
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    let base = if dfd == libc::AT_FDCWD {
+        PathBuf::from(format!("/proc/{pid}/cwd"))
+    } else {
+        PathBuf::from(format!("/proc/{pid}/fd/{dfd}"))
+    };
+    std::fs::read_link(&base).map(|b| b.join(p)).unwrap_or_else(|_| p.to_path_buf())
+}
+
+pub fn log2_bucket(v: u64) -> u32 {
+    strata_common::log2_floor(v)
+}

@@ -1,0 +1,125 @@
+//! Overlay mounts on this host and their layer lists, from mountinfo:
+//! what turns a copied-up path into a layer depth.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug)]
+pub struct OverlayMount {
+    pub mount_point: PathBuf,
+    /// Lower directories, top (nearest the upper) first.
+    pub lowers: Vec<PathBuf>,
+    pub upper: Option<PathBuf>,
+}
+
+impl OverlayMount {
+    /// 1-based depth below the upper layer of the lower layer that holds
+    /// `rel`, or None if no lower has it (a new file, not a copy-up).
+    pub fn layer_of(&self, rel: &Path) -> Option<usize> {
+        self.lowers
+            .iter()
+            .position(|l| std::fs::symlink_metadata(l.join(rel)).is_ok())
+            .map(|i| i + 1)
+    }
+}
+
+pub fn overlay_mounts() -> Vec<OverlayMount> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines().filter_map(parse_line).collect()
+}
+
+fn parse_line(line: &str) -> Option<OverlayMount> {
+    let (pre, post) = line.split_once(" - ")?;
+    let mut post = post.split(' ');
+    if post.next()? != "overlay" {
+        return None;
+    }
+    let mount_point = PathBuf::from(unescape(pre.split(' ').nth(4)?));
+    let options = post.nth(1)?;
+    // Legacy mounts may name layers relative to the mounting process's cwd;
+    // strata's are relative to its store root, three levels above merged/.
+    let base = mount_point.ancestors().nth(3).map(Path::to_path_buf).unwrap_or_default();
+    let abs = |p: &str| {
+        let p = PathBuf::from(unescape(p));
+        if p.is_absolute() {
+            p
+        } else {
+            base.join(p)
+        }
+    };
+    let mut lowers = Vec::new();
+    let mut upper = None;
+    for opt in split_unescaped(options, ',') {
+        if let Some(v) = opt.strip_prefix("lowerdir+=") {
+            lowers.push(abs(v));
+        } else if let Some(v) = opt.strip_prefix("lowerdir=") {
+            lowers.extend(split_unescaped(v, ':').iter().map(|p| abs(p)));
+        } else if let Some(v) = opt.strip_prefix("upperdir=") {
+            upper = Some(abs(v));
+        }
+    }
+    Some(OverlayMount { mount_point, lowers, upper })
+}
+
+/// Splits on `sep` except where the kernel escaped it with a backslash.
+fn split_unescaped(s: &str, sep: char) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(n) = chars.next() {
+                if n != sep {
+                    out.last_mut().unwrap().push('\\');
+                }
+                out.last_mut().unwrap().push(n);
+            }
+        } else if c == sep {
+            out.push(String::new());
+        } else {
+            out.last_mut().unwrap().push(c);
+        }
+    }
+    out
+}
+
+/// mountinfo's \ooo escapes.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() + 1 && b.get(i + 1..i + 4).is_some_and(|d| d.iter().all(|c| (b'0'..=b'7').contains(c))) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The overlay mount whose mount point is the longest prefix of `path`.
+pub fn mount_of<'a>(mounts: &'a [OverlayMount], path: &Path) -> Option<(&'a OverlayMount, PathBuf)> {
+    mounts
+        .iter()
+        .filter(|m| path.starts_with(&m.mount_point))
+        .max_by_key(|m| m.mount_point.as_os_str().len())
+        .map(|m| (m, path.strip_prefix(&m.mount_point).unwrap().to_path_buf()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_both_lowerdir_forms() {
+        let plus = "50 27 0:42 / /s/containers/c/merged rw - overlay none rw,lowerdir+=/s/layers/a/diff,lowerdir+=/s/layers/b/diff,upperdir=/s/containers/c/upper,workdir=/w";
+        let m = parse_line(plus).unwrap();
+        assert_eq!(m.lowers, vec![PathBuf::from("/s/layers/a/diff"), PathBuf::from("/s/layers/b/diff")]);
+        assert_eq!(m.upper, Some(PathBuf::from("/s/containers/c/upper")));
+        let legacy = "51 27 0:43 / /s/containers/c/merged rw - overlay overlay rw,lowerdir=l/AB:l/CD,upperdir=/u,workdir=/w";
+        let m = parse_line(legacy).unwrap();
+        assert_eq!(m.lowers, vec![PathBuf::from("/s/l/AB"), PathBuf::from("/s/l/CD")]);
+        assert!(parse_line("52 27 0:44 / /x rw - ext4 /dev/vda rw").is_none());
+    }
+}

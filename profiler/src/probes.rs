@@ -1,0 +1,273 @@
+//! Loading strata's eBPF object and attaching the tracepoint backend.
+//!
+//! Every offset the kernel programs use is resolved here, from BTF and the
+//! tracepoint format files, and written into the object's globals.
+
+use anyhow::{anyhow, bail, Context, Result};
+use aya::maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::programs::{KProbe, Program, TracePoint};
+use aya::{Ebpf, EbpfLoader};
+use strata_common::{counter, HistKey, Log2Hist, SyscallSpec, MAX_SYSCALL_NR};
+
+use crate::backend::Backend;
+use crate::btf::Btf;
+use crate::syscalls;
+use crate::tracefs::{self, Format};
+
+/// The compiled kernel programs (built by build.rs from ebpf/).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/strata-ebpf.o"));
+
+/// overlayfs's superblock magic (uapi <linux/magic.h>).
+const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
+
+/// The tracepoint that shows each new inode with its state and mode.
+const INODE_TP: (&str, &str) = ("writeback", "writeback_dirty_inode_enqueue");
+
+pub fn object() -> Result<&'static [u8]> {
+    if OBJECT.is_empty() {
+        bail!(
+            "this strata-prof was built with STRATA_SKIP_EBPF=1 and carries no eBPF programs; \
+             rebuild it without that variable (after `cargo xtask setup`)"
+        );
+    }
+    Ok(OBJECT)
+}
+
+/// In-kernel filters (0 = off).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Filters {
+    pub tgid: u32,
+    pub cgroup_id: u64,
+}
+
+/// strata's probes, loaded and attached. Dropping this detaches every
+/// program (aya owns the links), on panic too.
+pub struct Probes {
+    ebpf: Ebpf,
+    pub backend: Backend,
+    /// Syscalls whose tracepoints were attached.
+    pub attached: Vec<&'static str>,
+    /// Watched syscalls this kernel has no tracepoint for.
+    pub missing: Vec<&'static str>,
+}
+
+/// Offsets resolved from the running kernel.
+#[derive(Debug)]
+pub struct Layout {
+    pub nr_off: u32,
+    pub args_off: u32,
+    pub ret_off: u32,
+    pub wb: [u32; 4],
+    pub i_new: u64,
+    /// task.files, files.fdt, fdt.max_fds, fdt.fd, file.f_inode, inode.i_sb,
+    /// inode.i_size, sb.s_magic; None when BTF lacks one of them.
+    pub fd_chain: Option<[u32; 8]>,
+}
+
+pub fn resolve_layout(btf: &Btf) -> Result<Layout> {
+    let enter = Format::read("syscalls", "sys_enter_openat")?;
+    let exit = Format::read("syscalls", "sys_exit_openat")?;
+    let wb = Format::read(INODE_TP.0, INODE_TP.1)?;
+    let i_new = match btf.enum_value("I_NEW") {
+        Some(v) => v as u64,
+        None => 1u64 << btf.enum_value("__I_NEW").ok_or_else(|| anyhow!("BTF has neither I_NEW nor __I_NEW"))?,
+    };
+    let fd_chain = (|| -> Result<[u32; 8], crate::btf::BtfError> {
+        Ok([
+            btf.member_offset("task_struct", "files")?,
+            btf.member_offset("files_struct", "fdt")?,
+            btf.member_offset("fdtable", "max_fds")?,
+            btf.member_offset("fdtable", "fd")?,
+            btf.member_offset("file", "f_inode")?,
+            btf.member_offset("inode", "i_sb")?,
+            btf.member_offset("inode", "i_size")?,
+            btf.member_offset("super_block", "s_magic")?,
+        ])
+    })()
+    .ok();
+    Ok(Layout {
+        nr_off: enter.offset("__syscall_nr")?,
+        args_off: enter.syscall_args_offset()?,
+        ret_off: exit.offset("ret")?,
+        wb: [wb.offset("dev")?, wb.offset("ino")?, wb.offset("state")?, wb.offset("mode")?],
+        i_new,
+        fd_chain,
+    })
+}
+
+impl Probes {
+    /// Loads the object with this kernel's offsets and attaches `backend`:
+    /// the syscall tracepoints always, plus the copy-up function probes for
+    /// the precise backends.
+    pub fn attach(filters: Filters, backend: Backend) -> Result<Probes> {
+        let mut ebpf = load_object(filters)?;
+        let (attached, missing) = attach_tracepoints(&mut ebpf)?;
+        attach_copy_up_fn(&mut ebpf, backend)?;
+        Ok(Probes { ebpf, backend, attached, missing })
+    }
+
+    }
+
+fn load_object(filters: Filters) -> Result<Ebpf> {
+        tracefs::ensure_mounted()?;
+        let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
+        let l = resolve_layout(&btf)?;
+        let chain = l.fd_chain.unwrap_or([0; 8]);
+        let mut loader = EbpfLoader::new();
+        let globals: [(&str, u64); 20] = [
+            ("filter_tgid", filters.tgid as u64),
+            ("filter_cgroup", filters.cgroup_id),
+            ("nr_off", l.nr_off as u64),
+            ("args_off", l.args_off as u64),
+            ("ret_off", l.ret_off as u64),
+            ("wb_dev_off", l.wb[0] as u64),
+            ("wb_ino_off", l.wb[1] as u64),
+            ("wb_state_off", l.wb[2] as u64),
+            ("wb_mode_off", l.wb[3] as u64),
+            ("i_new", l.i_new),
+            ("offsets_valid", l.fd_chain.is_some() as u64),
+            ("task_files_off", chain[0] as u64),
+            ("files_fdt_off", chain[1] as u64),
+            ("fdt_max_fds_off", chain[2] as u64),
+            ("fdt_fd_off", chain[3] as u64),
+            ("file_inode_off", chain[4] as u64),
+            ("inode_sb_off", chain[5] as u64),
+            ("inode_size_off", chain[6] as u64),
+            ("sb_magic_off", chain[7] as u64),
+            ("overlay_magic", OVERLAYFS_SUPER_MAGIC),
+        ];
+        for (name, v) in &globals {
+            loader.override_global(name, v, true);
+        }
+        loader.load(object()?).context("loading the eBPF object")
+}
+
+fn attach_tracepoints(ebpf: &mut Ebpf) -> Result<(Vec<&'static str>, Vec<&'static str>)> {
+
+        let mut triggers: Array<_, SyscallSpec> =
+            Array::try_from(ebpf.map_mut("TRIGGERS").context("map TRIGGERS")?)?;
+        let mut attach_list = Vec::new();
+        let mut missing = Vec::new();
+        for w in syscalls::watched() {
+            let enter = format!("sys_enter_{}", w.name);
+            if w.nr < 0 || w.nr >= MAX_SYSCALL_NR as i64 || !tracefs::exists("syscalls", &enter) {
+                missing.push(w.name);
+                continue;
+            }
+            triggers.set(w.nr as u32, w.spec, 0)?;
+            attach_list.push(w.name);
+        }
+        let mut zero: PerCpuArray<_, Log2Hist> =
+            PerCpuArray::try_from(ebpf.map_mut("ZERO_HIST").context("map ZERO_HIST")?)?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        zero.set(0, aya::maps::PerCpuValues::try_from(vec![Log2Hist { slots: [0; strata_common::LOG2_SLOTS] }; cpus])?, 0)?;
+
+        for (prog, category, names) in [
+            ("strata_sys_enter", "syscalls", attach_list.iter().map(|n| format!("sys_enter_{n}")).collect::<Vec<_>>()),
+            ("strata_sys_exit", "syscalls", attach_list.iter().map(|n| format!("sys_exit_{n}")).collect()),
+            ("strata_inode_created", INODE_TP.0, vec![INODE_TP.1.to_string()]),
+        ] {
+            let p: &mut TracePoint = ebpf
+                .program_mut(prog)
+                .with_context(|| format!("program {prog}"))?
+                .try_into()?;
+            p.load().with_context(|| format!("loading {prog}"))?;
+            for name in names {
+                p.attach(category, &name).with_context(|| format!("attaching {prog} to {category}:{name}"))?;
+            }
+        }
+        Ok((attach_list, missing))
+}
+
+/// The precise backends' function probes (none for the tracepoint one).
+fn attach_copy_up_fn(ebpf: &mut Ebpf, backend: Backend) -> Result<()> {
+    match backend {
+        Backend::Tracepoint => Ok(()),
+        Backend::Fentry => {
+            let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
+            for prog in ["strata_fentry_copy_up", "strata_fexit_copy_up"] {
+                load_fn_program(ebpf, prog, Some(&btf))?;
+                match ebpf.program_mut(prog).expect("loaded above") {
+                    Program::FEntry(p) => drop(p.attach()?),
+                    Program::FExit(p) => drop(p.attach()?),
+                    _ => bail!("{prog} is not an fentry/fexit program"),
+                }
+            }
+            Ok(())
+        }
+        Backend::Kprobe => {
+            for prog in ["strata_kprobe_copy_up", "strata_kretprobe_copy_up"] {
+                load_fn_program(ebpf, prog, None)?;
+                let p: &mut KProbe = ebpf.program_mut(prog).expect("loaded above").try_into()?;
+                p.attach(COPY_UP_FN, 0).with_context(|| format!("attaching {prog} to {COPY_UP_FN}"))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The function the precise backends probe: the entry point every trigger
+/// goes through, once per request (ancestors included).
+pub const COPY_UP_FN: &str = "ovl_copy_up_flags";
+
+fn load_fn_program(ebpf: &mut Ebpf, prog: &str, btf: Option<&aya::Btf>) -> Result<()> {
+    let p = ebpf.program_mut(prog).with_context(|| format!("program {prog}"))?;
+    match (p, btf) {
+        (Program::FEntry(p), Some(btf)) => p.load(COPY_UP_FN, btf),
+        (Program::FExit(p), Some(btf)) => p.load(COPY_UP_FN, btf),
+        (Program::KProbe(p), None) => p.load(),
+        _ => bail!("{prog}: unexpected program type"),
+    }
+    .with_context(|| format!("loading {prog}"))
+}
+
+/// Loads (without attaching) a precise backend's programs: what doctor
+/// uses to learn whether the kernel permits them.
+pub fn try_load(backend: Backend) -> Result<(), String> {
+    let mut ebpf = load_object(Filters::default()).map_err(|e| format!("{e:#}"))?;
+    let r = match backend {
+        Backend::Fentry => aya::Btf::from_sys_fs()
+            .map_err(anyhow::Error::from)
+            .and_then(|btf| load_fn_program(&mut ebpf, "strata_fentry_copy_up", Some(&btf))),
+        Backend::Kprobe => load_fn_program(&mut ebpf, "strata_kprobe_copy_up", None)
+            .and_then(|()| load_fn_program(&mut ebpf, "strata_kretprobe_copy_up", None)),
+        Backend::Tracepoint => Ok(()),
+    };
+    r.map_err(|e| format!("{e:#}"))
+}
+
+impl Probes {
+
+    pub fn ring_buffer(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self.ebpf.take_map("EVENTS").context("map EVENTS already taken")?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// Sum over CPUs of each counter (see strata_common::counter).
+    pub fn counters(&self) -> Result<[u64; counter::COUNT as usize]> {
+        let map: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map("COUNTERS").context("map COUNTERS")?)?;
+        let mut out = [0u64; counter::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            *slot = map.get(&(i as u32), 0)?.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// The in-kernel log2 histograms, summed over CPUs.
+    pub fn kernel_histograms(&self) -> Result<Vec<(HistKey, [u64; strata_common::LOG2_SLOTS])>> {
+        let map: PerCpuHashMap<_, HistKey, Log2Hist> =
+            PerCpuHashMap::try_from(self.ebpf.map("HIST").context("map HIST")?)?;
+        let mut out = Vec::new();
+        for item in map.iter() {
+            let (key, per_cpu) = item?;
+            let mut slots = [0u64; strata_common::LOG2_SLOTS];
+            for h in per_cpu.iter() {
+                for (s, v) in slots.iter_mut().zip(h.slots.iter()) {
+                    *s += v;
+                }
+            }
+            out.push((key, slots));
+        }
+        Ok(out)
+    }
+}

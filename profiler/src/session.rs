@@ -1,0 +1,131 @@
+//! A profiling session: the chosen backend's probes, the event stream, and
+//! the attribution of each event to its overlay mount and layers.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::PathBuf;
+
+use anyhow::Result;
+use aya::maps::{MapData, RingBuf};
+use strata_common::counter;
+
+use crate::backend::{self, Backend};
+use crate::events::{self, CopyUp};
+use crate::mounts::{self, OverlayMount};
+use crate::probes::{self, Filters, Probes};
+
+pub struct Session {
+    probes: Probes,
+    ring: RingBuf<MapData>,
+    mounts: Vec<OverlayMount>,
+    /// Only copy-ups under this mount point (the `--container`/`--mount`
+    /// filters), or every overlay mount.
+    pub scope: Option<PathBuf>,
+    /// Calls that created a file that no lower layer had: a new file, not
+    /// a copy-up. Counted, not reported as copy-ups.
+    pub new_files: u64,
+    /// Why the backend was chosen.
+    pub reason: String,
+}
+
+/// Counters from the kernel side.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct KernelCounters {
+    pub watched_calls: u64,
+    pub copy_ups: u64,
+    /// Events the ring buffer had no room for (still in the in-kernel
+    /// histograms).
+    pub ringbuf_drops: u64,
+    /// Calls not tracked because the in-flight table was full.
+    pub inflight_full: u64,
+}
+
+impl KernelCounters {
+    pub fn lost(&self) -> u64 {
+        self.ringbuf_drops + self.inflight_full
+    }
+}
+
+/// Picks the backend: the forced one, or the most precise that works here.
+pub fn choose(forced: Option<Backend>) -> (Backend, String) {
+    if let Some(b) = forced {
+        return (b, format!("{b} backend forced with --backend"));
+    }
+    let doctor = backend::diagnose(probes::try_load(Backend::Fentry), probes::try_load(Backend::Kprobe));
+    let mut why = Vec::new();
+    for b in &doctor.backends {
+        if b.available {
+            let skipped = if why.is_empty() { String::new() } else { format!("; skipped {}", why.join("; ")) };
+            return (b.backend, format!("{} backend: {}{skipped}", b.backend, b.why));
+        }
+        why.push(format!("{}: {}", b.backend, b.why));
+    }
+    (Backend::Tracepoint, format!("no backend reported available ({}); trying tracepoint", why.join("; ")))
+}
+
+impl Session {
+    pub fn start(filters: Filters, forced: Option<Backend>, scope: Option<PathBuf>) -> Result<Session> {
+        let (backend, reason) = choose(forced);
+        let mut probes = Probes::attach(filters, backend)?;
+        let ring = probes.ring_buffer()?;
+        Ok(Session {
+            probes,
+            ring,
+            mounts: mounts::overlay_mounts(),
+            scope,
+            new_files: 0,
+            reason,
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.probes.backend
+    }
+
+    pub fn probes(&self) -> &Probes {
+        &self.probes
+    }
+
+    pub fn ring_fd(&self) -> RawFd {
+        self.ring.as_raw_fd()
+    }
+
+    /// Everything in the ring buffer now, attributed and filtered.
+    pub fn poll(&mut self) -> Vec<CopyUp> {
+        let mut raw = Vec::new();
+        while let Some(item) = self.ring.next() {
+            if let Some(ev) = events::decode(&item) {
+                raw.push(ev);
+            }
+        }
+        let mut out = Vec::with_capacity(raw.len());
+        for ev in raw {
+            let mut cu = events::attribute(&ev, &self.mounts);
+            if cu.mount.is_none() && cu.path.is_some() {
+                // A mount made after we started: look again.
+                self.mounts = mounts::overlay_mounts();
+                cu = events::attribute(&ev, &self.mounts);
+            }
+            if let Some(scope) = &self.scope {
+                if cu.mount.as_ref() != Some(scope) {
+                    continue;
+                }
+            }
+            if cu.mount.is_some() && cu.layer_depth.is_none() {
+                self.new_files += 1;
+                continue;
+            }
+            out.push(cu);
+        }
+        out
+    }
+
+    pub fn counters(&self) -> Result<KernelCounters> {
+        let c = self.probes.counters()?;
+        Ok(KernelCounters {
+            watched_calls: c[counter::WATCHED_CALLS as usize],
+            copy_ups: c[counter::COPY_UPS as usize],
+            ringbuf_drops: c[counter::RINGBUF_DROPS as usize],
+            inflight_full: c[counter::INFLIGHT_FULL as usize],
+        })
+    }
+}
