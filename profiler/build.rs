@@ -18,7 +18,10 @@ fn main() {
 
     println!("cargo::rustc-check-cfg=cfg(strata_ebpf_skipped)");
     println!("cargo::rerun-if-env-changed=STRATA_SKIP_EBPF");
-    println!("cargo::rerun-if-env-changed={}", bpf_toolchain::OVERRIDE_ENV);
+    println!(
+        "cargo::rerun-if-env-changed={}",
+        bpf_toolchain::OVERRIDE_ENV
+    );
     for p in ["src", "Cargo.toml", "Cargo.lock", "../common/src"] {
         println!("cargo::rerun-if-changed={}", ebpf_dir.join(p).display());
     }
@@ -26,7 +29,9 @@ fn main() {
     if std::env::var("STRATA_SKIP_EBPF").is_ok_and(|v| v == "1") {
         std::fs::write(&object, b"").unwrap();
         println!("cargo::rustc-cfg=strata_ebpf_skipped");
-        println!("cargo::warning=STRATA_SKIP_EBPF=1: strata-prof is built without its eBPF programs");
+        println!(
+            "cargo::warning=STRATA_SKIP_EBPF=1: strata-prof is built without its eBPF programs"
+        );
         return;
     }
 

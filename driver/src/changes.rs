@@ -102,7 +102,10 @@ impl Lowers {
                 break;
             }
         }
-        names.into_iter().filter(|n| self.exists(&rel.join(n))).collect()
+        names
+            .into_iter()
+            .filter(|n| self.exists(&rel.join(n)))
+            .collect()
     }
 }
 
@@ -131,19 +134,29 @@ fn walk(upper: &Path, rel: &Path, lowers: &Lowers, out: &mut Vec<Change>) -> Res
         let md = fs::symlink_metadata(&abs).ctx(|| format!("stat {}", abs.display()))?;
         let shown = format!("/{}", relp.display());
         if is_whiteout(&md) {
-            out.push(Change { kind: ChangeKind::Deleted, path: shown });
+            out.push(Change {
+                kind: ChangeKind::Deleted,
+                path: shown,
+            });
             continue;
         }
         let in_lower = lowers.exists(&relp);
         out.push(Change {
-            kind: if in_lower { ChangeKind::Changed } else { ChangeKind::Added },
+            kind: if in_lower {
+                ChangeKind::Changed
+            } else {
+                ChangeKind::Added
+            },
             path: shown.clone(),
         });
         if md.is_dir() {
             if in_lower && xattr_is(&abs, OVERLAY_OPAQUE_XATTR, b"y") {
                 for gone in lowers.list(&relp) {
                     if fs::symlink_metadata(abs.join(&gone)).is_err() {
-                        out.push(Change { kind: ChangeKind::Deleted, path: format!("{shown}/{gone}") });
+                        out.push(Change {
+                            kind: ChangeKind::Deleted,
+                            path: format!("{shown}/{gone}"),
+                        });
                     }
                 }
             }

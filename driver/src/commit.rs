@@ -25,7 +25,10 @@ pub fn commit(store: &Store, container: &str, name: &str) -> Result<ImageRecord>
     let work = StagingDir::create(&store.tmp_dir(), "commit")?;
     let tar_path = work.path().join("layer.tar");
     let out = File::create(&tar_path).ctx(|| format!("creating {}", tar_path.display()))?;
-    let hashing = write_layer_tar(&store.upper_dir(&c.id), HashingWriter::new(BufWriter::new(out)))?;
+    let hashing = write_layer_tar(
+        &store.upper_dir(&c.id),
+        HashingWriter::new(BufWriter::new(out)),
+    )?;
     let (writer, diff_id, _) = hashing.finish();
     writer
         .into_inner()
@@ -42,7 +45,11 @@ pub fn commit(store: &Store, container: &str, name: &str) -> Result<ImageRecord>
     let chain = Digest::chain(parent.as_ref(), &diff_id);
     let mut diff_ids = base.diff_ids.clone();
     diff_ids.push(diff_id.clone());
-    let config = config::new_config(Some(&base_config), &diff_ids, &format!("strata commit {}", c.name));
+    let config = config::new_config(
+        Some(&base_config),
+        &diff_ids,
+        &format!("strata commit {}", c.name),
+    );
     let mut layers = base.layers.clone();
     layers.push(chain.clone());
     let record = ImageRecord {

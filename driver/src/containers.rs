@@ -65,14 +65,27 @@ impl Store {
     /// By exact name, or by unique ID prefix.
     pub fn find_container(&self, reference: &str) -> Result<ContainerRecord> {
         let all = self.containers()?;
-        if let Some(c) = all.iter().find(|c| c.name == reference || c.id == reference) {
+        if let Some(c) = all
+            .iter()
+            .find(|c| c.name == reference || c.id == reference)
+        {
             return Ok(c.clone());
         }
-        let matches: Vec<_> = all.iter().filter(|c| reference.len() >= 4 && c.id.starts_with(reference)).collect();
+        let matches: Vec<_> = all
+            .iter()
+            .filter(|c| reference.len() >= 4 && c.id.starts_with(reference))
+            .collect();
         match matches.len() {
             1 => Ok(matches[0].clone()),
-            0 => Err(Error::NotFound { kind: "container", name: reference.into() }),
-            n => Err(Error::Ambiguous { kind: "container", name: reference.into(), matches: n }),
+            0 => Err(Error::NotFound {
+                kind: "container",
+                name: reference.into(),
+            }),
+            n => Err(Error::Ambiguous {
+                kind: "container",
+                name: reference.into(),
+                matches: n,
+            }),
         }
     }
 
@@ -80,20 +93,30 @@ impl Store {
         fsutil::write_json_atomic(&self.container_dir(&c.id).join(RECORD), c)
     }
 
-    pub fn create_container(&self, image_ref: &str, opts: &CreateOptions) -> Result<ContainerRecord> {
+    pub fn create_container(
+        &self,
+        image_ref: &str,
+        opts: &CreateOptions,
+    ) -> Result<ContainerRecord> {
         let _lock = self.lock()?;
         let image = self.find_image(image_ref)?;
         for l in &image.layers {
             self.require_layer(l)?;
         }
         if image.layers.len() > mount::MAX_LAYERS {
-            return Err(Error::TooManyLayers { count: image.layers.len(), limit: mount::MAX_LAYERS });
+            return Err(Error::TooManyLayers {
+                count: image.layers.len(),
+                limit: mount::MAX_LAYERS,
+            });
         }
         for v in &opts.volumes {
             self.volume(&v.volume)?;
         }
         let id = fsutil::random_hex(32);
-        let name = opts.name.clone().unwrap_or_else(|| format!("strata-{}", &id[..12]));
+        let name = opts
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("strata-{}", &id[..12]));
         if name.is_empty() || name.contains('/') || name.len() > 128 {
             return Err(Error::Invalid(format!("container name {name:?}")));
         }
@@ -165,9 +188,16 @@ impl Store {
     }
 
     fn mount_volumes(&self, c: &ContainerRecord, merged: &std::path::Path) -> Result<()> {
-        let root: OwnedFd = File::open(merged).ctx(|| format!("opening {}", merged.display()))?.into();
+        let root: OwnedFd = File::open(merged)
+            .ctx(|| format!("opening {}", merged.display()))?
+            .into();
         for v in &c.volumes {
-            let comps: Vec<&OsStr> = v.path.split('/').filter(|s| !s.is_empty()).map(OsStr::new).collect();
+            let comps: Vec<&OsStr> = v
+                .path
+                .split('/')
+                .filter(|s| !s.is_empty())
+                .map(OsStr::new)
+                .collect();
             // Resolved beneath the merged root: an image's symlink cannot
             // redirect the bind mount elsewhere on the host.
             let target = open_or_create_dirs(std::os::fd::AsFd::as_fd(&root), &comps)
@@ -202,7 +232,10 @@ impl Store {
         let _lock = self.lock()?;
         let mut c = self.find_container(reference)?;
         if c.mount_count == 0 {
-            return Err(Error::Invalid(format!("container {} is not mounted", c.name)));
+            return Err(Error::Invalid(format!(
+                "container {} is not mounted",
+                c.name
+            )));
         }
         if c.mount_count == 1 {
             self.unmount_all(&c, false)?;
@@ -227,7 +260,9 @@ impl Store {
             self.unmount_all(&c, true)?;
         }
         let dir = self.container_dir(&c.id);
-        let doomed = self.tmp_dir().join(format!("rm-container-{}", fsutil::random_hex(8)));
+        let doomed = self
+            .tmp_dir()
+            .join(format!("rm-container-{}", fsutil::random_hex(8)));
         fs::rename(&dir, &doomed).ctx(|| format!("removing {}", dir.display()))?;
         fsutil::sync_dir(&self.containers_dir())?;
         fsutil::remove_tree(&doomed)

@@ -17,8 +17,14 @@ impl Digest {
         let hex = s
             .strip_prefix("sha256:")
             .ok_or_else(|| Error::Invalid(format!("digest {s:?} is not sha256:<hex>")))?;
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
-            return Err(Error::Invalid(format!("digest {s:?} is not 64 lowercase hex digits")));
+        if hex.len() != 64
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
+            return Err(Error::Invalid(format!(
+                "digest {s:?} is not 64 lowercase hex digits"
+            )));
         }
         Ok(Digest(s.to_string()))
     }

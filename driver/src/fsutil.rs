@@ -24,7 +24,8 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
         random_hex(8)
     ));
     let mut f = File::create(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
-    f.write_all(data).ctx(|| format!("writing {}", tmp.display()))?;
+    f.write_all(data)
+        .ctx(|| format!("writing {}", tmp.display()))?;
     f.sync_all().ctx(|| format!("syncing {}", tmp.display()))?;
     fs::rename(&tmp, path).ctx(|| format!("renaming {} into place", path.display()))?;
     sync_dir(dir)
@@ -48,7 +49,8 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 /// layer of thousands of files, and what makes an import durable.
 pub fn syncfs(path: &Path) -> Result<()> {
     let f = File::open(path).ctx(|| format!("opening {}", path.display()))?;
-    nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)).ctx(|| format!("syncfs {}", path.display()))
+    nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f))
+        .ctx(|| format!("syncfs {}", path.display()))
 }
 
 /// Lowercase hex from the kernel's random pool.
@@ -58,7 +60,11 @@ pub fn random_hex(bytes: usize) -> String {
     while filled < bytes {
         // SAFETY: the pointer and length describe the unfilled tail of `buf`.
         let n = unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), bytes - filled, 0) };
-        assert!(n > 0, "getrandom failed: {}", std::io::Error::last_os_error());
+        assert!(
+            n > 0,
+            "getrandom failed: {}",
+            std::io::Error::last_os_error()
+        );
         filled += n as usize;
     }
     buf.iter().map(|b| format!("{b:02x}")).collect()

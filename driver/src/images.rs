@@ -47,7 +47,10 @@ impl Store {
         let dir = self.images_dir();
         let mut out: Vec<ImageRecord> = Vec::new();
         for entry in fs::read_dir(&dir).ctx(|| format!("reading {}", dir.display()))? {
-            let rec = entry.ctx(|| format!("reading {}", dir.display()))?.path().join(RECORD);
+            let rec = entry
+                .ctx(|| format!("reading {}", dir.display()))?
+                .path()
+                .join(RECORD);
             if rec.exists() {
                 out.push(fsutil::read_json(&rec)?);
             }
@@ -60,15 +63,19 @@ impl Store {
     pub fn find_image(&self, reference: &str) -> Result<ImageRecord> {
         let images = self.images()?;
         let normalized = normalize_name(reference).ok();
-        if let Some(img) = images
-            .iter()
-            .find(|i| i.names.iter().any(|n| Some(n) == normalized.as_ref() || n == reference))
-        {
+        if let Some(img) = images.iter().find(|i| {
+            i.names
+                .iter()
+                .any(|n| Some(n) == normalized.as_ref() || n == reference)
+        }) {
             return Ok(img.clone());
         }
         let hex = reference.strip_prefix("sha256:").unwrap_or(reference);
         if hex.len() >= 4 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let matches: Vec<_> = images.iter().filter(|i| i.id.hex().starts_with(hex)).collect();
+            let matches: Vec<_> = images
+                .iter()
+                .filter(|i| i.id.hex().starts_with(hex))
+                .collect();
             match matches.len() {
                 1 => return Ok(matches[0].clone()),
                 0 => {}
@@ -123,7 +130,9 @@ impl Store {
 
     pub fn delete_image_record(&self, id: &Digest) -> Result<()> {
         let dir = self.image_dir(id);
-        let doomed = self.tmp_dir().join(format!("rm-image-{}", fsutil::random_hex(8)));
+        let doomed = self
+            .tmp_dir()
+            .join(format!("rm-image-{}", fsutil::random_hex(8)));
         fs::rename(&dir, &doomed).ctx(|| format!("removing image {}", dir.display()))?;
         fsutil::remove_tree(&doomed)
     }
@@ -145,7 +154,11 @@ impl Store {
         if !users.is_empty() {
             return Err(Error::InUse(format!(
                 "image {} is used by container(s) {}",
-                image.names.first().map(String::as_str).unwrap_or(image.id.as_str()),
+                image
+                    .names
+                    .first()
+                    .map(String::as_str)
+                    .unwrap_or(image.id.as_str()),
                 users.join(", ")
             )));
         }

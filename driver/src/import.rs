@@ -56,7 +56,8 @@ pub fn import(store: &Store, src: &str, opts: &ImportOptions) -> Result<ImportRe
         SourceKind::OciLayout | SourceKind::DockerArchive if meta.is_file() => {
             let staged = StagingDir::create(&store.tmp_dir(), "unpack")?;
             let f = File::open(&path).ctx(|| format!("opening {}", path.display()))?;
-            let (_, reader) = compression::decompress(f).ctx(|| format!("reading {}", path.display()))?;
+            let (_, reader) =
+                compression::decompress(f).ctx(|| format!("reading {}", path.display()))?;
             apply_layer(reader, staged.path()).map_err(|e| image::invalid(&path, e.to_string()))?;
             let dir = staged.path().to_path_buf();
             unpacked = Some(staged);
@@ -99,21 +100,35 @@ struct Staged {
     size: u64,
 }
 
-fn import_source(store: &Store, source: SourceImage, src: &Path, opts: &ImportOptions) -> Result<ImportReport> {
+fn import_source(
+    store: &Store,
+    source: SourceImage,
+    src: &Path,
+    opts: &ImportOptions,
+) -> Result<ImportReport> {
     let expected_diff_ids = match &source.config {
         Some(c) => {
             let ids = config::diff_ids(c).map_err(|e| image::invalid(src, e.to_string()))?;
             if ids.len() != source.layers.len() {
                 return Err(image::invalid(
                     src,
-                    format!("config lists {} diff_ids for {} layers", ids.len(), source.layers.len()),
+                    format!(
+                        "config lists {} diff_ids for {} layers",
+                        ids.len(),
+                        source.layers.len()
+                    ),
                 ));
             }
             Some(ids)
         }
         None => None,
     };
-    let total: u64 = source.layers.iter().filter_map(|l| l.blob.metadata().ok()).map(|m| m.len()).sum();
+    let total: u64 = source
+        .layers
+        .iter()
+        .filter_map(|l| l.blob.metadata().ok())
+        .map(|m| m.len())
+        .sum();
     let progress = Progress::new(opts.progress, total);
 
     let mut staged: Vec<Staged> = Vec::new();
@@ -124,22 +139,40 @@ fn import_source(store: &Store, source: SourceImage, src: &Path, opts: &ImportOp
             let chain = Digest::chain(parent.as_ref(), diff_id);
             if let Some(rec) = store.layer(&chain)? {
                 progress.advance(layer.blob.metadata().map(|m| m.len()).unwrap_or(0));
-                staged.push(Staged { dir: None, chain_id: chain.clone(), diff_id: diff_id.clone(), parent: parent.clone(), size: rec.size });
+                staged.push(Staged {
+                    dir: None,
+                    chain_id: chain.clone(),
+                    diff_id: diff_id.clone(),
+                    parent: parent.clone(),
+                    size: rec.size,
+                });
                 parent = Some(chain);
                 continue;
             }
         }
         let dir = store.stage_layer()?;
-        let what = format!("layer {} of {} ({})", i + 1, source.layers.len(), layer.blob.display());
+        let what = format!(
+            "layer {} of {} ({})",
+            i + 1,
+            source.layers.len(),
+            layer.blob.display()
+        );
         let f = File::open(&layer.blob).ctx(|| format!("opening {}", layer.blob.display()))?;
-        let (_, decompressed) = compression::decompress(progress.wrap(f)).ctx(|| format!("reading {what}"))?;
+        let (_, decompressed) =
+            compression::decompress(progress.wrap(f)).ctx(|| format!("reading {what}"))?;
         let mut diff_hash = HashingReader::new(decompressed);
         let applied = apply_layer(&mut diff_hash, &dir.path().join("diff"))
             .map_err(|e| image::invalid(src, format!("{what}: {e}")))?;
-        let (diff_id, _) = diff_hash.finish().map_err(|e| image::invalid(src, format!("{what}: corrupt data: {e}")))?;
+        let (diff_id, _) = diff_hash
+            .finish()
+            .map_err(|e| image::invalid(src, format!("{what}: corrupt data: {e}")))?;
         if let Some(expected) = expected {
             if &diff_id != expected {
-                return Err(Error::DigestMismatch { what: format!("diffID of {what}"), expected: expected.to_string(), actual: diff_id.to_string() });
+                return Err(Error::DigestMismatch {
+                    what: format!("diffID of {what}"),
+                    expected: expected.to_string(),
+                    actual: diff_id.to_string(),
+                });
             }
         }
         if let Some(expected) = &layer.digest {
@@ -147,11 +180,21 @@ fn import_source(store: &Store, source: SourceImage, src: &Path, opts: &ImportOp
             // may stop before trailing bytes, which the digest still covers.
             let actual = blob_digest(&layer.blob)?;
             if &actual != expected {
-                return Err(Error::DigestMismatch { what: format!("blob of {what}"), expected: expected.to_string(), actual: actual.to_string() });
+                return Err(Error::DigestMismatch {
+                    what: format!("blob of {what}"),
+                    expected: expected.to_string(),
+                    actual: actual.to_string(),
+                });
             }
         }
         let chain = Digest::chain(parent.as_ref(), &diff_id);
-        staged.push(Staged { dir: Some(dir), chain_id: chain.clone(), diff_id, parent: parent.clone(), size: applied.size });
+        staged.push(Staged {
+            dir: Some(dir),
+            chain_id: chain.clone(),
+            diff_id,
+            parent: parent.clone(),
+            size: applied.size,
+        });
         parent = Some(chain);
     }
     progress.finish();
@@ -159,7 +202,11 @@ fn import_source(store: &Store, source: SourceImage, src: &Path, opts: &ImportOp
     let diff_ids: Vec<Digest> = staged.iter().map(|s| s.diff_id.clone()).collect();
     let config_bytes = match source.config {
         Some(c) => c,
-        None => config::new_config(None, &diff_ids, &format!("strata image import {}", src.display())),
+        None => config::new_config(
+            None,
+            &diff_ids,
+            &format!("strata image import {}", src.display()),
+        ),
     };
     let id = Digest::of_bytes(&config_bytes);
     let mut names = Vec::new();
@@ -177,13 +224,25 @@ fn import_source(store: &Store, source: SourceImage, src: &Path, opts: &ImportOp
     let mut layers = Vec::new();
     for s in staged {
         let shared = match s.dir {
-            Some(dir) => store.publish_layer(dir, &s.chain_id, &s.diff_id, s.parent.as_ref(), s.size)?.1,
+            Some(dir) => {
+                store
+                    .publish_layer(dir, &s.chain_id, &s.diff_id, s.parent.as_ref(), s.size)?
+                    .1
+            }
             None => store.layer(&s.chain_id)?.is_some(),
         };
         if !shared && store.layer(&s.chain_id)?.is_none() {
-            return Err(Error::NotFound { kind: "layer", name: s.chain_id.to_string() });
+            return Err(Error::NotFound {
+                kind: "layer",
+                name: s.chain_id.to_string(),
+            });
         }
-        layers.push(ImportedLayer { chain_id: s.chain_id, diff_id: s.diff_id, size: s.size, shared });
+        layers.push(ImportedLayer {
+            chain_id: s.chain_id,
+            diff_id: s.diff_id,
+            size: s.size,
+            shared,
+        });
     }
     let image = ImageRecord {
         id,
@@ -199,7 +258,9 @@ fn import_source(store: &Store, source: SourceImage, src: &Path, opts: &ImportOp
 
 fn blob_digest(path: &Path) -> Result<Digest> {
     let f = File::open(path).ctx(|| format!("opening {}", path.display()))?;
-    let (d, _) = HashingReader::new(f).finish().ctx(|| format!("reading {}", path.display()))?;
+    let (d, _) = HashingReader::new(f)
+        .finish()
+        .ctx(|| format!("reading {}", path.display()))?;
     Ok(d)
 }
 
@@ -213,9 +274,11 @@ impl Progress {
         }
         let bar = indicatif::ProgressBar::new(total);
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} importing [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}")
-                .expect("static template")
-                .progress_chars("=> "),
+            indicatif::ProgressStyle::with_template(
+                "{spinner} importing [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .expect("static template")
+            .progress_chars("=> "),
         );
         Progress(Some(bar))
     }

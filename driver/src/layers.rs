@@ -109,7 +109,9 @@ impl Store {
     /// Deletes a layer: first out of sight (rename into tmp), then from disk.
     pub fn remove_layer(&self, record: &LayerRecord) -> Result<()> {
         let dir = self.layer_dir(&record.chain_id);
-        let doomed = self.tmp_dir().join(format!("rm-layer-{}", fsutil::random_hex(8)));
+        let doomed = self
+            .tmp_dir()
+            .join(format!("rm-layer-{}", fsutil::random_hex(8)));
         fs::rename(&dir, &doomed).ctx(|| format!("removing layer {}", dir.display()))?;
         let _ = fs::remove_file(self.links_dir().join(&record.link));
         fsutil::remove_tree(&doomed)

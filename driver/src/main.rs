@@ -119,18 +119,26 @@ enum ImageCmd {
         #[command(flatten)]
         out: Output,
     },
-    Rm { image: String },
+    Rm {
+        image: String,
+    },
 }
 
 #[derive(Subcommand)]
 enum VolumeCmd {
-    Create { name: String },
+    Create {
+        name: String,
+    },
     Ls {
         #[command(flatten)]
         out: Output,
     },
-    Inspect { name: String },
-    Rm { name: String },
+    Inspect {
+        name: String,
+    },
+    Rm {
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -143,11 +151,25 @@ enum SystemCmd {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let store = Store::open(&cli.root).with_context(|| format!("opening store {}", cli.root.display()))?;
+    let store =
+        Store::open(&cli.root).with_context(|| format!("opening store {}", cli.root.display()))?;
     match cli.cmd {
         Cmd::Image(cmd) => image_cmd(&store, cmd),
-        Cmd::Create { image, name, volumes, volatile, out } => {
-            let c = store.create_container(&image, &CreateOptions { name, volumes, volatile })?;
+        Cmd::Create {
+            image,
+            name,
+            volumes,
+            volatile,
+            out,
+        } => {
+            let c = store.create_container(
+                &image,
+                &CreateOptions {
+                    name,
+                    volumes,
+                    volatile,
+                },
+            )?;
             emit(out, &c, || println!("{}", c.id))
         }
         Cmd::Mount { container } => {
@@ -165,7 +187,11 @@ fn main() -> Result<()> {
                 }
             })
         }
-        Cmd::Commit { container, name, out } => {
+        Cmd::Commit {
+            container,
+            name,
+            out,
+        } => {
             let img = commit::commit(&store, &container, &name)?;
             emit(out, &img, || println!("{}", img.id))
         }
@@ -184,9 +210,16 @@ fn main() -> Result<()> {
                     df.containers.len().to_string(),
                     human(df.containers_size),
                 ]);
-                t.row(["Volumes".into(), df.volumes.len().to_string(), human(df.volumes_size)]);
+                t.row([
+                    "Volumes".into(),
+                    df.volumes.len().to_string(),
+                    human(df.volumes_size),
+                ]);
                 t.print();
-                println!("\nDisk used by the driver: {} (layers once + containers' writable layers)", human(df.disk_used));
+                println!(
+                    "\nDisk used by the driver: {} (layers once + containers' writable layers)",
+                    human(df.disk_used)
+                );
             })
         }
     }
@@ -195,11 +228,22 @@ fn main() -> Result<()> {
 fn image_cmd(store: &Store, cmd: ImageCmd) -> Result<()> {
     match cmd {
         ImageCmd::Import { src, name, out } => {
-            let report = import(store, &src, &ImportOptions { name, progress: out.format == Format::Table })
-                .with_context(|| format!("importing {src}"))?;
+            let report = import(
+                store,
+                &src,
+                &ImportOptions {
+                    name,
+                    progress: out.format == Format::Table,
+                },
+            )
+            .with_context(|| format!("importing {src}"))?;
             emit(out, &report, || {
                 for l in &report.layers {
-                    let how = if l.shared { "shared (already stored)" } else { "stored" };
+                    let how = if l.shared {
+                        "shared (already stored)"
+                    } else {
+                        "stored"
+                    };
                     println!("layer {} {how} {}", short(l.chain_id.hex()), human(l.size));
                 }
                 println!("{}", report.image.id);
@@ -266,10 +310,17 @@ fn ps(store: &Store, all: bool, size: bool, out: Output) -> Result<()> {
         if !all && c.mount_count == 0 {
             continue;
         }
-        rows.push(if size { Some(store.container_usage(&c)?) } else { None }.map_or_else(
-            || serde_json::json!({"container": c}),
-            |u| serde_json::to_value(u).expect("serialisable"),
-        ));
+        rows.push(
+            if size {
+                Some(store.container_usage(&c)?)
+            } else {
+                None
+            }
+            .map_or_else(
+                || serde_json::json!({"container": c}),
+                |u| serde_json::to_value(u).expect("serialisable"),
+            ),
+        );
     }
     emit(out, &rows, || {
         let mut header = vec!["CONTAINER ID", "NAME", "IMAGE", "MOUNTS"];
@@ -362,7 +413,13 @@ fn human(bytes: u64) -> String {
         return format!("{bytes}B");
     }
     // Like Go's %.3g: three significant digits, trailing zeros dropped.
-    let decimals = if v < 10.0 { 2 } else if v < 100.0 { 1 } else { 0 };
+    let decimals = if v < 10.0 {
+        2
+    } else if v < 100.0 {
+        1
+    } else {
+        0
+    };
     let mut s = format!("{v:.decimals$}");
     if s.contains('.') {
         s = s.trim_end_matches('0').trim_end_matches('.').to_string();
@@ -389,7 +446,9 @@ struct Table {
 
 impl Table {
     fn new<I: IntoIterator<Item = S>, S: Into<String>>(header: I) -> Table {
-        Table { rows: vec![header.into_iter().map(Into::into).collect()] }
+        Table {
+            rows: vec![header.into_iter().map(Into::into).collect()],
+        }
     }
     fn row<I: IntoIterator<Item = String>>(&mut self, cells: I) {
         self.rows.push(cells.into_iter().collect());
@@ -397,10 +456,20 @@ impl Table {
     fn print(&self) {
         let cols = self.rows[0].len();
         let widths: Vec<usize> = (0..cols)
-            .map(|i| self.rows.iter().map(|r| r.get(i).map_or(0, |c| c.chars().count())).max().unwrap_or(0))
+            .map(|i| {
+                self.rows
+                    .iter()
+                    .map(|r| r.get(i).map_or(0, |c| c.chars().count()))
+                    .max()
+                    .unwrap_or(0)
+            })
             .collect();
         for r in &self.rows {
-            let line: Vec<String> = r.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+            let line: Vec<String> = r
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+                .collect();
             println!("{}", line.join("   ").trim_end());
         }
     }

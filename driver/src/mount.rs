@@ -50,7 +50,9 @@ impl MountApi {
         let release = nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_default();
-        let mut parts = release.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
+        let mut parts = release
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|p| p.parse::<u32>().ok());
         let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
         if (major, minor) >= (6, 7) {
             MountApi::LowerdirPlus
@@ -104,7 +106,10 @@ fn mount_new_api(spec: &OverlaySpec<'_>) -> Result<()> {
     // SAFETY: NUL-terminated filesystem name; the flags are valid.
     let fd = unsafe { libc::syscall(libc::SYS_fsopen, c"overlay".as_ptr(), FSOPEN_CLOEXEC) };
     if fd < 0 {
-        return Err(mount_err(spec.target, format!("fsopen(overlay): {}", io::Error::last_os_error())));
+        return Err(mount_err(
+            spec.target,
+            format!("fsopen(overlay): {}", io::Error::last_os_error()),
+        ));
     }
     // SAFETY: the kernel just returned this fd; we own it.
     let fs = unsafe { OwnedFd::from_raw_fd(fd as i32) };
@@ -116,10 +121,22 @@ fn mount_new_api(spec: &OverlaySpec<'_>) -> Result<()> {
         };
         // SAFETY: valid fs-context fd; NUL-terminated key and value (or
         // null for a flag); aux is unused for these commands.
-        let rc = unsafe { libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), cmd, key.as_ptr(), vptr, 0) };
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs.as_raw_fd(),
+                cmd,
+                key.as_ptr(),
+                vptr,
+                0,
+            )
+        };
         if rc < 0 {
             let e = io::Error::last_os_error();
-            return Err(mount_err(spec.target, format!("{}: {e}{}", key.to_string_lossy(), kernel_log(&fs))));
+            return Err(mount_err(
+                spec.target,
+                format!("{}: {e}{}", key.to_string_lossy(), kernel_log(&fs)),
+            ));
         }
         Ok(())
     };
@@ -136,26 +153,49 @@ fn mount_new_api(spec: &OverlaySpec<'_>) -> Result<()> {
     }
     // SAFETY: valid fs-context fd; CMD_CREATE takes no key or value.
     let rc = unsafe {
-        libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), FSCONFIG_CMD_CREATE, std::ptr::null::<u8>(), std::ptr::null::<u8>(), 0)
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            std::ptr::null::<u8>(),
+            std::ptr::null::<u8>(),
+            0,
+        )
     };
     if rc < 0 {
         let e = io::Error::last_os_error();
-        return Err(mount_err(spec.target, format!("creating overlay: {e}{}", kernel_log(&fs))));
+        return Err(mount_err(
+            spec.target,
+            format!("creating overlay: {e}{}", kernel_log(&fs)),
+        ));
     }
     // SAFETY: valid fs-context fd in the created state.
     let mfd = unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, 0) };
     if mfd < 0 {
-        return Err(mount_err(spec.target, format!("fsmount: {}", io::Error::last_os_error())));
+        return Err(mount_err(
+            spec.target,
+            format!("fsmount: {}", io::Error::last_os_error()),
+        ));
     }
     // SAFETY: the kernel just returned this fd; we own it.
     let mnt = unsafe { OwnedFd::from_raw_fd(mfd as i32) };
     let target = c(spec.target.as_os_str().as_bytes());
     // SAFETY: valid mount fd, empty path with F_EMPTY_PATH, NUL-terminated target.
     let rc = unsafe {
-        libc::syscall(libc::SYS_move_mount, mnt.as_raw_fd(), c"".as_ptr(), libc::AT_FDCWD, target.as_ptr(), MOVE_MOUNT_F_EMPTY_PATH)
+        libc::syscall(
+            libc::SYS_move_mount,
+            mnt.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
     };
     if rc < 0 {
-        return Err(mount_err(spec.target, format!("move_mount: {}", io::Error::last_os_error())));
+        return Err(mount_err(
+            spec.target,
+            format!("move_mount: {}", io::Error::last_os_error()),
+        ));
     }
     Ok(())
 }
@@ -164,7 +204,11 @@ fn mount_new_api(spec: &OverlaySpec<'_>) -> Result<()> {
 /// every kernel whatever its build defaults: no inode index, no
 /// metadata-only copy-up, no redirected directories.
 fn fixed_options() -> [(&'static CStr, &'static str); 3] {
-    [(c"index", "off"), (c"metacopy", "off"), (c"redirect_dir", "off")]
+    [
+        (c"index", "off"),
+        (c"metacopy", "off"),
+        (c"redirect_dir", "off"),
+    ]
 }
 
 /// Messages the kernel queued on the fs context explain a failed mount.
@@ -211,8 +255,14 @@ fn mount_legacy(spec: &OverlaySpec<'_>) -> Result<()> {
     let result = std::thread::spawn(move || -> io::Result<()> {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS).map_err(io::Error::from)?;
         std::env::set_current_dir(&base)?;
-        nix::mount::mount(Some("overlay"), &target, Some("overlay"), nix::mount::MsFlags::empty(), Some(opts.as_str()))
-            .map_err(io::Error::from)
+        nix::mount::mount(
+            Some("overlay"),
+            &target,
+            Some("overlay"),
+            nix::mount::MsFlags::empty(),
+            Some(opts.as_str()),
+        )
+        .map_err(io::Error::from)
     })
     .join()
     .expect("mount thread does not panic");
@@ -240,7 +290,9 @@ pub fn is_mountpoint(target: &Path) -> bool {
     let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
         return false;
     };
-    info.lines().any(|l| l.split(' ').nth(4).map(unescape_mountinfo).as_deref() == Some(real.as_os_str().as_bytes()))
+    info.lines().any(|l| {
+        l.split(' ').nth(4).map(unescape_mountinfo).as_deref() == Some(real.as_os_str().as_bytes())
+    })
 }
 
 /// mountinfo escapes space, tab, newline and backslash as \ooo.
@@ -249,7 +301,10 @@ fn unescape_mountinfo(s: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|d| (b'0'..=b'7').contains(d)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|d| (b'0'..=b'7').contains(d))
+        {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -265,13 +320,25 @@ fn unescape_mountinfo(s: &str) -> Vec<u8> {
 pub fn bind(source: &Path, target_fd: &OwnedFd, readonly: bool) -> Result<()> {
     let target = PathBuf::from(format!("/proc/self/fd/{}", target_fd.as_raw_fd()));
     use nix::mount::{mount, MsFlags};
-    mount(Some(source), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-        .map_err(|e| mount_err(source, format!("bind mount: {e}")))?;
+    mount(
+        Some(source),
+        &target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| mount_err(source, format!("bind mount: {e}")))?;
     if readonly {
         // The bind is now the mount at `target`; remount it read-only.
         let real = fs::read_link(&target).unwrap_or(target.clone());
-        mount(None::<&str>, &real, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>)
-            .map_err(|e| mount_err(&real, format!("read-only remount: {e}")))?;
+        mount(
+            None::<&str>,
+            &real,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(|e| mount_err(&real, format!("read-only remount: {e}")))?;
     }
     Ok(())
 }

@@ -30,7 +30,9 @@ fn walk(dir: &Path, seen: &mut HashSet<(u64, u64)>, total: &mut u64) -> Result<(
     for entry in fs::read_dir(dir).ctx(|| format!("reading {}", dir.display()))? {
         let entry = entry.ctx(|| format!("reading {}", dir.display()))?;
         // DirEntry::metadata is an fstatat on the open directory: no path walk.
-        let md = entry.metadata().ctx(|| format!("stat {}", entry.path().display()))?;
+        let md = entry
+            .metadata()
+            .ctx(|| format!("stat {}", entry.path().display()))?;
         if md.is_dir() {
             walk(&entry.path(), seen, total)?;
         } else if md.len() > 0 && (md.nlink() == 1 || seen.insert((md.dev(), md.ino()))) {
@@ -79,7 +81,11 @@ pub struct SystemDf {
 
 impl Store {
     fn layer_sizes(&self) -> Result<HashMap<Digest, u64>> {
-        Ok(self.layers()?.into_iter().map(|l| (l.chain_id, l.size)).collect())
+        Ok(self
+            .layers()?
+            .into_iter()
+            .map(|l| (l.chain_id, l.size))
+            .collect())
     }
 
     pub fn image_usage(&self) -> Result<Vec<ImageUsage>> {
@@ -96,7 +102,10 @@ impl Store {
             .iter()
             .map(|img| {
                 let unique_layers: HashSet<&Digest> = img.layers.iter().collect();
-                let size: u64 = unique_layers.iter().map(|l| sizes.get(*l).copied().unwrap_or(0)).sum();
+                let size: u64 = unique_layers
+                    .iter()
+                    .map(|l| sizes.get(*l).copied().unwrap_or(0))
+                    .sum();
                 let shared: u64 = unique_layers
                     .iter()
                     .filter(|l| users.get(**l).copied().unwrap_or(0) > 1)
@@ -115,7 +124,13 @@ impl Store {
 
     pub fn container_usage(&self, c: &ContainerRecord) -> Result<ContainerUsage> {
         let sizes = self.layer_sizes()?;
-        let image: u64 = c.layers.iter().collect::<HashSet<_>>().iter().map(|l| sizes.get(*l).copied().unwrap_or(0)).sum();
+        let image: u64 = c
+            .layers
+            .iter()
+            .collect::<HashSet<_>>()
+            .iter()
+            .map(|l| sizes.get(*l).copied().unwrap_or(0))
+            .sum();
         let size = apparent_size(&self.upper_dir(&c.id))?;
         Ok(ContainerUsage {
             container: c.clone(),

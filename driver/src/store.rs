@@ -86,7 +86,8 @@ impl Store {
         // SAFETY: valid fd; flock has no memory-safety preconditions.
         let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
         if rc != 0 {
-            return Err(std::io::Error::last_os_error()).ctx(|| format!("locking {}", path.display()));
+            return Err(std::io::Error::last_os_error())
+                .ctx(|| format!("locking {}", path.display()));
         }
         Ok(StoreLock { _file: file })
     }

@@ -35,11 +35,17 @@ impl std::str::FromStr for VolumeMount {
             [v, p] => (*v, *p, false),
             [v, p, "ro"] => (*v, *p, true),
             [v, p, "rw"] => (*v, *p, false),
-            _ => return Err(Error::Invalid(format!("volume spec {s:?} is not VOLUME:/path[:ro]"))),
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "volume spec {s:?} is not VOLUME:/path[:ro]"
+                )))
+            }
         };
         validate_name(volume)?;
         if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
-            return Err(Error::Invalid(format!("volume path {path:?} must be absolute, without `..`")));
+            return Err(Error::Invalid(format!(
+                "volume path {path:?} must be absolute, without `..`"
+            )));
         }
         Ok(VolumeMount {
             volume: volume.into(),
@@ -53,11 +59,15 @@ pub fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 128
         && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
     if ok {
         Ok(())
     } else {
-        Err(Error::Invalid(format!("volume name {name:?}: use [A-Za-z0-9][A-Za-z0-9_.-]*")))
+        Err(Error::Invalid(format!(
+            "volume name {name:?}: use [A-Za-z0-9][A-Za-z0-9_.-]*"
+        )))
     }
 }
 
@@ -101,7 +111,10 @@ impl Store {
         let dir = self.volumes_dir();
         let mut out: Vec<VolumeRecord> = Vec::new();
         for e in fs::read_dir(&dir).ctx(|| format!("reading {}", dir.display()))? {
-            let p = e.ctx(|| "reading volumes".into())?.path().join("volume.json");
+            let p = e
+                .ctx(|| "reading volumes".into())?
+                .path()
+                .join("volume.json");
             if p.exists() {
                 out.push(fsutil::read_json(&p)?);
             }
@@ -126,10 +139,15 @@ impl Store {
         let _lock = self.lock()?;
         let users = self.volume_users(name)?;
         if !users.is_empty() {
-            return Err(Error::InUse(format!("volume {name} is used by {}", users.join(", "))));
+            return Err(Error::InUse(format!(
+                "volume {name} is used by {}",
+                users.join(", ")
+            )));
         }
         let dir = self.volumes_dir().join(name);
-        let doomed = self.tmp_dir().join(format!("rm-volume-{}", fsutil::random_hex(8)));
+        let doomed = self
+            .tmp_dir()
+            .join(format!("rm-volume-{}", fsutil::random_hex(8)));
         fs::rename(&dir, &doomed).ctx(|| format!("removing volume {}", dir.display()))?;
         fsutil::remove_tree(&doomed)
     }

@@ -33,7 +33,8 @@ impl fmt::Display for Backend {
 }
 
 /// Copy-up functions, most useful first; names differ between kernels.
-pub const COPY_UP_FUNCTIONS: &[&str] = &["ovl_copy_up_flags", "ovl_copy_up_one", "ovl_copy_up_file"];
+pub const COPY_UP_FUNCTIONS: &[&str] =
+    &["ovl_copy_up_flags", "ovl_copy_up_one", "ovl_copy_up_file"];
 
 #[derive(Debug, Serialize)]
 pub struct Check {
@@ -58,7 +59,11 @@ pub struct Doctor {
 }
 
 fn check(what: &str, ok: bool, detail: impl Into<String>) -> Check {
-    Check { what: what.into(), ok, detail: detail.into() }
+    Check {
+        what: what.into(),
+        ok,
+        detail: detail.into(),
+    }
 }
 
 /// Inspects the kernel. `fentry_load` is the result of actually loading
@@ -76,7 +81,8 @@ pub fn diagnose(fentry_load: Result<(), String>, kprobe_load: Result<(), String>
         },
     ));
     let overlay_module = Path::new("/sys/kernel/btf/overlay").exists();
-    let overlay_loaded = std::fs::read_to_string("/proc/filesystems").is_ok_and(|f| f.lines().any(|l| l.ends_with("\toverlay")));
+    let overlay_loaded = std::fs::read_to_string("/proc/filesystems")
+        .is_ok_and(|f| f.lines().any(|l| l.ends_with("\toverlay")));
     checks.push(check(
         "overlayfs",
         overlay_loaded,
@@ -88,14 +94,20 @@ pub fn diagnose(fentry_load: Result<(), String>, kprobe_load: Result<(), String>
             "built in: its functions' BTF is in vmlinux".to_string()
         },
     ));
-    let traceable = std::fs::read_to_string(Path::new(tracefs::TRACEFS).join("available_filter_functions")).unwrap_or_default();
+    let traceable =
+        std::fs::read_to_string(Path::new(tracefs::TRACEFS).join("available_filter_functions"))
+            .unwrap_or_default();
     let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
     let funcs: Vec<(&str, bool, bool, bool)> = COPY_UP_FUNCTIONS
         .iter()
         .map(|f| {
             let in_btf = btf.as_ref().is_ok_and(|b| b.has_func(f));
-            let in_kallsyms = kallsyms.lines().any(|l| l.split_whitespace().nth(2) == Some(*f));
-            let in_ftrace = traceable.lines().any(|l| l.split_whitespace().next() == Some(*f));
+            let in_kallsyms = kallsyms
+                .lines()
+                .any(|l| l.split_whitespace().nth(2) == Some(*f));
+            let in_ftrace = traceable
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(*f));
             (*f, in_btf, in_kallsyms, in_ftrace)
         })
         .collect();
@@ -106,18 +118,28 @@ pub fn diagnose(fentry_load: Result<(), String>, kprobe_load: Result<(), String>
             format!(
                 "kallsyms: {}, BTF: {}, ftrace-traceable: {}",
                 yes(*in_kallsyms),
-                if overlay_module { "module (split)" } else { yes(*in_btf) },
+                if overlay_module {
+                    "module (split)"
+                } else {
+                    yes(*in_btf)
+                },
                 yes(*in_ftrace)
             ),
         ));
     }
     let traceable_fn = funcs.iter().find(|f| f.2 && f.3).map(|f| f.0);
-    let kprobes_built = kallsyms.lines().any(|l| l.split_whitespace().nth(2) == Some("register_kprobe"));
+    let kprobes_built = kallsyms
+        .lines()
+        .any(|l| l.split_whitespace().nth(2) == Some("register_kprobe"));
     let kprobe_events = Path::new(tracefs::TRACEFS).join("kprobe_events").exists();
     checks.push(check(
         "kprobes (CONFIG_KPROBES, kprobe_events)",
         kprobes_built && kprobe_events,
-        format!("register_kprobe in kallsyms: {}, tracefs kprobe_events: {}", yes(kprobes_built), yes(kprobe_events)),
+        format!(
+            "register_kprobe in kallsyms: {}, tracefs kprobe_events: {}",
+            yes(kprobes_built),
+            yes(kprobe_events)
+        ),
     ));
     checks.push(check(
         "fentry program load",
@@ -140,12 +162,20 @@ pub fn diagnose(fentry_load: Result<(), String>, kprobe_load: Result<(), String>
     checks.push(check(
         "syscall tracepoints",
         syscall_tps,
-        if syscall_tps { "present" } else { "CONFIG_FTRACE_SYSCALLS is off" },
+        if syscall_tps {
+            "present"
+        } else {
+            "CONFIG_FTRACE_SYSCALLS is off"
+        },
     ));
     checks.push(check(
         "writeback:writeback_dirty_inode_enqueue",
         inode_tp,
-        if inode_tp { "present (tells which calls created upper inodes)" } else { "missing" },
+        if inode_tp {
+            "present (tells which calls created upper inodes)"
+        } else {
+            "missing"
+        },
     ));
 
     let fentry = match (&fentry_load, traceable_fn, overlay_module) {
@@ -160,17 +190,39 @@ pub fn diagnose(fentry_load: Result<(), String>, kprobe_load: Result<(), String>
         (true, Some(f)) => (true, format!("kprobe/kretprobe on {f}")),
     };
     let tp = if syscall_tps && inode_tp && btf.is_ok() {
-        (true, "syscall tracepoints + inode creation tracepoint; offsets from BTF".to_string())
+        (
+            true,
+            "syscall tracepoints + inode creation tracepoint; offsets from BTF".to_string(),
+        )
     } else {
-        (false, "needs syscall tracepoints, writeback_dirty_inode_enqueue and BTF".to_string())
+        (
+            false,
+            "needs syscall tracepoints, writeback_dirty_inode_enqueue and BTF".to_string(),
+        )
     };
     let backends = vec![
-        BackendReport { backend: Backend::Fentry, available: fentry.0, why: fentry.1 },
-        BackendReport { backend: Backend::Kprobe, available: kprobe.0, why: kprobe.1 },
-        BackendReport { backend: Backend::Tracepoint, available: tp.0, why: tp.1 },
+        BackendReport {
+            backend: Backend::Fentry,
+            available: fentry.0,
+            why: fentry.1,
+        },
+        BackendReport {
+            backend: Backend::Kprobe,
+            available: kprobe.0,
+            why: kprobe.1,
+        },
+        BackendReport {
+            backend: Backend::Tracepoint,
+            available: tp.0,
+            why: tp.1,
+        },
     ];
     let chosen = backends.iter().find(|b| b.available).map(|b| b.backend);
-    Doctor { checks, backends, chosen }
+    Doctor {
+        checks,
+        backends,
+        chosen,
+    }
 }
 
 fn yes(b: bool) -> &'static str {

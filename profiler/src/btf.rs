@@ -77,7 +77,10 @@ impl Btf {
 
     pub fn parse(data: &[u8]) -> Result<Btf, BtfError> {
         let u16_at = |o: usize| data.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-        let u32_at = |o: usize| data.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()));
+        let u32_at = |o: usize| {
+            data.get(o..o + 4)
+                .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+        };
         if u16_at(0) != Some(0xeb9f) {
             return Err(BtfError::Malformed("bad magic (or big-endian BTF)"));
         }
@@ -123,7 +126,9 @@ impl Btf {
                     }
                     o += vlen * 12;
                     if kind == KIND_STRUCT && name != 0 {
-                        btf.structs.entry(btf.string(name).to_string()).or_insert(id);
+                        btf.structs
+                            .entry(btf.string(name).to_string())
+                            .or_insert(id);
                     }
                     Type::Composite { members }
                 }
@@ -143,7 +148,8 @@ impl Btf {
                         let n = u32_at(m).ok_or(bad("truncated enum64"))?;
                         let lo = u32_at(m + 4).ok_or(bad("truncated enum64"))? as u64;
                         let hi = u32_at(m + 8).ok_or(bad("truncated enum64"))? as u64;
-                        btf.enum_values.insert(btf.string(n).to_string(), (hi << 32 | lo) as i64);
+                        btf.enum_values
+                            .insert(btf.string(n).to_string(), (hi << 32 | lo) as i64);
                     }
                     o += vlen * 12;
                     Type::Other
@@ -168,7 +174,9 @@ impl Btf {
                     btf.funcs.insert(btf.string(name).to_string());
                     Type::Other
                 }
-                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => Type::Alias(size_or_type),
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                    Type::Alias(size_or_type)
+                }
                 0..=19 => Type::Other,
                 _ => return Err(bad("unknown BTF kind")),
             };
@@ -186,7 +194,10 @@ impl Btf {
     /// Byte offset of `member` in `struct name`, looking through anonymous
     /// struct and union members as C does.
     pub fn member_offset(&self, name: &str, member: &str) -> Result<u32, BtfError> {
-        let id = *self.structs.get(name).ok_or_else(|| BtfError::NoStruct(name.into()))?;
+        let id = *self
+            .structs
+            .get(name)
+            .ok_or_else(|| BtfError::NoStruct(name.into()))?;
         self.find_member(id, member)
             .map(|bits| bits / 8)
             .ok_or_else(|| BtfError::NoMember(name.into(), member.into()))

@@ -5,14 +5,14 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use strata_common::{CopyUpEvent, Trigger};
 
 use crate::mounts::{self, OverlayMount};
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CopyUp {
-    pub trigger: &'static str,
+    pub trigger: String,
     pub latency_ns: u64,
     /// Syscall entry until the file's upper inode existed: lookup plus
     /// copying up ancestor directories.
@@ -48,10 +48,18 @@ pub fn decode(bytes: &[u8]) -> Option<CopyUpEvent> {
 /// Turns a kernel event into an attributed copy-up. `mounts` is the
 /// overlay mount table (refreshed by the caller when a path misses).
 pub fn attribute(ev: &CopyUpEvent, mounts: &[OverlayMount]) -> CopyUp {
-    let raw = &ev.path[..ev.path.iter().position(|b| *b == 0).unwrap_or(ev.path.len())];
-    let path = (!raw.is_empty()).then(|| absolute(Path::new(OsStr::from_bytes(raw)), ev.pid, ev.dfd));
+    let raw = &ev.path[..ev
+        .path
+        .iter()
+        .position(|b| *b == 0)
+        .unwrap_or(ev.path.len())];
+    let path =
+        (!raw.is_empty()).then(|| absolute(Path::new(OsStr::from_bytes(raw)), ev.pid, ev.dfd));
     let mut out = CopyUp {
-        trigger: Trigger::from_u8(ev.trigger).map(Trigger::name).unwrap_or("unknown"),
+        trigger: Trigger::from_u8(ev.trigger)
+            .map(Trigger::name)
+            .unwrap_or("unknown")
+            .to_string(),
         latency_ns: ev.latency_ns,
         prepare_ns: ev.prepare_ns,
         pid: ev.pid,
@@ -62,7 +70,11 @@ pub fn attribute(ev: &CopyUpEvent, mounts: &[OverlayMount]) -> CopyUp {
         layer_depth: None,
         stack_height: None,
         dir_depth: None,
-        ancestors: if ev.files_created > 0 { ev.dirs_created } else { ev.dirs_created.saturating_sub(1) },
+        ancestors: if ev.files_created > 0 {
+            ev.dirs_created
+        } else {
+            ev.dirs_created.saturating_sub(1)
+        },
         start_ns: ev.start_ns,
         ret: ev.ret,
     };
@@ -73,7 +85,9 @@ pub fn attribute(ev: &CopyUpEvent, mounts: &[OverlayMount]) -> CopyUp {
         out.layer_depth = m.layer_of(&rel);
         if out.file_size.is_none() {
             if let Some(d) = out.layer_depth {
-                out.file_size = std::fs::symlink_metadata(m.lowers[d - 1].join(&rel)).ok().map(|md| md.len());
+                out.file_size = std::fs::symlink_metadata(m.lowers[d - 1].join(&rel))
+                    .ok()
+                    .map(|md| md.len());
             }
         }
     }
@@ -90,7 +104,9 @@ fn absolute(p: &Path, pid: u32, dfd: i32) -> PathBuf {
     } else {
         PathBuf::from(format!("/proc/{pid}/fd/{dfd}"))
     };
-    std::fs::read_link(&base).map(|b| b.join(p)).unwrap_or_else(|_| p.to_path_buf())
+    std::fs::read_link(&base)
+        .map(|b| b.join(p))
+        .unwrap_or_else(|_| p.to_path_buf())
 }
 
 pub fn log2_bucket(v: u64) -> u32 {

@@ -21,7 +21,12 @@ pub enum Dimension {
 }
 
 impl Dimension {
-    pub const SHOWN: [Dimension; 4] = [Dimension::FileSize, Dimension::LayerDepth, Dimension::DirDepth, Dimension::Trigger];
+    pub const SHOWN: [Dimension; 4] = [
+        Dimension::FileSize,
+        Dimension::LayerDepth,
+        Dimension::DirDepth,
+        Dimension::Trigger,
+    ];
 
     pub fn title(self) -> &'static str {
         match self {
@@ -46,7 +51,9 @@ pub enum Bucket {
 impl Bucket {
     pub fn label(&self, dim: Dimension) -> String {
         match (self, dim) {
-            (Bucket::Num(b), Dimension::FileSize) => format!("{}..{}", human_bytes(1 << b), human_bytes(2 << b)),
+            (Bucket::Num(b), Dimension::FileSize) => {
+                format!("{}..{}", human_bytes(1 << b), human_bytes(2 << b))
+            }
             (Bucket::Num(n), _) => n.to_string(),
             (Bucket::Name(s), _) => s.clone(),
             (Bucket::Unknown, _) => "?".into(),
@@ -58,7 +65,7 @@ pub fn human_bytes(v: u64) -> String {
     const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut i = 0;
     let mut x = v;
-    while x >= 1024 && x % 1024 == 0 && i < U.len() - 1 {
+    while x >= 1024 && x.is_multiple_of(1024) && i < U.len() - 1 {
         x /= 1024;
         i += 1;
     }
@@ -80,10 +87,15 @@ impl Histograms {
         let num = |v: Option<usize>| v.map(|x| Bucket::Num(x as u64)).unwrap_or(Bucket::Unknown);
         let keys = [
             (Dimension::All, Bucket::Name("all".into())),
-            (Dimension::FileSize, e.file_size.map(|s| Bucket::Num(log2_bucket(s.max(1)) as u64)).unwrap_or(Bucket::Unknown)),
+            (
+                Dimension::FileSize,
+                e.file_size
+                    .map(|s| Bucket::Num(log2_bucket(s.max(1)) as u64))
+                    .unwrap_or(Bucket::Unknown),
+            ),
             (Dimension::LayerDepth, num(e.layer_depth)),
             (Dimension::DirDepth, num(e.dir_depth)),
-            (Dimension::Trigger, Bucket::Name(e.trigger.into())),
+            (Dimension::Trigger, Bucket::Name(e.trigger.clone())),
         ];
         for key in keys {
             let h = self.by_key.entry(key).or_insert_with(new_histogram);
@@ -99,7 +111,10 @@ impl Histograms {
     }
 
     pub fn dimension(&self, dim: Dimension) -> impl Iterator<Item = (&Bucket, &Histogram<u64>)> {
-        self.by_key.iter().filter(move |((d, _), _)| *d == dim).map(|((_, b), h)| (b, h))
+        self.by_key
+            .iter()
+            .filter(move |((d, _), _)| *d == dim)
+            .map(|((_, b), h)| (b, h))
     }
 
     pub fn merge(&mut self, other: &Histograms) {
@@ -141,7 +156,7 @@ mod tests {
 
     fn ev(size: u64, layer: usize, dir: usize, ns: u64) -> CopyUp {
         CopyUp {
-            trigger: "open-write",
+            trigger: "open-write".into(),
             latency_ns: ns,
             prepare_ns: 0,
             pid: 1,
@@ -166,7 +181,10 @@ mod tests {
         }
         h.record(&ev(1 << 20, 8, 3, 5_000_000));
         assert_eq!(h.total(), 101);
-        let sizes: Vec<_> = h.dimension(Dimension::FileSize).map(|(b, h)| (b.clone(), h.len())).collect();
+        let sizes: Vec<_> = h
+            .dimension(Dimension::FileSize)
+            .map(|(b, h)| (b.clone(), h.len()))
+            .collect();
         assert_eq!(sizes, vec![(Bucket::Num(12), 100), (Bucket::Num(20), 1)]);
         let (_, small) = h.dimension(Dimension::FileSize).next().unwrap();
         let s = Stats::of(small);

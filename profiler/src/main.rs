@@ -5,16 +5,29 @@ mod btf;
 mod events;
 mod histograms;
 mod mounts;
+mod output;
 mod probes;
+mod record;
+mod report;
 mod session;
+mod sweep;
 mod syscalls;
 mod tracefs;
 
-use anyhow::Result;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+use backend::Backend;
+
 #[derive(Parser)]
-#[command(name = "strata-prof", about = "eBPF profiler of overlayfs copy-on-write cost", version)]
+#[command(
+    name = "strata-prof",
+    about = "eBPF profiler of overlayfs copy-on-write cost",
+    version
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -27,35 +40,234 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Print copy-ups as they happen (temporary smoke command).
-    Watch,
+    /// Stream copy-up histograms until Ctrl-C or --duration, then summarise.
+    Record {
+        /// Force a backend instead of the most precise that works here.
+        #[arg(long, value_enum)]
+        backend: Option<Backend>,
+        /// Only this process (in-kernel filter).
+        #[arg(long)]
+        pid: Option<u32>,
+        /// Only this cgroup v2 directory (in-kernel filter).
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+        /// Only this strata container (must be mounted).
+        #[arg(long, conflicts_with = "mount")]
+        container: Option<String>,
+        /// strata's store root, for --container.
+        #[arg(long, env = "STRATA_ROOT", default_value = strata_driver::store::DEFAULT_ROOT)]
+        store_root: PathBuf,
+        /// Only this overlay mount point.
+        #[arg(long)]
+        mount: Option<PathBuf>,
+        /// Stop after this long (e.g. 30s, 5m).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Refresh the live view this often.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+        interval: Duration,
+        /// JSON lines: one per copy-up, one per interval histogram.
+        #[arg(long)]
+        json: bool,
+        /// Also write an HdrHistogram interval log.
+        #[arg(long)]
+        hdr_log: Option<PathBuf>,
+    },
+    /// Plot latency against file size and depth from `record --json` or
+    /// `sweep --json` output.
+    Report {
+        file: PathBuf,
+        #[arg(long)]
+        svg: PathBuf,
+    },
+    /// Build images over a size x layer-depth x directory-depth grid,
+    /// trigger copy-ups, record them and print the matrix.
+    Sweep {
+        /// File sizes (K/M/G suffixes).
+        #[arg(long, value_delimiter = ',', value_parser = parse_size)]
+        sizes: Option<Vec<u64>>,
+        /// Layer depths.
+        #[arg(long, value_delimiter = ',')]
+        layers: Option<Vec<usize>>,
+        /// Directory depths.
+        #[arg(long, value_delimiter = ',')]
+        dirs: Option<Vec<usize>>,
+        /// Every combination, not one axis at a time.
+        #[arg(long)]
+        full: bool,
+        /// Copy-ups per cell (fewer for huge files).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        #[arg(long, value_enum)]
+        backend: Option<Backend>,
+        /// One JSON object per cell instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Where to write the plot.
+        #[arg(long, default_value = "strata-sweep.svg")]
+        svg: PathBuf,
+        /// Store for the sweep's images (removed afterwards unless --keep).
+        #[arg(long)]
+        root: Option<PathBuf>,
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{s:?} is not a size like 4K, 1M or 4096"))
 }
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
-        Cmd::Doctor { json } => {
-            let d = backend::diagnose(probes::try_load(backend::Backend::Fentry), probes::try_load(backend::Backend::Kprobe));
-            if json {
-                println!("{}", serde_json::to_string_pretty(&d)?);
-            } else {
-                for c in &d.checks {
-                    println!("[{}] {}: {}", if c.ok { " ok " } else { "FAIL" }, c.what, c.detail);
+        Cmd::Doctor { json } => doctor(json),
+        Cmd::Record {
+            backend,
+            pid,
+            cgroup,
+            container,
+            store_root,
+            mount,
+            duration,
+            interval,
+            json,
+            hdr_log,
+        } => {
+            let mount = match container {
+                Some(id) => {
+                    let store = strata_driver::Store::open(&store_root)?;
+                    let c = store.find_container(&id)?;
+                    let merged = store.merged_dir(&c.id);
+                    if c.mount_count == 0 {
+                        bail!(
+                            "container {} is not mounted (strata mount {})",
+                            c.name,
+                            c.name
+                        );
+                    }
+                    Some(merged)
                 }
-                for b in &d.backends {
-                    println!("backend {:<10} {}: {}", b.backend.to_string(), if b.available { "available" } else { "unavailable" }, b.why);
-                }
+                None => mount
+                    .map(|m| m.canonicalize().with_context(|| format!("{}", m.display())))
+                    .transpose()?,
+            };
+            let args = record::RecordArgs {
+                backend,
+                pid,
+                cgroup,
+                mount,
+                duration,
+                interval,
+                json,
+                hdr_log,
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(record::record(args))?;
+            Ok(())
+        }
+        Cmd::Report { file, svg } => {
+            let points = report::points_from_file(&file)?;
+            report::plot(&points, &svg)?;
+            println!("wrote {} ({} points)", svg.display(), points.len());
+            Ok(())
+        }
+        Cmd::Sweep {
+            sizes,
+            layers,
+            dirs,
+            full,
+            reps,
+            backend,
+            json,
+            svg,
+            root,
+            keep,
+        } => {
+            let mut grid = sweep::Grid {
+                full,
+                reps: reps.max(1),
+                ..Default::default()
+            };
+            if let Some(s) = sizes {
+                grid.sizes = s;
+            }
+            if let Some(l) = layers {
+                grid.layers = l;
+            }
+            if let Some(d) = dirs {
+                grid.dirs = d;
+            }
+            if grid.sizes.is_empty()
+                || grid.layers.is_empty()
+                || grid.dirs.is_empty()
+                || grid.layers.contains(&0)
+            {
+                bail!("every axis needs at least one value, and layer depths start at 1");
+            }
+            let root = root.unwrap_or_else(|| {
+                PathBuf::from(format!("/var/tmp/strata-sweep-{}", std::process::id()))
+            });
+            let result = sweep::run(&grid, &root, backend, !json);
+            if !keep {
+                let _ = strata_driver::fsutil::remove_tree(&root);
+            }
+            let result = result?;
+            output::print_sweep(&result, json)?;
+            let points = report::cell_points_of(&result.cells);
+            report::plot(&points, &svg)?;
+            if !json {
+                println!("plot: {}", svg.display());
+            }
+            if !result.violations.is_empty() {
+                bail!("{} truth-bar violations", result.violations.len());
             }
             Ok(())
         }
-        Cmd::Watch => {
-            let mut s = session::Session::start(probes::Filters::default(), None, None)?;
-            eprintln!("{}", s.reason);
-            loop {
-                for e in s.poll() {
-                    println!("{}", serde_json::to_string(&e)?);
-                }
-                std::thread::sleep(std::time::Duration::from_millis(200));
-            }
-        }
     }
+}
+
+fn doctor(json: bool) -> Result<()> {
+    let d = backend::diagnose(
+        probes::try_load(Backend::Fentry),
+        probes::try_load(Backend::Kprobe),
+    );
+    if json {
+        println!("{}", serde_json::to_string_pretty(&d)?);
+        return Ok(());
+    }
+    for c in &d.checks {
+        println!(
+            "[{}] {}: {}",
+            if c.ok { " ok " } else { "FAIL" },
+            c.what,
+            c.detail
+        );
+    }
+    println!();
+    for b in &d.backends {
+        let state = if b.available {
+            "available"
+        } else {
+            "unavailable"
+        };
+        println!("{:<10} {state:<11} {}", b.backend.to_string(), b.why);
+    }
+    match d.chosen {
+        Some(b) => println!("\nrecord would use: {b}"),
+        None => println!("\nno backend works on this kernel"),
+    }
+    Ok(())
 }

@@ -8,7 +8,6 @@ pub struct OverlayMount {
     pub mount_point: PathBuf,
     /// Lower directories, top (nearest the upper) first.
     pub lowers: Vec<PathBuf>,
-    pub upper: Option<PathBuf>,
 }
 
 impl OverlayMount {
@@ -37,7 +36,11 @@ fn parse_line(line: &str) -> Option<OverlayMount> {
     let options = post.nth(1)?;
     // Legacy mounts may name layers relative to the mounting process's cwd;
     // strata's are relative to its store root, three levels above merged/.
-    let base = mount_point.ancestors().nth(3).map(Path::to_path_buf).unwrap_or_default();
+    let base = mount_point
+        .ancestors()
+        .nth(3)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     let abs = |p: &str| {
         let p = PathBuf::from(unescape(p));
         if p.is_absolute() {
@@ -47,17 +50,17 @@ fn parse_line(line: &str) -> Option<OverlayMount> {
         }
     };
     let mut lowers = Vec::new();
-    let mut upper = None;
     for opt in split_unescaped(options, ',') {
         if let Some(v) = opt.strip_prefix("lowerdir+=") {
             lowers.push(abs(v));
         } else if let Some(v) = opt.strip_prefix("lowerdir=") {
             lowers.extend(split_unescaped(v, ':').iter().map(|p| abs(p)));
-        } else if let Some(v) = opt.strip_prefix("upperdir=") {
-            upper = Some(abs(v));
         }
     }
-    Some(OverlayMount { mount_point, lowers, upper })
+    Some(OverlayMount {
+        mount_point,
+        lowers,
+    })
 }
 
 /// Splits on `sep` except where the kernel escaped it with a backslash.
@@ -87,7 +90,11 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() + 1 && b.get(i + 1..i + 4).is_some_and(|d| d.iter().all(|c| (b'0'..=b'7').contains(c))) {
+        if b[i] == b'\\'
+            && i + 3 < b.len() + 1
+            && b.get(i + 1..i + 4)
+                .is_some_and(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)))
+        {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -99,7 +106,10 @@ fn unescape(s: &str) -> String {
 }
 
 /// The overlay mount whose mount point is the longest prefix of `path`.
-pub fn mount_of<'a>(mounts: &'a [OverlayMount], path: &Path) -> Option<(&'a OverlayMount, PathBuf)> {
+pub fn mount_of<'a>(
+    mounts: &'a [OverlayMount],
+    path: &Path,
+) -> Option<(&'a OverlayMount, PathBuf)> {
     mounts
         .iter()
         .filter(|m| path.starts_with(&m.mount_point))
@@ -115,11 +125,19 @@ mod tests {
     fn parses_both_lowerdir_forms() {
         let plus = "50 27 0:42 / /s/containers/c/merged rw - overlay none rw,lowerdir+=/s/layers/a/diff,lowerdir+=/s/layers/b/diff,upperdir=/s/containers/c/upper,workdir=/w";
         let m = parse_line(plus).unwrap();
-        assert_eq!(m.lowers, vec![PathBuf::from("/s/layers/a/diff"), PathBuf::from("/s/layers/b/diff")]);
-        assert_eq!(m.upper, Some(PathBuf::from("/s/containers/c/upper")));
+        assert_eq!(
+            m.lowers,
+            vec![
+                PathBuf::from("/s/layers/a/diff"),
+                PathBuf::from("/s/layers/b/diff")
+            ]
+        );
         let legacy = "51 27 0:43 / /s/containers/c/merged rw - overlay overlay rw,lowerdir=l/AB:l/CD,upperdir=/u,workdir=/w";
         let m = parse_line(legacy).unwrap();
-        assert_eq!(m.lowers, vec![PathBuf::from("/s/l/AB"), PathBuf::from("/s/l/CD")]);
+        assert_eq!(
+            m.lowers,
+            vec![PathBuf::from("/s/l/AB"), PathBuf::from("/s/l/CD")]
+        );
         assert!(parse_line("52 27 0:44 / /x rw - ext4 /dev/vda rw").is_none());
     }
 }

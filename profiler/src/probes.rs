@@ -70,7 +70,11 @@ pub fn resolve_layout(btf: &Btf) -> Result<Layout> {
     let wb = Format::read(INODE_TP.0, INODE_TP.1)?;
     let i_new = match btf.enum_value("I_NEW") {
         Some(v) => v as u64,
-        None => 1u64 << btf.enum_value("__I_NEW").ok_or_else(|| anyhow!("BTF has neither I_NEW nor __I_NEW"))?,
+        None => {
+            1u64 << btf
+                .enum_value("__I_NEW")
+                .ok_or_else(|| anyhow!("BTF has neither I_NEW nor __I_NEW"))?
+        }
     };
     let fd_chain = (|| -> Result<[u32; 8], crate::btf::BtfError> {
         Ok([
@@ -89,7 +93,12 @@ pub fn resolve_layout(btf: &Btf) -> Result<Layout> {
         nr_off: enter.offset("__syscall_nr")?,
         args_off: enter.syscall_args_offset()?,
         ret_off: exit.offset("ret")?,
-        wb: [wb.offset("dev")?, wb.offset("ino")?, wb.offset("state")?, wb.offset("mode")?],
+        wb: [
+            wb.offset("dev")?,
+            wb.offset("ino")?,
+            wb.offset("state")?,
+            wb.offset("mode")?,
+        ],
         i_new,
         fd_chain,
     })
@@ -103,80 +112,111 @@ impl Probes {
         let mut ebpf = load_object(filters)?;
         let (attached, missing) = attach_tracepoints(&mut ebpf)?;
         attach_copy_up_fn(&mut ebpf, backend)?;
-        Ok(Probes { ebpf, backend, attached, missing })
+        Ok(Probes {
+            ebpf,
+            backend,
+            attached,
+            missing,
+        })
     }
-
-    }
+}
 
 fn load_object(filters: Filters) -> Result<Ebpf> {
-        tracefs::ensure_mounted()?;
-        let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
-        let l = resolve_layout(&btf)?;
-        let chain = l.fd_chain.unwrap_or([0; 8]);
-        let mut loader = EbpfLoader::new();
-        let globals: [(&str, u64); 20] = [
-            ("filter_tgid", filters.tgid as u64),
-            ("filter_cgroup", filters.cgroup_id),
-            ("nr_off", l.nr_off as u64),
-            ("args_off", l.args_off as u64),
-            ("ret_off", l.ret_off as u64),
-            ("wb_dev_off", l.wb[0] as u64),
-            ("wb_ino_off", l.wb[1] as u64),
-            ("wb_state_off", l.wb[2] as u64),
-            ("wb_mode_off", l.wb[3] as u64),
-            ("i_new", l.i_new),
-            ("offsets_valid", l.fd_chain.is_some() as u64),
-            ("task_files_off", chain[0] as u64),
-            ("files_fdt_off", chain[1] as u64),
-            ("fdt_max_fds_off", chain[2] as u64),
-            ("fdt_fd_off", chain[3] as u64),
-            ("file_inode_off", chain[4] as u64),
-            ("inode_sb_off", chain[5] as u64),
-            ("inode_size_off", chain[6] as u64),
-            ("sb_magic_off", chain[7] as u64),
-            ("overlay_magic", OVERLAYFS_SUPER_MAGIC),
-        ];
-        for (name, v) in &globals {
-            loader.override_global(name, v, true);
-        }
-        loader.load(object()?).context("loading the eBPF object")
+    tracefs::ensure_mounted()?;
+    let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
+    let l = resolve_layout(&btf)?;
+    let chain = l.fd_chain.unwrap_or([0; 8]);
+    let mut loader = EbpfLoader::new();
+    let globals: [(&str, u64); 20] = [
+        ("filter_tgid", filters.tgid as u64),
+        ("filter_cgroup", filters.cgroup_id),
+        ("nr_off", l.nr_off as u64),
+        ("args_off", l.args_off as u64),
+        ("ret_off", l.ret_off as u64),
+        ("wb_dev_off", l.wb[0] as u64),
+        ("wb_ino_off", l.wb[1] as u64),
+        ("wb_state_off", l.wb[2] as u64),
+        ("wb_mode_off", l.wb[3] as u64),
+        ("i_new", l.i_new),
+        ("offsets_valid", l.fd_chain.is_some() as u64),
+        ("task_files_off", chain[0] as u64),
+        ("files_fdt_off", chain[1] as u64),
+        ("fdt_max_fds_off", chain[2] as u64),
+        ("fdt_fd_off", chain[3] as u64),
+        ("file_inode_off", chain[4] as u64),
+        ("inode_sb_off", chain[5] as u64),
+        ("inode_size_off", chain[6] as u64),
+        ("sb_magic_off", chain[7] as u64),
+        ("overlay_magic", OVERLAYFS_SUPER_MAGIC),
+    ];
+    for (name, v) in &globals {
+        loader.override_global(name, v, true);
+    }
+    loader.load(object()?).context("loading the eBPF object")
 }
 
 fn attach_tracepoints(ebpf: &mut Ebpf) -> Result<(Vec<&'static str>, Vec<&'static str>)> {
-
-        let mut triggers: Array<_, SyscallSpec> =
-            Array::try_from(ebpf.map_mut("TRIGGERS").context("map TRIGGERS")?)?;
-        let mut attach_list = Vec::new();
-        let mut missing = Vec::new();
-        for w in syscalls::watched() {
-            let enter = format!("sys_enter_{}", w.name);
-            if w.nr < 0 || w.nr >= MAX_SYSCALL_NR as i64 || !tracefs::exists("syscalls", &enter) {
-                missing.push(w.name);
-                continue;
-            }
-            triggers.set(w.nr as u32, w.spec, 0)?;
-            attach_list.push(w.name);
+    let mut triggers: Array<_, SyscallSpec> =
+        Array::try_from(ebpf.map_mut("TRIGGERS").context("map TRIGGERS")?)?;
+    let mut attach_list = Vec::new();
+    let mut missing = Vec::new();
+    for w in syscalls::watched() {
+        let enter = format!("sys_enter_{}", w.name);
+        if w.nr < 0 || w.nr >= MAX_SYSCALL_NR as i64 || !tracefs::exists("syscalls", &enter) {
+            missing.push(w.name);
+            continue;
         }
-        let mut zero: PerCpuArray<_, Log2Hist> =
-            PerCpuArray::try_from(ebpf.map_mut("ZERO_HIST").context("map ZERO_HIST")?)?;
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-        zero.set(0, aya::maps::PerCpuValues::try_from(vec![Log2Hist { slots: [0; strata_common::LOG2_SLOTS] }; cpus])?, 0)?;
+        triggers.set(w.nr as u32, w.spec, 0)?;
+        attach_list.push(w.name);
+    }
+    let mut zero: PerCpuArray<_, Log2Hist> =
+        PerCpuArray::try_from(ebpf.map_mut("ZERO_HIST").context("map ZERO_HIST")?)?;
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+    zero.set(
+        0,
+        aya::maps::PerCpuValues::try_from(vec![
+            Log2Hist {
+                slots: [0; strata_common::LOG2_SLOTS]
+            };
+            cpus
+        ])?,
+        0,
+    )?;
 
-        for (prog, category, names) in [
-            ("strata_sys_enter", "syscalls", attach_list.iter().map(|n| format!("sys_enter_{n}")).collect::<Vec<_>>()),
-            ("strata_sys_exit", "syscalls", attach_list.iter().map(|n| format!("sys_exit_{n}")).collect()),
-            ("strata_inode_created", INODE_TP.0, vec![INODE_TP.1.to_string()]),
-        ] {
-            let p: &mut TracePoint = ebpf
-                .program_mut(prog)
-                .with_context(|| format!("program {prog}"))?
-                .try_into()?;
-            p.load().with_context(|| format!("loading {prog}"))?;
-            for name in names {
-                p.attach(category, &name).with_context(|| format!("attaching {prog} to {category}:{name}"))?;
-            }
+    for (prog, category, names) in [
+        (
+            "strata_sys_enter",
+            "syscalls",
+            attach_list
+                .iter()
+                .map(|n| format!("sys_enter_{n}"))
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "strata_sys_exit",
+            "syscalls",
+            attach_list
+                .iter()
+                .map(|n| format!("sys_exit_{n}"))
+                .collect(),
+        ),
+        (
+            "strata_inode_created",
+            INODE_TP.0,
+            vec![INODE_TP.1.to_string()],
+        ),
+    ] {
+        let p: &mut TracePoint = ebpf
+            .program_mut(prog)
+            .with_context(|| format!("program {prog}"))?
+            .try_into()?;
+        p.load().with_context(|| format!("loading {prog}"))?;
+        for name in names {
+            p.attach(category, &name)
+                .with_context(|| format!("attaching {prog} to {category}:{name}"))?;
         }
-        Ok((attach_list, missing))
+    }
+    Ok((attach_list, missing))
 }
 
 /// The precise backends' function probes (none for the tracepoint one).
@@ -188,8 +228,13 @@ fn attach_copy_up_fn(ebpf: &mut Ebpf, backend: Backend) -> Result<()> {
             for prog in ["strata_fentry_copy_up", "strata_fexit_copy_up"] {
                 load_fn_program(ebpf, prog, Some(&btf))?;
                 match ebpf.program_mut(prog).expect("loaded above") {
-                    Program::FEntry(p) => drop(p.attach()?),
-                    Program::FExit(p) => drop(p.attach()?),
+                    // The program keeps the link; detached when ebpf drops.
+                    Program::FEntry(p) => {
+                        p.attach()?;
+                    }
+                    Program::FExit(p) => {
+                        p.attach()?;
+                    }
                     _ => bail!("{prog} is not an fentry/fexit program"),
                 }
             }
@@ -199,7 +244,8 @@ fn attach_copy_up_fn(ebpf: &mut Ebpf, backend: Backend) -> Result<()> {
             for prog in ["strata_kprobe_copy_up", "strata_kretprobe_copy_up"] {
                 load_fn_program(ebpf, prog, None)?;
                 let p: &mut KProbe = ebpf.program_mut(prog).expect("loaded above").try_into()?;
-                p.attach(COPY_UP_FN, 0).with_context(|| format!("attaching {prog} to {COPY_UP_FN}"))?;
+                p.attach(COPY_UP_FN, 0)
+                    .with_context(|| format!("attaching {prog} to {COPY_UP_FN}"))?;
             }
             Ok(())
         }
@@ -211,7 +257,9 @@ fn attach_copy_up_fn(ebpf: &mut Ebpf, backend: Backend) -> Result<()> {
 pub const COPY_UP_FN: &str = "ovl_copy_up_flags";
 
 fn load_fn_program(ebpf: &mut Ebpf, prog: &str, btf: Option<&aya::Btf>) -> Result<()> {
-    let p = ebpf.program_mut(prog).with_context(|| format!("program {prog}"))?;
+    let p = ebpf
+        .program_mut(prog)
+        .with_context(|| format!("program {prog}"))?;
     match (p, btf) {
         (Program::FEntry(p), Some(btf)) => p.load(COPY_UP_FN, btf),
         (Program::FExit(p), Some(btf)) => p.load(COPY_UP_FN, btf),
@@ -237,15 +285,18 @@ pub fn try_load(backend: Backend) -> Result<(), String> {
 }
 
 impl Probes {
-
     pub fn ring_buffer(&mut self) -> Result<RingBuf<MapData>> {
-        let map = self.ebpf.take_map("EVENTS").context("map EVENTS already taken")?;
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .context("map EVENTS already taken")?;
         Ok(RingBuf::try_from(map)?)
     }
 
     /// Sum over CPUs of each counter (see strata_common::counter).
     pub fn counters(&self) -> Result<[u64; counter::COUNT as usize]> {
-        let map: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map("COUNTERS").context("map COUNTERS")?)?;
+        let map: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map("COUNTERS").context("map COUNTERS")?)?;
         let mut out = [0u64; counter::COUNT as usize];
         for (i, slot) in out.iter_mut().enumerate() {
             *slot = map.get(&(i as u32), 0)?.iter().sum();

@@ -50,23 +50,50 @@ pub fn choose(forced: Option<Backend>) -> (Backend, String) {
     if let Some(b) = forced {
         return (b, format!("{b} backend forced with --backend"));
     }
-    let doctor = backend::diagnose(probes::try_load(Backend::Fentry), probes::try_load(Backend::Kprobe));
+    let doctor = backend::diagnose(
+        probes::try_load(Backend::Fentry),
+        probes::try_load(Backend::Kprobe),
+    );
     let mut why = Vec::new();
     for b in &doctor.backends {
         if b.available {
-            let skipped = if why.is_empty() { String::new() } else { format!("; skipped {}", why.join("; ")) };
-            return (b.backend, format!("{} backend: {}{skipped}", b.backend, b.why));
+            let skipped = if why.is_empty() {
+                String::new()
+            } else {
+                format!("; skipped {}", why.join("; "))
+            };
+            return (
+                b.backend,
+                format!("{} backend: {}{skipped}", b.backend, b.why),
+            );
         }
         why.push(format!("{}: {}", b.backend, b.why));
     }
-    (Backend::Tracepoint, format!("no backend reported available ({}); trying tracepoint", why.join("; ")))
+    (
+        Backend::Tracepoint,
+        format!(
+            "no backend reported available ({}); trying tracepoint",
+            why.join("; ")
+        ),
+    )
 }
 
 impl Session {
-    pub fn start(filters: Filters, forced: Option<Backend>, scope: Option<PathBuf>) -> Result<Session> {
+    pub fn start(
+        filters: Filters,
+        forced: Option<Backend>,
+        scope: Option<PathBuf>,
+    ) -> Result<Session> {
         let (backend, reason) = choose(forced);
         let mut probes = Probes::attach(filters, backend)?;
         let ring = probes.ring_buffer()?;
+        let mut reason = format!("{reason}; {} syscalls watched", probes.attached.len());
+        if !probes.missing.is_empty() {
+            reason.push_str(&format!(
+                " (no tracepoint on this kernel for: {})",
+                probes.missing.join(", ")
+            ));
+        }
         Ok(Session {
             probes,
             ring,

@@ -14,15 +14,30 @@ pub const TRACEFS: &str = "/sys/kernel/tracing";
 pub fn ensure_mounted() -> Result<()> {
     if !Path::new(TRACEFS).join("events").exists() {
         std::fs::create_dir_all(TRACEFS).ok();
-        nix::mount::mount(Some("tracefs"), TRACEFS, Some("tracefs"), nix::mount::MsFlags::empty(), None::<&str>)
-            .with_context(|| format!("mounting tracefs at {TRACEFS}"))?;
+        nix::mount::mount(
+            Some("tracefs"),
+            TRACEFS,
+            Some("tracefs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .with_context(|| format!("mounting tracefs at {TRACEFS}"))?;
     }
     let bpffs = Path::new("/sys/fs/bpf");
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    if !mounts.lines().any(|l| l.split(' ').nth(1) == Some("/sys/fs/bpf")) {
+    if !mounts
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some("/sys/fs/bpf"))
+    {
         std::fs::create_dir_all(bpffs).ok();
-        nix::mount::mount(Some("bpf"), bpffs, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-            .context("mounting bpffs at /sys/fs/bpf")?;
+        nix::mount::mount(
+            Some("bpf"),
+            bpffs,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .context("mounting bpffs at /sys/fs/bpf")?;
     }
     Ok(())
 }
@@ -44,7 +59,8 @@ pub struct Format {
 impl Format {
     pub fn read(category: &str, name: &str) -> Result<Format> {
         let path = event_dir(category, name).join("format");
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
         Ok(Format::parse(&format!("{category}:{name}"), &text))
     }
 
@@ -52,7 +68,9 @@ impl Format {
         let mut fields = HashMap::new();
         for line in text.lines() {
             let line = line.trim();
-            let Some(rest) = line.strip_prefix("field:") else { continue };
+            let Some(rest) = line.strip_prefix("field:") else {
+                continue;
+            };
             let mut decl = "";
             let (mut off, mut size) = (None, None);
             for part in rest.split(';') {
@@ -67,7 +85,13 @@ impl Format {
             }
             // "const char * filename" / "unsigned long args[6]": the name
             // is the last word, minus any array suffix.
-            let field = decl.rsplit([' ', '*']).next().unwrap_or("").split('[').next().unwrap_or("");
+            let field = decl
+                .rsplit([' ', '*'])
+                .next()
+                .unwrap_or("")
+                .split('[')
+                .next()
+                .unwrap_or("");
             if let (Some(o), Some(s)) = (off, size) {
                 fields.insert(field.to_string(), (o, s));
             }
@@ -100,7 +124,10 @@ impl Format {
         };
         for (i, (off, size)) in args.iter().enumerate() {
             if *size != 8 || *off != first.0 + 8 * i as u32 {
-                bail!("tracepoint {}: arguments are not consecutive 8-byte fields", self.name);
+                bail!(
+                    "tracepoint {}: arguments are not consecutive 8-byte fields",
+                    self.name
+                );
             }
         }
         Ok(first.0)

@@ -39,7 +39,14 @@ fn main() -> Result<()> {
         Task::Setup => setup::setup(),
         Task::Run { args } => {
             setup::setup()?;
-            cargo(&["build", "--release", "-p", "strata-driver", "-p", "strata-prof"])?;
+            cargo(&[
+                "build",
+                "--release",
+                "-p",
+                "strata-driver",
+                "-p",
+                "strata-prof",
+            ])?;
             let prof = workspace_root().join("target/release/strata-prof");
             run(Command::new(prof).arg("sweep").args(args))
         }
@@ -53,12 +60,21 @@ fn test() -> Result<()> {
         bail!("CI=true but not root: the privileged tests would not run");
     }
     cargo(&["fmt", "--all", "--", "--check"])?;
-    cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
     cargo(&["test", "--workspace"])
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
-    run(Command::new(env!("CARGO")).args(args).current_dir(workspace_root()))
+    run(Command::new(env!("CARGO"))
+        .args(args)
+        .current_dir(workspace_root()))
 }
 
 pub fn run(cmd: &mut Command) -> Result<()> {

@@ -52,7 +52,13 @@ pub fn setup() -> Result<()> {
         did.push(format!("installed {toolchain}"));
     }
     if !has_component(&toolchain, "rust-src")? {
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", &toolchain]))?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            &toolchain,
+        ]))?;
         did.push(format!("added rust-src to {toolchain}"));
     }
 
@@ -88,7 +94,11 @@ pub fn setup() -> Result<()> {
             started.elapsed().as_secs_f64()
         );
     } else {
-        println!("setup: {} in {:.1}s", did.join("; "), started.elapsed().as_secs_f64());
+        println!(
+            "setup: {} in {:.1}s",
+            did.join("; "),
+            started.elapsed().as_secs_f64()
+        );
     }
     Ok(())
 }
@@ -101,7 +111,11 @@ fn mount_kernel_fs() -> Result<Vec<String>> {
         return Ok(did);
     }
     for (fstype, dir, probe) in [
-        ("tracefs", "/sys/kernel/tracing", "/sys/kernel/tracing/events"),
+        (
+            "tracefs",
+            "/sys/kernel/tracing",
+            "/sys/kernel/tracing/events",
+        ),
         ("bpf", "/sys/fs/bpf", ""),
     ] {
         let mounted = if probe.is_empty() {
@@ -119,7 +133,8 @@ fn mount_kernel_fs() -> Result<Vec<String>> {
 }
 
 fn is_mount_of(dir: &str, fstype: &str) -> Result<bool> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    let mounts =
+        std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
     Ok(mounts.lines().any(|l| {
         let mut f = l.split_whitespace();
         let (_, mp, ty) = (f.next(), f.next(), f.next());

@@ -38,20 +38,17 @@ pub fn apply_layer(reader: impl Read, dest: &Path) -> Result<AppliedLayer> {
         stats: AppliedLayer::default(),
     };
     let mut archive = tar::Archive::new(reader);
-    let entries = archive
-        .entries()
-        .ctx(|| "reading tar stream".to_string())?;
+    let entries = archive.entries().ctx(|| "reading tar stream".to_string())?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| entry_error("<tar header>", format!("corrupt or truncated tar: {e}")))?;
+        let mut entry = entry
+            .map_err(|e| entry_error("<tar header>", format!("corrupt or truncated tar: {e}")))?;
         let raw = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw).into_owned();
-        applier
-            .entry(&mut entry, &raw)
-            .map_err(|e| match e {
-                Error::Entry { .. } => e,
-                Error::Io { source, context } => entry_error(&shown, format!("{context}: {source}")),
-                other => entry_error(&shown, other.to_string()),
-            })?;
+        applier.entry(&mut entry, &raw).map_err(|e| match e {
+            Error::Entry { .. } => e,
+            Error::Io { source, context } => entry_error(&shown, format!("{context}: {source}")),
+            other => entry_error(&shown, other.to_string()),
+        })?;
         applier.stats.entries += 1;
     }
     applier.finish_dirs()?;
@@ -109,7 +106,9 @@ impl Applier {
         let Some((name, parent)) = comps.split_last() else {
             // "./": the layer root's own metadata.
             if !kind.is_dir() {
-                return Err(Error::Invalid("a non-directory entry names the layer root".into()));
+                return Err(Error::Invalid(
+                    "a non-directory entry names the layer root".into(),
+                ));
             }
             return self.directory(&[], None, entry.header(), &xattrs);
         };
@@ -144,7 +143,8 @@ impl Applier {
             }
             EntryType::Symlink => {
                 let target = link_target(entry)?;
-                let t = CString::new(target.as_bytes()).map_err(|_| Error::Invalid("NUL in symlink target".into()))?;
+                let t = CString::new(target.as_bytes())
+                    .map_err(|_| Error::Invalid("NUL in symlink target".into()))?;
                 let n = cstr(name).ctx(|| "name".into())?;
                 // SAFETY: valid dirfd and NUL-terminated strings.
                 cvt(unsafe { libc::symlinkat(t.as_ptr(), pfd.as_raw_fd(), n.as_ptr()) })
@@ -164,13 +164,28 @@ impl Applier {
                     )));
                 }
                 let (tname, tparent) = tcomps.split_last().expect("seen paths are non-empty");
-                let tdir = open_beneath(self.root.as_fd(), &join(tparent), libc::O_PATH | libc::O_DIRECTORY)
-                    .ctx(|| "opening hardlink target's directory".into())?;
-                let (tn, n) = (cstr(tname).ctx(|| "name".into())?, cstr(name).ctx(|| "name".into())?);
+                let tdir = open_beneath(
+                    self.root.as_fd(),
+                    &join(tparent),
+                    libc::O_PATH | libc::O_DIRECTORY,
+                )
+                .ctx(|| "opening hardlink target's directory".into())?;
+                let (tn, n) = (
+                    cstr(tname).ctx(|| "name".into())?,
+                    cstr(name).ctx(|| "name".into())?,
+                );
                 // SAFETY: valid dirfds and NUL-terminated names; flags 0 does
                 // not follow a symlink target.
-                cvt(unsafe { libc::linkat(tdir.as_raw_fd(), tn.as_ptr(), pfd.as_raw_fd(), n.as_ptr(), 0) })
-                    .ctx(|| "creating hardlink".into())?;
+                cvt(unsafe {
+                    libc::linkat(
+                        tdir.as_raw_fd(),
+                        tn.as_ptr(),
+                        pfd.as_raw_fd(),
+                        n.as_ptr(),
+                        0,
+                    )
+                })
+                .ctx(|| "creating hardlink".into())?;
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
                 let fmt = match kind {
@@ -184,20 +199,26 @@ impl Applier {
                 );
                 let n = cstr(name).ctx(|| "name".into())?;
                 // SAFETY: valid dirfd and NUL-terminated name.
-                cvt(unsafe { libc::mknodat(pfd.as_raw_fd(), n.as_ptr(), fmt | 0o600, dev) }).map_err(|e| {
-                    if e.raw_os_error() == Some(libc::EPERM) {
-                        Error::Invalid("cannot create device node: no CAP_MKNOD".into())
-                    } else {
-                        Error::Io { context: "mknod".into(), source: e }
-                    }
-                })?;
+                cvt(unsafe { libc::mknodat(pfd.as_raw_fd(), n.as_ptr(), fmt | 0o600, dev) })
+                    .map_err(|e| {
+                        if e.raw_os_error() == Some(libc::EPERM) {
+                            Error::Invalid("cannot create device node: no CAP_MKNOD".into())
+                        } else {
+                            Error::Io {
+                                context: "mknod".into(),
+                                source: e,
+                            }
+                        }
+                    })?;
                 chown_at(pfd, name, &header)?;
                 chmod_at(pfd, name, header_mode(&header)?)?;
                 set_xattrs_path(pfd, name, &xattrs)?;
                 set_mtime(pfd, name, &header)?;
             }
             other => {
-                return Err(Error::Invalid(format!("unsupported tar entry type {other:?}")));
+                return Err(Error::Invalid(format!(
+                    "unsupported tar entry type {other:?}"
+                )));
             }
         }
         self.seen.insert(path, Seen::Other);
@@ -223,8 +244,9 @@ impl Applier {
             }
         }
         let path = join(comps);
-        let dir = open_beneath(self.root.as_fd(), &path, libc::O_RDONLY | libc::O_DIRECTORY)
-            .ctx(|| "opening directory (is an earlier entry of that name not a directory?)".into())?;
+        let dir = open_beneath(self.root.as_fd(), &path, libc::O_RDONLY | libc::O_DIRECTORY).ctx(
+            || "opening directory (is an earlier entry of that name not a directory?)".into(),
+        )?;
         fchown(&File::from(dir.try_clone().ctx(|| "dup".into())?), header)?;
         set_xattrs_fd(dir.as_raw_fd(), xattrs)?;
         self.dirs.push(DirMeta {
@@ -259,7 +281,9 @@ impl Applier {
         }
         path.push(OsStr::from_bytes(target));
         if self.seen.contains_key(&path) {
-            return Err(Error::Invalid("whiteout of a path this same layer creates".into()));
+            return Err(Error::Invalid(
+                "whiteout of a path this same layer creates".into(),
+            ));
         }
         let n = CString::new(target).map_err(|_| Error::Invalid("NUL in whiteout name".into()))?;
         // SAFETY: valid dirfd and NUL-terminated name; 0/0 char device is
@@ -276,12 +300,19 @@ impl Applier {
         let key = join(comps);
         let hit = matches!(&self.parent_cache, Some((k, _)) if *k == key);
         if !hit {
-            let fd = open_or_create_dirs(self.root.as_fd(), comps).map_err(|e| match e.raw_os_error() {
-                Some(libc::ELOOP) | Some(libc::EXDEV) => {
-                    Error::Invalid("path passes through a symlink; refusing to follow it".into())
+            let fd = open_or_create_dirs(self.root.as_fd(), comps).map_err(|e| {
+                match e.raw_os_error() {
+                    Some(libc::ELOOP) | Some(libc::EXDEV) => Error::Invalid(
+                        "path passes through a symlink; refusing to follow it".into(),
+                    ),
+                    Some(libc::ENOTDIR) => {
+                        Error::Invalid("a parent of this path is not a directory".into())
+                    }
+                    _ => Error::Io {
+                        context: "opening parent directory".into(),
+                        source: e,
+                    },
                 }
-                Some(libc::ENOTDIR) => Error::Invalid("a parent of this path is not a directory".into()),
-                _ => Error::Io { context: "opening parent directory".into(), source: e },
             })?;
             self.parent_cache = Some((key, fd));
         }
@@ -291,22 +322,37 @@ impl Applier {
 
     fn finish_dirs(&mut self) -> Result<()> {
         // Deepest first, so setting a parent's mtime comes after its children.
-        self.dirs.sort_by_key(|d| std::cmp::Reverse(d.path.as_bytes().iter().filter(|b| **b == b'/').count() + usize::from(!d.path.is_empty())));
+        self.dirs.sort_by_key(|d| {
+            std::cmp::Reverse(
+                d.path.as_bytes().iter().filter(|b| **b == b'/').count()
+                    + usize::from(!d.path.is_empty()),
+            )
+        });
         for d in &self.dirs {
-            let fd = open_beneath(self.root.as_fd(), &d.path, libc::O_RDONLY | libc::O_DIRECTORY)
-                .ctx(|| format!("reopening directory {:?}", d.path))?;
+            let fd = open_beneath(
+                self.root.as_fd(),
+                &d.path,
+                libc::O_RDONLY | libc::O_DIRECTORY,
+            )
+            .ctx(|| format!("reopening directory {:?}", d.path))?;
             let f = File::from(fd);
             cvt(unsafe_fchmod(&f, d.mode)).ctx(|| format!("chmod {:?}", d.path))?;
             let ts = [timespec(d.mtime), timespec(d.mtime)];
             // SAFETY: valid fd and a two-element timespec array.
-            cvt(unsafe { libc::futimens(f.as_raw_fd(), ts.as_ptr()) }).ctx(|| format!("utimes {:?}", d.path))?;
+            cvt(unsafe { libc::futimens(f.as_raw_fd(), ts.as_ptr()) })
+                .ctx(|| format!("utimes {:?}", d.path))?;
         }
         Ok(())
     }
 }
 
 fn dir_fd_rdonly(dir: &OwnedFd) -> Result<OwnedFd> {
-    open_beneath(dir.as_fd(), OsStr::new("."), libc::O_RDONLY | libc::O_DIRECTORY).ctx(|| "opening directory".into())
+    open_beneath(
+        dir.as_fd(),
+        OsStr::new("."),
+        libc::O_RDONLY | libc::O_DIRECTORY,
+    )
+    .ctx(|| "opening directory".into())
 }
 
 fn create_file(dir: BorrowedFd<'_>, name: &OsStr) -> Result<File> {
@@ -341,9 +387,11 @@ fn copy_data(src: &mut impl Read, mut dst: &File, sparse: bool) -> Result<u64> {
             return Ok(total);
         }
         if buf[..n].iter().all(|b| *b == 0) {
-            dst.seek(SeekFrom::Current(n as i64)).ctx(|| "seeking past hole".into())?;
+            dst.seek(SeekFrom::Current(n as i64))
+                .ctx(|| "seeking past hole".into())?;
         } else {
-            dst.write_all(&buf[..n]).ctx(|| "writing file data".into())?;
+            dst.write_all(&buf[..n])
+                .ctx(|| "writing file data".into())?;
         }
         total += n as u64;
     }
@@ -366,7 +414,9 @@ fn pax_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Vec<(String, Vec
         let Ok(key) = ext.key() else { continue };
         if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
             if name.starts_with(OVERLAY_XATTR_PREFIX) {
-                return Err(Error::Invalid(format!("xattr {name} is reserved for overlayfs")));
+                return Err(Error::Invalid(format!(
+                    "xattr {name} is reserved for overlayfs"
+                )));
             }
             out.push((name.to_string(), ext.value_bytes().to_vec()));
         }
@@ -375,12 +425,18 @@ fn pax_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Vec<(String, Vec
 }
 
 fn header_mode(h: &Header) -> Result<u32> {
-    Ok(h.mode().map_err(|e| Error::Invalid(format!("bad mode field: {e}")))? & 0o7777)
+    Ok(h.mode()
+        .map_err(|e| Error::Invalid(format!("bad mode field: {e}")))?
+        & 0o7777)
 }
 
 fn ids(h: &Header) -> Result<(u32, u32)> {
-    let uid = h.uid().map_err(|e| Error::Invalid(format!("bad uid field: {e}")))?;
-    let gid = h.gid().map_err(|e| Error::Invalid(format!("bad gid field: {e}")))?;
+    let uid = h
+        .uid()
+        .map_err(|e| Error::Invalid(format!("bad uid field: {e}")))?;
+    let gid = h
+        .gid()
+        .map_err(|e| Error::Invalid(format!("bad gid field: {e}")))?;
     let uid = u32::try_from(uid).map_err(|_| Error::Invalid(format!("uid {uid} out of range")))?;
     let gid = u32::try_from(gid).map_err(|_| Error::Invalid(format!("gid {gid} out of range")))?;
     Ok((uid, gid))
@@ -396,8 +452,16 @@ fn chown_at(dir: BorrowedFd<'_>, name: &OsStr, h: &Header) -> Result<()> {
     let (uid, gid) = ids(h)?;
     let n = cstr(name).ctx(|| "name".into())?;
     // SAFETY: valid dirfd and NUL-terminated name; no symlink following.
-    cvt(unsafe { libc::fchownat(dir.as_raw_fd(), n.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW) })
-        .ctx(|| "chown".into())
+    cvt(unsafe {
+        libc::fchownat(
+            dir.as_raw_fd(),
+            n.as_ptr(),
+            uid,
+            gid,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+    .ctx(|| "chown".into())
 }
 
 fn chmod_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> Result<()> {
@@ -424,8 +488,15 @@ fn set_mtime(dir: BorrowedFd<'_>, name: &OsStr, h: &Header) -> Result<()> {
     let ts = [timespec(t), timespec(t)];
     let n = cstr(name).ctx(|| "name".into())?;
     // SAFETY: valid dirfd, NUL-terminated name, two-element timespec array.
-    cvt(unsafe { libc::utimensat(dir.as_raw_fd(), n.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })
-        .ctx(|| "setting mtime".into())
+    cvt(unsafe {
+        libc::utimensat(
+            dir.as_raw_fd(),
+            n.as_ptr(),
+            ts.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+    .ctx(|| "setting mtime".into())
 }
 
 fn set_xattr(fd: i32, name: &str, value: &[u8]) -> Result<()> {
@@ -448,7 +519,8 @@ fn set_xattrs_path(dir: BorrowedFd<'_>, name: &OsStr, xattrs: &[(String, Vec<u8>
     }
     let mut p = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
     p.push(name);
-    let path = CString::new(p.as_os_str().as_bytes()).map_err(|_| Error::Invalid("NUL in name".into()))?;
+    let path =
+        CString::new(p.as_os_str().as_bytes()).map_err(|_| Error::Invalid("NUL in name".into()))?;
     for (k, v) in xattrs {
         let n = CString::new(k.as_str()).map_err(|_| Error::Invalid("NUL in xattr name".into()))?;
         // SAFETY: NUL-terminated path and name, pointer/length of `v`.

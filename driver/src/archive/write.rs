@@ -63,7 +63,13 @@ impl<W: Write> LayerWriter<W> {
         Ok(())
     }
 
-    fn entry(&mut self, abs: &Path, rel: &Path, md: &Metadata, xattrs: &[(String, Vec<u8>)]) -> Result<()> {
+    fn entry(
+        &mut self,
+        abs: &Path,
+        rel: &Path,
+        md: &Metadata,
+        xattrs: &[(String, Vec<u8>)],
+    ) -> Result<()> {
         let ctx = || format!("archiving {}", abs.display());
         if !xattrs.is_empty() {
             let records: Vec<(String, &[u8])> = xattrs
@@ -142,7 +148,10 @@ pub fn read_xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
         return Err(io::Error::last_os_error()).ctx(ctx);
     }
     let mut out = Vec::new();
-    for name in names[..len as usize].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+    for name in names[..len as usize]
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty())
+    {
         let name = String::from_utf8_lossy(name).into_owned();
         if name.starts_with(OVERLAY_XATTR_PREFIX) {
             continue;
@@ -161,7 +170,8 @@ pub fn get_xattr(path: &Path, name: &str) -> Result<Option<Vec<u8>>> {
     let mut buf = vec![0u8; 256];
     loop {
         // SAFETY: NUL-terminated strings and a buffer of buf.len() bytes.
-        let len = unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        let len =
+            unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
         if len >= 0 {
             buf.truncate(len as usize);
             return Ok(Some(buf));

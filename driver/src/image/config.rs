@@ -31,8 +31,17 @@ pub fn layer_history(config: &[u8]) -> Vec<String> {
         .and_then(Value::as_array)
         .map(|h| {
             h.iter()
-                .filter(|e| !e.get("empty_layer").and_then(Value::as_bool).unwrap_or(false))
-                .map(|e| e.get("created_by").and_then(Value::as_str).unwrap_or("").to_string())
+                .filter(|e| {
+                    !e.get("empty_layer")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false)
+                })
+                .map(|e| {
+                    e.get("created_by")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string()
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -46,7 +55,11 @@ pub fn new_config(base: Option<&[u8]>, diff_ids: &[Digest], created_by: &str) ->
         .unwrap_or_else(|| json!({"architecture": host_arch(), "os": "linux", "config": {}}));
     v["created"] = json!(now);
     v["rootfs"] = json!({"type": "layers", "diff_ids": diff_ids});
-    let mut history = v.get("history").and_then(Value::as_array).cloned().unwrap_or_default();
+    let mut history = v
+        .get("history")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     history.push(json!({"created": now, "created_by": created_by}));
     v["history"] = Value::Array(history);
     serde_json::to_vec(&v).expect("JSON values serialise")

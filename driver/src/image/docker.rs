@@ -24,13 +24,21 @@ pub fn parse(dir: &Path, tag: Option<&str>, src: &Path) -> Result<SourceImage> {
     let entry = match tag {
         Some(t) => entries
             .iter()
-            .find(|e| e.repo_tags.iter().flatten().any(|rt| rt == t || rt.ends_with(&format!(":{t}"))))
+            .find(|e| {
+                e.repo_tags
+                    .iter()
+                    .flatten()
+                    .any(|rt| rt == t || rt.ends_with(&format!(":{t}")))
+            })
             .ok_or_else(|| invalid(src, format!("no image tagged {t:?} in the archive")))?,
         None if entries.len() == 1 => &entries[0],
         None => {
             return Err(invalid(
                 src,
-                format!("the archive holds {} images; pick one with FILE:TAG", entries.len()),
+                format!(
+                    "the archive holds {} images; pick one with FILE:TAG",
+                    entries.len()
+                ),
             ))
         }
     };
@@ -43,7 +51,10 @@ pub fn parse(dir: &Path, tag: Option<&str>, src: &Path) -> Result<SourceImage> {
             let digest = l
                 .strip_prefix("blobs/sha256/")
                 .and_then(|h| Digest::parse(&format!("sha256:{h}")).ok());
-            Ok(SourceLayer { blob: inside(dir, l, src)?, digest })
+            Ok(SourceLayer {
+                blob: inside(dir, l, src)?,
+                digest,
+            })
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(SourceImage {

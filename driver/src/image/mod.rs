@@ -4,6 +4,7 @@
 //! Each format is parsed into a `SourceImage`: a config, the layer blobs in
 //! order with the digests they must have, and the tags it carries.
 
+pub mod build;
 pub mod config;
 pub mod docker;
 pub mod oci;
@@ -109,7 +110,10 @@ pub fn read_small(path: &Path, src: &Path) -> Result<Vec<u8>> {
         .read_to_end(&mut data)
         .ctx(|| format!("reading {}", path.display()))?;
     if data.len() as u64 > MAX {
-        return Err(invalid(src, format!("{} is larger than 16 MiB", path.display())));
+        return Err(invalid(
+            src,
+            format!("{} is larger than 16 MiB", path.display()),
+        ));
     }
     Ok(data)
 }
@@ -117,13 +121,16 @@ pub fn read_small(path: &Path, src: &Path) -> Result<Vec<u8>> {
 /// Resolves `rel` (from a manifest) inside `root`, refusing anything that
 /// leads outside it, symlinks included.
 pub fn inside(root: &Path, rel: &str, src: &Path) -> Result<PathBuf> {
-    let comps = clean_path(rel.as_bytes()).map_err(|r| invalid(src, format!("path {rel:?}: {r}")))?;
+    let comps =
+        clean_path(rel.as_bytes()).map_err(|r| invalid(src, format!("path {rel:?}: {r}")))?;
     let mut p = root.to_path_buf();
     p.extend(comps);
     let real = p
         .canonicalize()
         .map_err(|e| invalid(src, format!("{rel:?} names a missing file: {e}")))?;
-    let real_root = root.canonicalize().ctx(|| format!("resolving {}", root.display()))?;
+    let real_root = root
+        .canonicalize()
+        .ctx(|| format!("resolving {}", root.display()))?;
     if !real.starts_with(&real_root) {
         return Err(invalid(src, format!("{rel:?} points outside the archive")));
     }

@@ -38,7 +38,11 @@ pub fn parse(dir: &Path, tag: Option<&str>, src: &Path) -> Result<SourceImage> {
     let chosen = match tag {
         Some(t) => manifests
             .iter()
-            .find(|m| m.pointer(&format!("/annotations/{}", REF_NAME.replace('/', "~1"))).and_then(Value::as_str) == Some(t))
+            .find(|m| {
+                m.pointer(&format!("/annotations/{}", REF_NAME.replace('/', "~1")))
+                    .and_then(Value::as_str)
+                    == Some(t)
+            })
             .ok_or_else(|| invalid(src, format!("no image tagged {t:?} in the layout")))?,
         None if manifests.len() == 1 => &manifests[0],
         None => {
@@ -48,7 +52,11 @@ pub fn parse(dir: &Path, tag: Option<&str>, src: &Path) -> Result<SourceImage> {
                 .collect();
             return Err(invalid(
                 src,
-                format!("the layout holds {} images; pick one with DIR:TAG (tags: {})", manifests.len(), tags.join(", ")),
+                format!(
+                    "the layout holds {} images; pick one with DIR:TAG (tags: {})",
+                    manifests.len(),
+                    tags.join(", ")
+                ),
             ));
         }
     };
@@ -61,7 +69,9 @@ pub fn parse(dir: &Path, tag: Option<&str>, src: &Path) -> Result<SourceImage> {
     let mut seen = HashSet::new();
     let manifest = resolve(dir, chosen, src, &mut seen)?;
 
-    let config_desc = manifest.get("config").ok_or_else(|| invalid(src, "manifest has no config"))?;
+    let config_desc = manifest
+        .get("config")
+        .ok_or_else(|| invalid(src, "manifest has no config"))?;
     let config_digest = digest_of(config_desc, src)?;
     let config_path = blob_path(dir, &config_digest);
     let config = read_small(&config_path, src)?;
@@ -75,14 +85,23 @@ pub fn parse(dir: &Path, tag: Option<&str>, src: &Path) -> Result<SourceImage> {
         .map(|l| {
             let mt = l.get("mediaType").and_then(Value::as_str).unwrap_or("");
             if !LAYER_TYPES.contains(&mt) {
-                return Err(invalid(src, format!("layer media type {mt:?} is not a layer tar")));
+                return Err(invalid(
+                    src,
+                    format!("layer media type {mt:?} is not a layer tar"),
+                ));
             }
             let digest = digest_of(l, src)?;
             let blob = blob_path(dir, &digest);
             if !blob.is_file() {
-                return Err(invalid(src, format!("manifest names missing blob {digest}")));
+                return Err(invalid(
+                    src,
+                    format!("manifest names missing blob {digest}"),
+                ));
             }
-            Ok(SourceLayer { blob, digest: Some(digest) })
+            Ok(SourceLayer {
+                blob,
+                digest: Some(digest),
+            })
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(SourceImage {
@@ -96,12 +115,16 @@ pub fn parse(dir: &Path, tag: Option<&str>, src: &Path) -> Result<SourceImage> {
 fn resolve(dir: &Path, desc: &Value, src: &Path, seen: &mut HashSet<Digest>) -> Result<Value> {
     let digest = digest_of(desc, src)?;
     if !seen.insert(digest.clone()) || seen.len() > 16 {
-        return Err(invalid(src, format!("image index cycle or nesting too deep at {digest}")));
+        return Err(invalid(
+            src,
+            format!("image index cycle or nesting too deep at {digest}"),
+        ));
     }
     let path = blob_path(dir, &digest);
     let data = read_small(&path, src)?;
     verify_bytes(&data, &digest, src)?;
-    let doc: Value = serde_json::from_slice(&data).map_err(|e| invalid(src, format!("{digest}: not JSON: {e}")))?;
+    let doc: Value = serde_json::from_slice(&data)
+        .map_err(|e| invalid(src, format!("{digest}: not JSON: {e}")))?;
     let mt = desc
         .get("mediaType")
         .or_else(|| doc.get("mediaType"))
@@ -111,7 +134,10 @@ fn resolve(dir: &Path, desc: &Value, src: &Path, seen: &mut HashSet<Digest>) -> 
         return Ok(doc);
     }
     if !INDEX_TYPES.contains(&mt) {
-        return Err(invalid(src, format!("{digest}: media type {mt:?} is neither a manifest nor an index")));
+        return Err(invalid(
+            src,
+            format!("{digest}: media type {mt:?} is neither a manifest nor an index"),
+        ));
     }
     let entries = doc
         .get("manifests")
@@ -121,16 +147,25 @@ fn resolve(dir: &Path, desc: &Value, src: &Path, seen: &mut HashSet<Digest>) -> 
         .iter()
         .find(|m| {
             m.pointer("/platform/architecture").and_then(Value::as_str) == Some(host_arch())
-                && m.pointer("/platform/os").and_then(Value::as_str).unwrap_or("linux") == "linux"
+                && m.pointer("/platform/os")
+                    .and_then(Value::as_str)
+                    .unwrap_or("linux")
+                    == "linux"
         })
         .or_else(|| (entries.len() == 1).then(|| &entries[0]))
-        .ok_or_else(|| invalid(src, format!("index {digest} has no linux/{} image", host_arch())))?;
+        .ok_or_else(|| {
+            invalid(
+                src,
+                format!("index {digest} has no linux/{} image", host_arch()),
+            )
+        })?;
     resolve(dir, pick, src, seen)
 }
 
 fn json(path: &Path, src: &Path) -> Result<Value> {
     let data = read_small(path, src)?;
-    serde_json::from_slice(&data).map_err(|e| invalid(src, format!("{}: not JSON: {e}", path.display())))
+    serde_json::from_slice(&data)
+        .map_err(|e| invalid(src, format!("{}: not JSON: {e}", path.display())))
 }
 
 fn digest_of(desc: &Value, src: &Path) -> Result<Digest> {

@@ -1,0 +1,198 @@
+//! What a recording shows: the live terminal view (bcc *dist style), JSON
+//! lines, and HdrHistogram interval logs.
+
+use std::io::Write;
+
+use hdrhistogram::serialization::interval_log::{IntervalLogWriter, Tag};
+use hdrhistogram::serialization::Serializer;
+use serde_json::json;
+use strata_common::{HistKey, Trigger, LOG2_SLOTS, SIZE_UNKNOWN};
+
+use crate::events::CopyUp;
+use crate::histograms::{human_bytes, Dimension, Histograms, Stats};
+use crate::session::KernelCounters;
+
+pub fn ns(v: u64) -> String {
+    match v {
+        0..=9_999 => format!("{v}ns"),
+        10_000..=9_999_999 => format!("{:.1}us", v as f64 / 1e3),
+        10_000_000..=9_999_999_999 => format!("{:.1}ms", v as f64 / 1e6),
+        _ => format!("{:.2}s", v as f64 / 1e9),
+    }
+}
+
+/// One table per dimension: count, p50/p90/p99/max and a bar.
+pub fn print_tables(out: &mut impl Write, hists: &Histograms) -> std::io::Result<()> {
+    for dim in Dimension::SHOWN {
+        let rows: Vec<_> = hists.dimension(dim).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let most = rows.iter().map(|(_, h)| h.len()).max().unwrap_or(1).max(1);
+        writeln!(out, "  by {}:", dim.title())?;
+        writeln!(
+            out,
+            "    {:<18} {:>7} {:>9} {:>9} {:>9} {:>9}  distribution",
+            "key", "count", "p50", "p90", "p99", "max"
+        )?;
+        for (bucket, h) in rows {
+            let s = Stats::of(h);
+            let bar = "#".repeat(((s.count * 30).div_ceil(most)) as usize);
+            writeln!(
+                out,
+                "    {:<18} {:>7} {:>9} {:>9} {:>9} {:>9}  |{bar:<30}|",
+                bucket.label(dim),
+                s.count,
+                ns(s.p50),
+                ns(s.p90),
+                ns(s.p99),
+                ns(s.max)
+            )?;
+        }
+    }
+    Ok(())
+}
+
+pub fn print_counters(
+    out: &mut impl Write,
+    c: &KernelCounters,
+    new_files: u64,
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "  kernel: {} watched calls, {} copy-ups; lost: {} (ring buffer full: {}, in-flight table full: {}); new files (not copy-ups): {new_files}",
+        c.watched_calls,
+        c.copy_ups,
+        c.lost(),
+        c.ringbuf_drops,
+        c.inflight_full
+    )
+}
+
+/// The always-on in-kernel view: log2 latency histograms per trigger and
+/// size bucket, printed like bcc's *dist tools.
+pub fn print_kernel_histograms(
+    out: &mut impl Write,
+    hists: &[(HistKey, [u64; LOG2_SLOTS])],
+) -> std::io::Result<()> {
+    let mut hists = hists.to_vec();
+    hists.sort_by_key(|(k, _)| (k.trigger, k.size_log2, k.ancestors));
+    for (key, slots) in hists {
+        let trigger = Trigger::from_u8(key.trigger)
+            .map(Trigger::name)
+            .unwrap_or("?");
+        let size = if key.size_log2 == SIZE_UNKNOWN {
+            "size ?".to_string()
+        } else {
+            format!(
+                "size {}..{}",
+                human_bytes(1 << key.size_log2),
+                human_bytes(2u64 << key.size_log2)
+            )
+        };
+        writeln!(
+            out,
+            "  in-kernel: {trigger}, {size}, {} ancestors copied",
+            key.ancestors
+        )?;
+        let most = slots.iter().copied().max().unwrap_or(1).max(1);
+        let first = slots.iter().position(|c| *c > 0).unwrap_or(0);
+        let last = slots.iter().rposition(|c| *c > 0).unwrap_or(0);
+        writeln!(out, "    {:>22} : {:<8} distribution", "usecs", "count")?;
+        for (i, count) in slots.iter().enumerate().take(last + 1).skip(first) {
+            let (lo, hi) = ((1u64 << i) / 1000, ((2u64 << i) - 1) / 1000);
+            let stars = "*".repeat(((count * 40).div_ceil(most)) as usize);
+            writeln!(out, "    {lo:>10} -> {hi:<10} : {count:<8} |{stars:<40}|")?;
+        }
+    }
+    Ok(())
+}
+
+pub fn event_json(e: &CopyUp) -> String {
+    let mut v = serde_json::to_value(e).expect("events serialise");
+    v["type"] = json!("copy_up");
+    v.to_string()
+}
+
+pub fn interval_json(elapsed_s: f64, hists: &Histograms) -> Vec<String> {
+    hists
+        .by_key
+        .iter()
+        .map(|((dim, bucket), h)| {
+            json!({
+                "type": "interval",
+                "elapsed_s": elapsed_s,
+                "dimension": dim,
+                "key": bucket,
+                "label": bucket.label(*dim),
+                "stats": Stats::of(h),
+            })
+            .to_string()
+        })
+        .collect()
+}
+
+/// Writes one interval per key, tagged `dimension=label`.
+pub fn write_hdr_interval<W: Write, S: Serializer>(
+    log: &mut IntervalLogWriter<'_, '_, W, S>,
+    hists: &Histograms,
+    start: std::time::Duration,
+    length: std::time::Duration,
+) -> anyhow::Result<()> {
+    for ((dim, bucket), h) in &hists.by_key {
+        let label = format!("{dim:?}={}", bucket.label(*dim)).replace([' ', ',', '.'], "_");
+        let tag =
+            Tag::new(&label).ok_or_else(|| anyhow::anyhow!("bad HdrHistogram tag {label}"))?;
+        log.write_histogram(h, start, length, Some(tag))
+            .map_err(|e| anyhow::anyhow!("writing HdrHistogram log: {e:?}"))?;
+    }
+    Ok(())
+}
+
+/// The sweep's matrix: a table, or one JSON object per cell.
+pub fn print_sweep(r: &crate::sweep::SweepResult, json: bool) -> std::io::Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if json {
+        for c in &r.cells {
+            let mut v = serde_json::to_value(c).expect("cells serialise");
+            v["type"] = json!("cell");
+            writeln!(out, "{v}")?;
+        }
+        return writeln!(
+            out,
+            "{}",
+            json!({"type": "sweep", "backend": r.backend, "violations": r.violations})
+        );
+    }
+    writeln!(out, "copy-up latency by cell (backend {}):", r.backend)?;
+    writeln!(
+        out,
+        "  {:>9} {:>6} {:>5} {:>6} {:>10} {:>10} {:>10} {:>12}",
+        "size", "layers", "dirs", "count", "p50", "p99", "max", "stopwatch p50"
+    )?;
+    for c in &r.cells {
+        writeln!(
+            out,
+            "  {:>9} {:>6} {:>5} {:>6} {:>10} {:>10} {:>10} {:>12}",
+            human_bytes(c.key.file_size),
+            c.key.layer_depth,
+            c.key.dir_depth,
+            c.stats.count,
+            ns(c.stats.p50),
+            ns(c.stats.p99),
+            ns(c.stats.max),
+            ns(c.user_p50)
+        )?;
+    }
+    if r.violations.is_empty() {
+        let n: usize = r.cells.iter().map(|c| c.triggered).sum();
+        writeln!(
+            out,
+            "truth: all {n} copy-ups caught once, within the stopwatch, attributed as built"
+        )
+    } else {
+        writeln!(out, "truth: {} violations:", r.violations.len())?;
+        r.violations.iter().try_for_each(|v| writeln!(out, "  {v}"))
+    }
+}

@@ -1,0 +1,215 @@
+//! `strata-prof record`: stream copy-ups until stopped or the duration
+//! ends, then print the summary. Ctrl-C drains the ring buffer before the
+//! probes detach, so nothing recorded is lost.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
+use hdrhistogram::serialization::V2DeflateSerializer;
+use tokio::io::unix::AsyncFd;
+
+use crate::backend::Backend;
+use crate::histograms::Histograms;
+use crate::output;
+use crate::probes::Filters;
+use crate::session::Session;
+
+pub struct RecordArgs {
+    pub backend: Option<Backend>,
+    pub pid: Option<u32>,
+    pub cgroup: Option<PathBuf>,
+    /// Only this overlay mount point.
+    pub mount: Option<PathBuf>,
+    pub duration: Option<Duration>,
+    pub interval: Duration,
+    pub json: bool,
+    pub hdr_log: Option<PathBuf>,
+}
+
+struct Fd(RawFd);
+impl AsRawFd for Fd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+pub async fn record(args: RecordArgs) -> Result<Histograms> {
+    let mut filters = Filters {
+        tgid: args.pid.unwrap_or(0),
+        cgroup_id: 0,
+    };
+    if let Some(cg) = &args.cgroup {
+        // cgroup v2: the id bpf_get_current_cgroup_id returns is the
+        // cgroup directory's inode number.
+        let md = std::fs::metadata(cg).with_context(|| format!("cgroup {}", cg.display()))?;
+        filters.cgroup_id = std::os::unix::fs::MetadataExt::ino(&md);
+    }
+    if let Some(m) = &args.mount {
+        if !crate::mounts::overlay_mounts()
+            .iter()
+            .any(|o| &o.mount_point == m)
+        {
+            bail!("{} is not an overlay mount point", m.display());
+        }
+    }
+    let mut session = Session::start(filters, args.backend, args.mount.clone())?;
+    eprintln!("strata-prof: {}", session.reason);
+    // SAFETY: the fd belongs to the session's ring buffer, which lives until
+    // the end of this function; `ring` is declared later, so dropped first.
+    let ring = unsafe { AsyncFd::register(Fd(session.ring_fd())) }
+        .map_err(|e| anyhow::anyhow!("watching the ring buffer: {e}"))?;
+
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    let mut hdr_file = match &args.hdr_log {
+        Some(p) => Some(BufWriter::new(
+            File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => None,
+    };
+    let mut serializer = V2DeflateSerializer::new();
+    let started = Instant::now();
+    let mut hdr_log = match hdr_file.as_mut() {
+        Some(f) => Some(
+            IntervalLogWriterBuilder::new()
+                .add_comment("strata-prof copy-up latency, ns; tags are dimension=bucket")
+                .with_start_time(std::time::SystemTime::now())
+                .with_max_value_divisor(1e6)
+                .begin_log_with(f, &mut serializer)
+                .map_err(|e| anyhow::anyhow!("starting HdrHistogram log: {e}"))?,
+        ),
+        None => None,
+    };
+
+    let mut total = Histograms::default();
+    let mut interval = Histograms::default();
+    let mut tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + args.interval, args.interval);
+    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut interval_start = Duration::ZERO;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let until_deadline = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            guard = ring.readable() => {
+                let mut guard = guard?;
+                for e in session.poll() {
+                    if args.json {
+                        writeln!(out, "{}", output::event_json(&e))?;
+                    }
+                    interval.record(&e);
+                }
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {
+                let elapsed = started.elapsed();
+                emit_interval(&mut out, &args, elapsed, &interval, &session)?;
+                if let Some(log) = hdr_log.as_mut() {
+                    output::write_hdr_interval(log, &interval, interval_start, elapsed - interval_start)?;
+                }
+                interval_start = elapsed;
+                total.merge(&interval);
+                interval = Histograms::default();
+            }
+            _ = &mut ctrl_c => break,
+            _ = until_deadline => break,
+        }
+    }
+    // Drain what is still queued before the probes go away.
+    for e in session.poll() {
+        if args.json {
+            writeln!(out, "{}", output::event_json(&e))?;
+        }
+        interval.record(&e);
+    }
+    if let Some(log) = hdr_log.as_mut() {
+        output::write_hdr_interval(
+            log,
+            &interval,
+            interval_start,
+            started.elapsed() - interval_start,
+        )?;
+    }
+    drop(hdr_log);
+    if let Some(mut f) = hdr_file {
+        f.flush()?;
+    }
+    total.merge(&interval);
+
+    let counters = session.counters()?;
+    if args.json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({"type": "summary", "copy_ups": total.total(), "kernel": counters, "new_files": session.new_files})
+        )?;
+    } else {
+        writeln!(
+            out,
+            "\nsummary after {:.1}s: {} copy-ups",
+            started.elapsed().as_secs_f64(),
+            total.total()
+        )?;
+        output::print_tables(&mut out, &total)?;
+        output::print_kernel_histograms(&mut out, &session.probes().kernel_histograms()?)?;
+        output::print_counters(&mut out, &counters, session.new_files)?;
+    }
+    if counters.lost() > 0 {
+        eprintln!(
+            "strata-prof: WARNING: {} events lost (see counters)",
+            counters.lost()
+        );
+    }
+    Ok(total)
+}
+
+fn emit_interval(
+    out: &mut impl Write,
+    args: &RecordArgs,
+    elapsed: Duration,
+    h: &Histograms,
+    s: &Session,
+) -> Result<()> {
+    if args.json {
+        for line in output::interval_json(elapsed.as_secs_f64(), h) {
+            writeln!(out, "{line}")?;
+        }
+        return Ok(());
+    }
+    let now = humantime_now();
+    writeln!(
+        out,
+        "{now}  {} copy-ups in the last {:.1}s (backend {})",
+        h.total(),
+        args.interval.as_secs_f64(),
+        s.backend()
+    )?;
+    output::print_tables(out, h)?;
+    output::print_counters(out, &s.counters()?, s.new_files)?;
+    out.flush()?;
+    Ok(())
+}
+
+fn humantime_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format!(
+        "{:02}:{:02}:{:02}",
+        secs / 3600 % 24,
+        secs / 60 % 60,
+        secs % 60
+    )
+}

@@ -1,0 +1,327 @@
+//! `strata-prof sweep`: build images with the driver over a grid of file
+//! size x layer depth x directory depth, trigger copy-ups in containers,
+//! record them with the probes, and check every event against what was
+//! built and a user-space stopwatch.
+
+use std::collections::HashMap;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use strata_driver::containers::CreateOptions;
+use strata_driver::image::build::{write_docker_archive, LayerTar};
+use strata_driver::import::{import, ImportOptions};
+use strata_driver::{fsutil, Store};
+
+use crate::backend::Backend;
+use crate::events::CopyUp;
+use crate::histograms::{human_bytes, new_histogram, Stats};
+use crate::probes::Filters;
+use crate::session::Session;
+
+#[derive(Clone, Debug)]
+pub struct Grid {
+    pub sizes: Vec<u64>,
+    pub layers: Vec<usize>,
+    pub dirs: Vec<usize>,
+    /// Every combination; otherwise one axis at a time from the smallest
+    /// value of the others.
+    pub full: bool,
+    pub reps: usize,
+}
+
+impl Default for Grid {
+    fn default() -> Grid {
+        Grid {
+            sizes: vec![4 << 10, 64 << 10, 1 << 20, 16 << 20, 256 << 20],
+            layers: vec![1, 8, 32, 128],
+            dirs: vec![0, 4, 16, 32],
+            full: false,
+            reps: 5,
+        }
+    }
+}
+
+/// Copy-ups per cell cannot exceed this many bytes in total.
+const CELL_BYTES: u64 = 512 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct CellKey {
+    pub file_size: u64,
+    pub layer_depth: usize,
+    pub dir_depth: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Cell {
+    #[serde(flatten)]
+    pub key: CellKey,
+    #[serde(flatten)]
+    pub stats: Stats,
+    /// Median of the user-space stopwatch around the triggering open().
+    pub user_p50: u64,
+    pub triggered: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SweepResult {
+    pub backend: String,
+    pub cells: Vec<Cell>,
+    /// Everything that broke the truth bar; empty when it holds.
+    pub violations: Vec<String>,
+}
+
+impl Grid {
+    pub fn cells(&self) -> Vec<CellKey> {
+        let mut out: Vec<CellKey> = Vec::new();
+        let (s0, l0, d0) = (self.sizes[0], self.layers[0], self.dirs[0]);
+        let mut push = |k: CellKey| {
+            if !out.contains(&k) {
+                out.push(k);
+            }
+        };
+        if self.full {
+            for &s in &self.sizes {
+                for &l in &self.layers {
+                    for &d in &self.dirs {
+                        push(CellKey {
+                            file_size: s,
+                            layer_depth: l,
+                            dir_depth: d,
+                        });
+                    }
+                }
+            }
+        } else {
+            for &s in &self.sizes {
+                push(CellKey {
+                    file_size: s,
+                    layer_depth: l0,
+                    dir_depth: d0,
+                });
+            }
+            for &l in &self.layers {
+                push(CellKey {
+                    file_size: s0,
+                    layer_depth: l,
+                    dir_depth: d0,
+                });
+            }
+            for &d in &self.dirs {
+                push(CellKey {
+                    file_size: s0,
+                    layer_depth: l0,
+                    dir_depth: d,
+                });
+            }
+        }
+        out
+    }
+}
+
+pub fn run(
+    grid: &Grid,
+    root: &Path,
+    backend: Option<Backend>,
+    progress: bool,
+) -> Result<SweepResult> {
+    let store =
+        Store::open(root).with_context(|| format!("opening sweep store {}", root.display()))?;
+    let filters = Filters {
+        tgid: std::process::id(),
+        cgroup_id: 0,
+    };
+    let mut session = Session::start(filters, backend, None)?;
+    if progress {
+        eprintln!("strata-prof: {}", session.reason);
+    }
+    let mut result = SweepResult {
+        backend: session.backend().to_string(),
+        cells: Vec::new(),
+        violations: Vec::new(),
+    };
+    for key in grid.cells() {
+        let reps = grid
+            .reps
+            .min((CELL_BYTES / key.file_size.max(1)).max(1) as usize)
+            .max(1);
+        if progress {
+            eprintln!(
+                "strata-prof: cell size={} layers={} dirs={} ({reps} copy-ups)",
+                human_bytes(key.file_size),
+                key.layer_depth,
+                key.dir_depth
+            );
+        }
+        let cell = run_cell(&store, &mut session, key, reps, &mut result.violations)?;
+        result.cells.push(cell);
+    }
+    Ok(result)
+}
+
+fn dir_path(depth: usize) -> String {
+    (0..depth).map(|i| format!("d{i}/")).collect()
+}
+
+fn build_image(store: &Store, key: CellKey, reps: usize) -> Result<String> {
+    let work = fsutil::StagingDir::create(&store.tmp_dir(), "sweep-image")?;
+    let dir = dir_path(key.dir_depth);
+    let mut layers = Vec::new();
+    // Bottom layer: the files to copy up, `dir_depth` directories down.
+    let bottom = work.path().join("bottom.tar");
+    let mut t = LayerTar::create(&bottom)?;
+    let mut prefix = String::new();
+    for i in 0..key.dir_depth {
+        prefix.push_str(&format!("d{i}/"));
+        t.dir(prefix.trim_end_matches('/'), 0o755, 0, 0)?;
+    }
+    for r in 0..reps {
+        t.pattern_file(&format!("{dir}f{r}"), key.file_size, r as u8 + 1)?;
+    }
+    layers.push(t.finish()?);
+    // Layers above it, each with a file of its own so none is empty.
+    for l in 1..key.layer_depth {
+        let p = work.path().join(format!("l{l}.tar"));
+        let mut t = LayerTar::create(&p)?;
+        t.file(
+            &format!("filler-{l}"),
+            format!("layer {l}\n").as_bytes(),
+            0o644,
+        )?;
+        layers.push(t.finish()?);
+    }
+    let name = format!(
+        "sweep-{}-{}-{}:latest",
+        key.file_size, key.layer_depth, key.dir_depth
+    );
+    let archive = work.path().join("archive");
+    write_docker_archive(&archive, &name, &layers)?;
+    import(
+        store,
+        archive.to_str().context("non-UTF-8 sweep path")?,
+        &ImportOptions {
+            name: Some(name.clone()),
+            progress: false,
+        },
+    )?;
+    Ok(name)
+}
+
+fn run_cell(
+    store: &Store,
+    session: &mut Session,
+    key: CellKey,
+    reps: usize,
+    violations: &mut Vec<String>,
+) -> Result<Cell> {
+    let image = build_image(store, key, reps)?;
+    let c = store.create_container(
+        &image,
+        &CreateOptions {
+            name: None,
+            volumes: Vec::new(),
+            volatile: false,
+        },
+    )?;
+    let merged = store.mount_container(&c.id)?;
+    let _ = session.poll(); // anything before this cell is not ours
+    let mut stopwatch: HashMap<PathBuf, u64> = HashMap::new();
+    let dir = dir_path(key.dir_depth);
+    for r in 0..reps {
+        let path = merged.join(format!("{dir}f{r}"));
+        let t0 = Instant::now();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path);
+        let user = t0.elapsed().as_nanos() as u64;
+        f.with_context(|| format!("opening {} for writing", path.display()))?;
+        stopwatch.insert(path, user);
+    }
+    let events = collect(session, stopwatch.len(), Duration::from_secs(5));
+    let cell = judge(key, &stopwatch, &events, violations);
+    store.remove_container(&c.id, true)?;
+    store.remove_image(&image)?;
+    Ok(cell)
+}
+
+/// Polls until `want` events arrived or `timeout` passed.
+fn collect(session: &mut Session, want: usize, timeout: Duration) -> Vec<CopyUp> {
+    let until = Instant::now() + timeout;
+    let mut got = Vec::new();
+    loop {
+        got.extend(session.poll());
+        if got.len() >= want || Instant::now() > until {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The truth bar: every triggered copy-up caught once, no more; kernel
+/// time within the stopwatch (<= it, and within 10% or 50us of it); size,
+/// layer depth and directory depth as built.
+fn judge(
+    key: CellKey,
+    stopwatch: &HashMap<PathBuf, u64>,
+    events: &[CopyUp],
+    violations: &mut Vec<String>,
+) -> Cell {
+    let mut h = new_histogram();
+    let mut user = new_histogram();
+    let cell = format!(
+        "size={} layers={} dirs={}",
+        key.file_size, key.layer_depth, key.dir_depth
+    );
+    for (path, &user_ns) in stopwatch {
+        user.saturating_record(user_ns.max(1));
+        let matching: Vec<&CopyUp> = events
+            .iter()
+            .filter(|e| e.path.as_deref() == Some(path.as_path()))
+            .collect();
+        if matching.len() != 1 {
+            violations.push(format!(
+                "{cell}: {} events for {}",
+                matching.len(),
+                path.display()
+            ));
+            continue;
+        }
+        let e = matching[0];
+        h.saturating_record(e.latency_ns.max(1));
+        let slack = (user_ns / 10).max(50_000);
+        if e.latency_ns > user_ns || user_ns - e.latency_ns > slack {
+            violations.push(format!(
+                "{cell}: kernel {}ns vs stopwatch {user_ns}ns for {}",
+                e.latency_ns,
+                path.display()
+            ));
+        }
+        if e.file_size != Some(key.file_size)
+            || e.layer_depth != Some(key.layer_depth)
+            || e.dir_depth != Some(key.dir_depth)
+        {
+            violations.push(format!(
+                "{cell}: attributed size={:?} layer={:?} dir={:?} for {}",
+                e.file_size,
+                e.layer_depth,
+                e.dir_depth,
+                path.display()
+            ));
+        }
+    }
+    let extra = events.len().saturating_sub(stopwatch.len());
+    if extra > 0 {
+        violations.push(format!(
+            "{cell}: {extra} events beyond the copy-ups triggered"
+        ));
+    }
+    Cell {
+        key,
+        stats: Stats::of(&h),
+        user_p50: user.value_at_quantile(0.5),
+        triggered: stopwatch.len(),
+    }
+}
