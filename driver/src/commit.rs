@@ -38,7 +38,13 @@ pub fn commit(store: &Store, container: &str, name: &str) -> Result<ImageRecord>
 
     let staged = store.stage_layer()?;
     let tar = File::open(&tar_path).ctx(|| format!("opening {}", tar_path.display()))?;
-    let applied = apply_layer(BufReader::new(tar), &staged.path().join("diff"))?;
+    let lowers: Vec<_> = base
+        .layers
+        .iter()
+        .rev()
+        .map(|l| store.layer_diff(l))
+        .collect();
+    let applied = apply_layer(BufReader::new(tar), &staged.path().join("diff"), &lowers)?;
     fsutil::syncfs(&store.tmp_dir())?;
 
     let parent = base.layers.last().cloned();

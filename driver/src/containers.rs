@@ -200,7 +200,7 @@ impl Store {
                 .collect();
             // Resolved beneath the merged root: an image's symlink cannot
             // redirect the bind mount elsewhere on the host.
-            let target = open_or_create_dirs(std::os::fd::AsFd::as_fd(&root), &comps)
+            let (target, _) = open_or_create_dirs(std::os::fd::AsFd::as_fd(&root), &comps)
                 .ctx(|| format!("creating volume mount point {} in the container", v.path))?;
             let dir: OwnedFd = crate::archive::beneath::open_beneath(
                 std::os::fd::AsFd::as_fd(&target),

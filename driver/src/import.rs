@@ -7,7 +7,7 @@
 
 use std::fs::File;
 use std::io::{self, IsTerminal, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -58,7 +58,8 @@ pub fn import(store: &Store, src: &str, opts: &ImportOptions) -> Result<ImportRe
             let f = File::open(&path).ctx(|| format!("opening {}", path.display()))?;
             let (_, reader) =
                 compression::decompress(f).ctx(|| format!("reading {}", path.display()))?;
-            apply_layer(reader, staged.path()).map_err(|e| image::invalid(&path, e.to_string()))?;
+            apply_layer(reader, staged.path(), &[])
+                .map_err(|e| image::invalid(&path, e.to_string()))?;
             let dir = staged.path().to_path_buf();
             unpacked = Some(staged);
             dir
@@ -98,6 +99,16 @@ struct Staged {
     diff_id: Digest,
     parent: Option<Digest>,
     size: u64,
+}
+
+impl Staged {
+    /// Where this layer's contents are now: staging, or the store.
+    fn diff_dir(&self, store: &Store) -> PathBuf {
+        match &self.dir {
+            Some(d) => d.path().join("diff"),
+            None => store.layer_diff(&self.chain_id),
+        }
+    }
 }
 
 fn import_source(
@@ -161,7 +172,8 @@ fn import_source(
         let (_, decompressed) =
             compression::decompress(progress.wrap(f)).ctx(|| format!("reading {what}"))?;
         let mut diff_hash = HashingReader::new(decompressed);
-        let applied = apply_layer(&mut diff_hash, &dir.path().join("diff"))
+        let lowers: Vec<PathBuf> = staged.iter().rev().map(|s| s.diff_dir(store)).collect();
+        let applied = apply_layer(&mut diff_hash, &dir.path().join("diff"), &lowers)
             .map_err(|e| image::invalid(src, format!("{what}: {e}")))?;
         let (diff_id, _) = diff_hash
             .finish()

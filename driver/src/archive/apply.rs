@@ -26,7 +26,13 @@ pub struct AppliedLayer {
 }
 
 /// Applies the (decompressed) tar `reader` into `dest`, which must be empty.
-pub fn apply_layer(reader: impl Read, dest: &Path) -> Result<AppliedLayer> {
+///
+/// `lowers` are the layers below, top first. A directory the archive only
+/// implies (it holds entries, but has no entry of its own) takes its mode,
+/// owner and mtime from the first of them that has it, as
+/// containers/storage does: otherwise a layer that just deletes `/etc/x`
+/// would reset `/etc` to 0755 root in every container above it.
+pub fn apply_layer(reader: impl Read, dest: &Path, lowers: &[PathBuf]) -> Result<AppliedLayer> {
     let root = File::open(dest)
         .map(OwnedFd::from)
         .ctx(|| format!("opening layer directory {}", dest.display()))?;
@@ -36,6 +42,7 @@ pub fn apply_layer(reader: impl Read, dest: &Path) -> Result<AppliedLayer> {
         dirs: Vec::new(),
         parent_cache: None,
         stats: AppliedLayer::default(),
+        lowers: lowers.to_vec(),
     };
     let mut archive = tar::Archive::new(reader);
     let entries = archive.entries().ctx(|| "reading tar stream".to_string())?;
@@ -77,6 +84,7 @@ struct Applier {
     dirs: Vec<DirMeta>,
     parent_cache: Option<(OsString, OwnedFd)>,
     stats: AppliedLayer,
+    lowers: Vec<PathBuf>,
 }
 
 /// Splits a tar path into safe components: no absolute paths, no `..`.
@@ -300,24 +308,57 @@ impl Applier {
         let key = join(comps);
         let hit = matches!(&self.parent_cache, Some((k, _)) if *k == key);
         if !hit {
-            let fd = open_or_create_dirs(self.root.as_fd(), comps).map_err(|e| {
-                match e.raw_os_error() {
-                    Some(libc::ELOOP) | Some(libc::EXDEV) => Error::Invalid(
-                        "path passes through a symlink; refusing to follow it".into(),
-                    ),
-                    Some(libc::ENOTDIR) => {
-                        Error::Invalid("a parent of this path is not a directory".into())
+            let (fd, existed) =
+                open_or_create_dirs(self.root.as_fd(), comps).map_err(|e| {
+                    match e.raw_os_error() {
+                        Some(libc::ELOOP) | Some(libc::EXDEV) => Error::Invalid(
+                            "path passes through a symlink; refusing to follow it".into(),
+                        ),
+                        Some(libc::ENOTDIR) => {
+                            Error::Invalid("a parent of this path is not a directory".into())
+                        }
+                        _ => Error::Io {
+                            context: "opening parent directory".into(),
+                            source: e,
+                        },
                     }
-                    _ => Error::Io {
-                        context: "opening parent directory".into(),
-                        source: e,
-                    },
-                }
-            })?;
+                })?;
+            for n in existed + 1..=comps.len() {
+                self.implied_dir(&comps[..n])?;
+            }
             self.parent_cache = Some((key, fd));
         }
         let cached = &self.parent_cache.as_ref().expect("filled above").1;
         cached.try_clone().ctx(|| "duplicating directory fd".into())
+    }
+
+    /// Gives a directory the archive only implied the metadata the layers
+    /// below have for it (if any do).
+    fn implied_dir(&mut self, comps: &[&OsStr]) -> Result<()> {
+        let path = join(comps);
+        let Some(lower) = self
+            .lowers
+            .iter()
+            .map(|l| l.join(&path))
+            .find_map(|p| std::fs::symlink_metadata(p).ok())
+        else {
+            return Ok(());
+        };
+        if !lower.is_dir() {
+            return Ok(());
+        }
+        use std::os::unix::fs::MetadataExt;
+        let dir = open_beneath(self.root.as_fd(), &path, libc::O_RDONLY | libc::O_DIRECTORY)
+            .ctx(|| format!("opening implied directory {path:?}"))?;
+        // SAFETY: valid fd.
+        cvt(unsafe { libc::fchown(dir.as_raw_fd(), lower.uid(), lower.gid()) })
+            .ctx(|| "chown".into())?;
+        self.dirs.push(DirMeta {
+            path,
+            mode: lower.mode() & 0o7777,
+            mtime: lower.mtime().max(0) as u64,
+        });
+        Ok(())
     }
 
     fn finish_dirs(&mut self) -> Result<()> {

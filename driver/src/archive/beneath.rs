@@ -53,15 +53,21 @@ pub fn open_beneath(root: BorrowedFd<'_>, rel: &OsStr, flags: i32) -> io::Result
 }
 
 /// Opens directory `components` beneath `root`, creating missing ones (mode
-/// 0755, as docker does for parents an archive leaves implicit).
-pub fn open_or_create_dirs(root: BorrowedFd<'_>, components: &[&OsStr]) -> io::Result<OwnedFd> {
+/// 0755, as docker does for parents an archive leaves implicit). Returns
+/// the directory and how many leading components already existed (the
+/// rest were created).
+pub fn open_or_create_dirs(
+    root: BorrowedFd<'_>,
+    components: &[&OsStr],
+) -> io::Result<(OwnedFd, usize)> {
     let joined = join(components);
     match open_beneath(root, &joined, libc::O_PATH | libc::O_DIRECTORY) {
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-        other => return other,
+        other => return other.map(|fd| (fd, components.len())),
     }
     let mut dir = open_beneath(root, OsStr::new("."), libc::O_PATH | libc::O_DIRECTORY)?;
-    for comp in components {
+    let mut existed = components.len();
+    for (i, comp) in components.iter().enumerate() {
         let name = cstr(comp)?;
         // SAFETY: valid dirfd and NUL-terminated name.
         let rc = unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o755) };
@@ -70,10 +76,12 @@ pub fn open_or_create_dirs(root: BorrowedFd<'_>, components: &[&OsStr]) -> io::R
             if e.raw_os_error() != Some(libc::EEXIST) {
                 return Err(e);
             }
+        } else {
+            existed = existed.min(i);
         }
         dir = open_beneath(dir.as_fd(), comp, libc::O_PATH | libc::O_DIRECTORY)?;
     }
-    Ok(dir)
+    Ok((dir, existed))
 }
 
 pub fn join(components: &[&OsStr]) -> std::ffi::OsString {

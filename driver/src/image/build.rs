@@ -155,7 +155,8 @@ fn file_digest(path: &Path) -> Result<Digest> {
 }
 
 /// Writes a `docker save` directory (manifest.json, config, layer tars)
-/// from uncompressed layer tars, bottom first. Returns the image ID.
+/// from uncompressed layer tars, bottom first, which stay where they are.
+/// Returns the image ID.
 pub fn write_docker_archive(dir: &Path, tag: &str, layers: &[PathBuf]) -> Result<Digest> {
     fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
     let mut diff_ids = Vec::new();
@@ -165,7 +166,8 @@ pub fn write_docker_archive(dir: &Path, tag: &str, layers: &[PathBuf]) -> Result
         let name = format!("{}/layer.tar", d.hex());
         let dest = dir.join(&name);
         fs::create_dir_all(dest.parent().unwrap()).ctx(|| "creating layer dir".into())?;
-        if fs::rename(l, &dest).is_err() {
+        // A hard link costs nothing for big layers and leaves `l` in place.
+        if fs::hard_link(l, &dest).is_err() {
             fs::copy(l, &dest).ctx(|| format!("copying layer {i}"))?;
         }
         diff_ids.push(d);

@@ -1,0 +1,180 @@
+//! Shared by the driver's integration tests: a throwaway store on a real
+//! filesystem, privileged-test gating, image building and tree snapshots.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use strata_driver::archive::write::read_xattrs;
+use strata_driver::containers::CreateOptions;
+use strata_driver::image::build::{write_docker_archive, LayerTar};
+use strata_driver::import::{import, ImportOptions};
+use strata_driver::Store;
+
+/// Privileged tests run as root. In CI (CI=true) not being root is a
+/// failure, never a skip.
+pub fn privileged() -> bool {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("privileged test cannot run: not root, and CI=true forbids skipping");
+    }
+    eprintln!("skipping privileged test: not root");
+    false
+}
+
+/// A store in a fresh directory under /var/tmp (a disk filesystem: the
+/// upper layer must not be tmpfs). Dropping it, on panic too, unmounts
+/// everything beneath it and deletes it.
+pub struct TestStore {
+    pub dir: PathBuf,
+    pub store: Store,
+}
+
+impl TestStore {
+    pub fn new() -> TestStore {
+        let base = PathBuf::from("/var/tmp/strata-tests");
+        fs::create_dir_all(&base).unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("t")
+            .tempdir_in(&base)
+            .unwrap()
+            .keep();
+        let store = Store::open(dir.join("root")).unwrap();
+        TestStore { dir, store }
+    }
+
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        let p = self.dir.join(name);
+        fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    /// Builds a docker-archive directory from layer builders (bottom
+    /// first) and imports it as `name`.
+    pub fn image(&self, name: &str, layers: Vec<Box<dyn FnOnce(&mut LayerTar)>>) -> String {
+        let work = self.scratch(&format!("build-{}", name.replace([':', '/'], "_")));
+        let mut tars = Vec::new();
+        for (i, f) in layers.into_iter().enumerate() {
+            let mut t = LayerTar::create(&work.join(format!("{i}.tar"))).unwrap();
+            f(&mut t);
+            tars.push(t.finish().unwrap());
+        }
+        let archive = work.join("archive");
+        write_docker_archive(&archive, name, &tars).unwrap();
+        import(
+            &self.store,
+            archive.to_str().unwrap(),
+            &ImportOptions {
+                name: Some(name.into()),
+                progress: false,
+            },
+        )
+        .unwrap();
+        name.to_string()
+    }
+
+    pub fn container(&self, image: &str) -> (String, PathBuf) {
+        let c = self
+            .store
+            .create_container(
+                image,
+                &CreateOptions {
+                    name: None,
+                    volumes: vec![],
+                    volatile: false,
+                },
+            )
+            .unwrap();
+        let merged = self.store.mount_container(&c.id).unwrap();
+        (c.id, merged)
+    }
+}
+
+impl Drop for TestStore {
+    fn drop(&mut self) {
+        unmount_beneath(&self.dir);
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn unmount_beneath(dir: &Path) {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<String> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| Path::new(p).starts_with(dir))
+        .map(str::to_string)
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let _ = nix::mount::umount2(p.as_str(), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Boxes a layer-building closure.
+pub fn layer(f: impl FnOnce(&mut LayerTar) + 'static) -> Box<dyn FnOnce(&mut LayerTar)> {
+    Box::new(f)
+}
+
+/// What a tree holds, comparable across filesystems: type, mode, owner,
+/// size, content, link target, xattrs; and which paths share an inode.
+/// Directory mtimes are left out (creating children changes them).
+pub fn snapshot(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut inodes: BTreeMap<(u64, u64), String> = BTreeMap::new();
+    walk(root, root, &mut out, &mut inodes);
+    out
+}
+
+fn walk(
+    root: &Path,
+    dir: &Path,
+    out: &mut BTreeMap<String, String>,
+    inodes: &mut BTreeMap<(u64, u64), String>,
+) {
+    let mut entries: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    for p in entries {
+        let rel = p.strip_prefix(root).unwrap().display().to_string();
+        let md = fs::symlink_metadata(&p).unwrap();
+        let ft = md.file_type();
+        let mut desc = format!("mode={:o} uid={} gid={}", md.mode(), md.uid(), md.gid());
+        if ft.is_file() {
+            let data = fs::read(&p).unwrap();
+            desc += &format!(" file size={} sum={:x}", data.len(), fnv(&data));
+            if md.nlink() > 1 {
+                let first = inodes
+                    .entry((md.dev(), md.ino()))
+                    .or_insert_with(|| rel.clone());
+                desc += &format!(" linked-with={first}");
+            }
+        } else if ft.is_symlink() {
+            desc += &format!(" symlink->{}", fs::read_link(&p).unwrap().display());
+        } else if ft.is_char_device() || ft.is_block_device() {
+            desc += &format!(" dev={}:{}", libc::major(md.rdev()), libc::minor(md.rdev()));
+        } else if ft.is_dir() {
+            desc += " dir";
+        }
+        for (k, v) in read_xattrs(&p).unwrap() {
+            desc += &format!(" xattr {k}={v:?}");
+        }
+        out.insert(rel, desc);
+        if ft.is_dir() {
+            walk(root, &p, out, inodes);
+        }
+    }
+}
+
+fn fnv(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x100000001b3)
+    })
+}
