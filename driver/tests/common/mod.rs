@@ -56,7 +56,7 @@ impl TestStore {
 
     /// Builds a docker-archive directory from layer builders (bottom
     /// first) and imports it as `name`.
-    pub fn image(&self, name: &str, layers: Vec<Box<dyn FnOnce(&mut LayerTar)>>) -> String {
+    pub fn image(&self, name: &str, layers: Vec<LayerFn>) -> String {
         let work = self.scratch(&format!("build-{}", name.replace([':', '/'], "_")));
         let mut tars = Vec::new();
         for (i, f) in layers.into_iter().enumerate() {
@@ -116,8 +116,11 @@ pub fn unmount_beneath(dir: &Path) {
     }
 }
 
+/// Writes one layer's entries.
+pub type LayerFn = Box<dyn FnOnce(&mut LayerTar)>;
+
 /// Boxes a layer-building closure.
-pub fn layer(f: impl FnOnce(&mut LayerTar) + 'static) -> Box<dyn FnOnce(&mut LayerTar)> {
+pub fn layer(f: impl FnOnce(&mut LayerTar) + 'static) -> LayerFn {
     Box::new(f)
 }
 
