@@ -348,13 +348,13 @@ fn mutate(root: &Path, step: usize) {
     )
     .unwrap();
     fs::write(r.join("counter"), step.to_string()).unwrap();
-    if step % 3 == 0 {
+    if step.is_multiple_of(3) {
         let victim = r.join(format!("dir{}", (step + 1) % 5));
         if victim.exists() {
             fs::remove_dir_all(&victim).unwrap();
         }
     }
-    if step % 4 == 0 {
+    if step.is_multiple_of(4) {
         let from = r.join(format!("dir{}/file{step}", step % 5));
         fs::rename(&from, r.join(format!("renamed{step}"))).unwrap();
         fs::hard_link(
@@ -363,12 +363,12 @@ fn mutate(root: &Path, step: usize) {
         )
         .unwrap();
     }
-    if step % 5 == 0 {
+    if step.is_multiple_of(5) {
         fs::set_permissions(r.join("counter"), fs::Permissions::from_mode(0o4750)).unwrap();
         std::os::unix::fs::symlink(format!("dir{}", step % 5), r.join(format!("sym{step}")))
             .unwrap();
     }
-    if step % 7 == 0 {
+    if step.is_multiple_of(7) {
         nix::unistd::chown(&r, Some(nix::unistd::Uid::from_raw(step as u32)), None).unwrap();
         if r.join("counter").exists() {
             fs::remove_file(r.join("counter")).unwrap();
