@@ -46,11 +46,17 @@ pub fn apply_layer(reader: impl Read, dest: &Path, lowers: &[PathBuf]) -> Result
     };
     let mut archive = tar::Archive::new(reader);
     let entries = archive.entries().ctx(|| "reading tar stream".to_string())?;
+    let mut last = String::from("<start of archive>");
     for entry in entries {
-        let mut entry = entry
-            .map_err(|e| entry_error("<tar header>", format!("corrupt or truncated tar: {e}")))?;
+        let mut entry = entry.map_err(|e| {
+            entry_error(
+                format!("after {last}"),
+                format!("corrupt or truncated tar: {e}"),
+            )
+        })?;
         let raw = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw).into_owned();
+        last.clone_from(&shown);
         applier.entry(&mut entry, &raw).map_err(|e| match e {
             Error::Entry { .. } => e,
             Error::Io { source, context } => entry_error(&shown, format!("{context}: {source}")),

@@ -74,9 +74,16 @@ pub fn detect_tar(path: &Path) -> Result<SourceKind> {
     let entries = archive
         .entries()
         .map_err(|e| invalid(path, format!("not a tar archive: {e}")))?;
+    let mut last = String::from("<start of archive>");
     for entry in entries {
-        let entry = entry.map_err(|e| invalid(path, format!("corrupt tar: {e}")))?;
+        let entry = entry.map_err(|e| {
+            invalid(
+                path,
+                format!("corrupt or truncated tar after entry {last:?}: {e}"),
+            )
+        })?;
         let raw = entry.path_bytes();
+        last = String::from_utf8_lossy(&raw).into_owned();
         if let Ok(comps) = clean_path(&raw) {
             if comps.len() == 1 {
                 names.push(comps[0].as_encoded_bytes().to_vec());
