@@ -19,6 +19,7 @@ pub mod layers;
 pub mod mount;
 pub mod sizes;
 pub mod store;
+pub mod testing;
 pub mod volumes;
 
 pub use error::{Error, Result};

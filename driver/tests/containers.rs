@@ -1,14 +1,12 @@
 //! Containers on real overlay mounts: the reference drivers' checks.
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use common::{layer, privileged, snapshot, TestStore};
 use strata_driver::changes::Change;
 use strata_driver::containers::CreateOptions;
+use strata_driver::testing::{layer, privileged, snapshot, TestStore};
 use strata_driver::{commit, Error};
 
 fn changes(ts: &TestStore, id: &str) -> Vec<(char, String)> {

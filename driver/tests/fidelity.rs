@@ -1,13 +1,11 @@
 //! Tar to layer, full fidelity, checked through a mounted container.
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
-use common::{layer, privileged, TestStore};
 use strata_driver::archive::write::get_xattr;
 use strata_driver::image::build::LayerTar;
+use strata_driver::testing::{layer, privileged, TestStore};
 use tar::{EntryType, Header};
 
 const MTIME: i64 = 1_700_000_000;

@@ -2,14 +2,12 @@
 //! and the reason, writes nothing outside the store, and leaves the store
 //! as it was.
 
-mod common;
-
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use common::{privileged, TestStore};
 use strata_driver::import::{import, ImportOptions};
+use strata_driver::testing::{privileged, TestStore};
 use tar::{EntryType, Header};
 
 /// A raw tar entry: the name is written as given, `..` and all (the tar

@@ -1,16 +1,14 @@
 //! Importing real image formats, sharing layers, verifying digests,
 //! listing, history and removal.
 
-mod common;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::{privileged, TestStore};
 use strata_driver::archive::compression::Compression;
 use strata_driver::archive::write_layer_tar;
 use strata_driver::image::build::{write_docker_archive, write_oci_layout, LayerTar};
 use strata_driver::import::{import, ImportOptions};
+use strata_driver::testing::{privileged, TestStore};
 use strata_driver::Error;
 
 fn opts(name: &str) -> ImportOptions {

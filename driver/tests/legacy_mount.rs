@@ -3,12 +3,10 @@
 //! STRATA_MOUNT_API=legacy. Its own test binary, so the variable touches
 //! no other test.
 
-mod common;
-
 use std::fs;
 
-use common::{layer, privileged, TestStore};
 use strata_driver::containers::CreateOptions;
+use strata_driver::testing::{layer, privileged, TestStore};
 use strata_driver::Error;
 
 #[test]

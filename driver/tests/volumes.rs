@@ -1,11 +1,9 @@
 //! Volumes: bind-mounted, outside copy-on-write, outliving containers.
 
-mod common;
-
 use std::fs;
 
-use common::{layer, privileged, TestStore};
 use strata_driver::containers::CreateOptions;
+use strata_driver::testing::{layer, privileged, TestStore};
 use strata_driver::Error;
 
 #[test]

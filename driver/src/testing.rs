@@ -1,17 +1,17 @@
-//! Shared by the driver's integration tests: a throwaway store on a real
-//! filesystem, privileged-test gating, image building and tree snapshots.
-#![allow(dead_code)] // each test binary uses a different subset
+//! For tests and benches of the driver and the profiler: a throwaway store
+//! on a real filesystem that cleans up its mounts even on panic,
+//! privileged-test gating, image building and tree snapshots.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use strata_driver::archive::write::read_xattrs;
-use strata_driver::containers::CreateOptions;
-use strata_driver::image::build::{write_docker_archive, LayerTar};
-use strata_driver::import::{import, ImportOptions};
-use strata_driver::Store;
+use crate::archive::write::read_xattrs;
+use crate::containers::CreateOptions;
+use crate::image::build::{write_docker_archive, LayerTar};
+use crate::import::{import, ImportOptions};
+use crate::{fsutil, Store};
 
 /// Privileged tests run as root. In CI (CI=true) not being root is a
 /// failure, never a skip.
@@ -35,15 +35,18 @@ pub struct TestStore {
     pub store: Store,
 }
 
+impl Default for TestStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl TestStore {
     pub fn new() -> TestStore {
         let base = PathBuf::from("/var/tmp/strata-tests");
         fs::create_dir_all(&base).unwrap();
-        let dir = tempfile::Builder::new()
-            .prefix("t")
-            .tempdir_in(&base)
-            .unwrap()
-            .keep();
+        let dir = base.join(format!("t{}", fsutil::random_hex(6)));
+        fs::create_dir(&dir).unwrap();
         let store = Store::open(dir.join("root")).unwrap();
         TestStore { dir, store }
     }

@@ -1,0 +1,390 @@
+//! strata-prof, black-box: real probes on this kernel, real overlay
+//! mounts made by the driver, real copy-ups.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+use strata_driver::containers::CreateOptions;
+use strata_driver::testing::{layer, privileged, TestStore};
+
+const BIN: &str = env!("CARGO_BIN_EXE_strata-prof");
+
+/// Kills the child on drop (a failing test must not leave probes behind:
+/// the kernel detaches them when the process exits).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn doctor_tells_which_backends_work_and_why() {
+    if !privileged() {
+        return;
+    }
+    let out = Command::new(BIN)
+        .args(["doctor", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let backend = |name: &str| {
+        d["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["backend"] == name)
+            .unwrap()
+            .clone()
+    };
+    let check = |what: &str| {
+        d["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["what"].as_str().unwrap().starts_with(what))
+            .unwrap()
+            .clone()
+    };
+    // The tracepoint backend is what every kernel with BTF and syscall
+    // tracepoints has, this one included.
+    assert_eq!(backend("tracepoint")["available"], true);
+    // The kprobe programs pass the verifier whether or not kprobes exist.
+    assert_eq!(check("kprobe program load")["ok"], true, "{d:#}");
+    for name in ["fentry", "kprobe"] {
+        let b = backend(name);
+        assert!(!b["why"].as_str().unwrap().is_empty());
+        if b["available"] == false {
+            // Never silently missing: the reason is one of the checks'.
+            let why = b["why"].as_str().unwrap();
+            assert!(
+                why.contains("EPERM")
+                    || why.contains("not permitted")
+                    || why.contains("not compiled")
+                    || why.contains("module")
+                    || why.contains("traceable"),
+                "{why}"
+            );
+        }
+    }
+    let chosen = d["chosen"].as_str().unwrap();
+    let first_available = ["fentry", "kprobe", "tracepoint"]
+        .into_iter()
+        .find(|b| backend(b)["available"] == true)
+        .unwrap();
+    assert_eq!(chosen, first_available);
+}
+
+#[test]
+fn forcing_a_backend_the_kernel_lacks_fails_clearly() {
+    if !privileged() {
+        return;
+    }
+    let d: Value = serde_json::from_slice(
+        &Command::new(BIN)
+            .args(["doctor", "--json"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    for b in d["backends"].as_array().unwrap() {
+        if b["available"] == true {
+            continue;
+        }
+        let name = b["backend"].as_str().unwrap();
+        let out = Command::new(BIN)
+            .args(["record", "--backend", name, "--duration", "1s"])
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "{name} forced on a kernel without it succeeded"
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("loading") || err.contains("attaching"),
+            "{name}: {err}"
+        );
+    }
+}
+
+#[test]
+fn sweep_catches_every_copy_up_and_attributes_it() {
+    if !privileged() {
+        return;
+    }
+    let ts = TestStore::new();
+    let svg = ts.dir.join("sweep.svg");
+    let out = Command::new(BIN)
+        .args([
+            "sweep", "--sizes", "4K,2M", "--layers", "1,24", "--dirs", "0,9", "--reps", "3",
+            "--json", "--root",
+        ])
+        .arg(ts.dir.join("sweep-store"))
+        .arg("--svg")
+        .arg(&svg)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = json_lines(&stdout);
+    let cells: Vec<&Value> = lines.iter().filter(|v| v["type"] == "cell").collect();
+    assert_eq!(
+        cells.len(),
+        4,
+        "one axis at a time: 4K/1/0, 2M/1/0, 4K/24/0, 4K/1/9"
+    );
+    for c in &cells {
+        assert_eq!(c["count"], 3, "{c}");
+        for k in ["file_size", "layer_depth", "dir_depth", "p50", "p99", "max"] {
+            assert!(c[k].is_u64(), "{k} missing in {c}");
+        }
+        assert!(
+            c["p50"].as_u64().unwrap() <= c["user_p50"].as_u64().unwrap(),
+            "{c}"
+        );
+    }
+    let p50 = |size: u64| {
+        cells
+            .iter()
+            .find(|c| c["file_size"] == size && c["layer_depth"] == 1 && c["dir_depth"] == 0)
+            .unwrap()["p50"]
+            .as_u64()
+            .unwrap()
+    };
+    assert!(
+        p50(2 << 20) > p50(4096),
+        "copying 2 MiB up must cost more than 4 KiB"
+    );
+    let summary = lines.iter().find(|v| v["type"] == "sweep").unwrap();
+    assert_eq!(summary["violations"], serde_json::json!([]), "{summary}");
+    assert_eq!(summary["backend"], "tracepoint");
+    let plot = fs::read_to_string(&svg).unwrap();
+    assert!(
+        plot.contains("<svg") && plot.contains("polyline"),
+        "no lines in the plot"
+    );
+    assert!(
+        !ts.dir.join("sweep-store").exists(),
+        "sweep store not removed"
+    );
+}
+
+/// Every kind of trigger, plus the calls that must not count: a second
+/// open of a copied-up file, a read-only open, a new file, a volume write.
+#[test]
+fn record_streams_one_event_per_copy_up_with_its_trigger() {
+    if !privileged() {
+        return;
+    }
+    let ts = TestStore::new();
+    ts.image(
+        "img",
+        vec![layer(|t| {
+            t.dir("d", 0o755, 0, 0).unwrap();
+            for name in [
+                "open", "trunc", "chmod", "chown", "xattr", "utimes", "rename", "link", "readonly",
+            ] {
+                t.file(&format!("d/{name}"), &[b'x'; 3000], 0o644).unwrap();
+            }
+            t.dir("vol", 0o755, 0, 0).unwrap();
+            t.dir("fresh", 0o755, 0, 0).unwrap();
+        })],
+    );
+    ts.store.create_volume("v").unwrap();
+    let c = ts
+        .store
+        .create_container(
+            "img",
+            &CreateOptions {
+                name: None,
+                volumes: vec!["v:/vol".parse().unwrap()],
+                volatile: false,
+            },
+        )
+        .unwrap();
+    let m = ts.store.mount_container(&c.id).unwrap();
+    let hdr = ts.dir.join("record.hlog");
+    let mut child = Command::new(BIN)
+        .args(["record", "--json", "--interval", "500ms", "--mount"])
+        .arg(&m)
+        .arg("--hdr-log")
+        .arg(&hdr)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let running = Running(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let ready = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("record did not start");
+    assert!(
+        ready.contains("tracepoint") || ready.contains("fentry") || ready.contains("kprobe"),
+        "{ready}"
+    );
+    let out_thread = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap());
+
+    let d = m.join("d");
+    let open_w = |p: &Path| {
+        drop(
+            fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(p)
+                .unwrap(),
+        )
+    };
+    open_w(&d.join("open"));
+    open_w(&d.join("open")); // already up: no second event
+    nix::unistd::truncate(&d.join("trunc"), 10).unwrap();
+    fs::set_permissions(
+        d.join("chmod"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    nix::unistd::chown(&d.join("chown"), Some(nix::unistd::Uid::from_raw(7)), None).unwrap();
+    xattr_set(&d.join("xattr"));
+    nix::sys::stat::utimensat(
+        None,
+        &d.join("utimes"),
+        &nix::sys::time::TimeSpec::new(1, 0),
+        &nix::sys::time::TimeSpec::new(1, 0),
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .unwrap();
+    fs::rename(d.join("rename"), d.join("renamed")).unwrap();
+    fs::hard_link(d.join("link"), d.join("linked")).unwrap();
+    drop(fs::File::open(d.join("readonly")).unwrap());
+    fs::write(d.join("brand-new"), b"n").unwrap();
+    // A new file in a directory only the image has: the directory is
+    // copied up, but the file is a creation, counted apart.
+    fs::write(m.join("fresh/brand-new"), b"n").unwrap();
+    fs::write(m.join("vol/in-volume"), b"v").unwrap();
+
+    std::thread::sleep(Duration::from_millis(300));
+    // Ctrl-C: everything already queued must still be reported.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(running.0.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let stdout = out_thread.join().unwrap();
+    let lines = json_lines(&stdout);
+    let events: Vec<&Value> = lines.iter().filter(|v| v["type"] == "copy_up").collect();
+    let mut got: Vec<(String, String)> = events
+        .iter()
+        .map(|e| {
+            let path = e["path"].as_str().unwrap();
+            (
+                Path::new(path)
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned(),
+                e["trigger"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    got.sort();
+    let mut want: Vec<(String, String)> = [
+        ("chmod", "chmod"),
+        ("chown", "chown"),
+        ("link", "link"),
+        ("open", "open-write"),
+        ("rename", "rename"),
+        ("trunc", "truncate"),
+        ("utimes", "utimes"),
+        ("xattr", "setxattr"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    want.sort();
+    assert_eq!(got, want, "{stdout}");
+    for e in &events {
+        assert_eq!(e["layer_depth"], 1, "{e}");
+        assert_eq!(e["dir_depth"], 1, "{e}");
+        assert_eq!(e["file_size"], 3000, "{e}");
+        assert!(e["latency_ns"].as_u64().unwrap() > 0);
+    }
+    let summary = lines
+        .iter()
+        .find(|v| v["type"] == "summary")
+        .expect("no summary after Ctrl-C");
+    assert_eq!(summary["copy_ups"], 8);
+    assert_eq!(summary["kernel"]["ringbuf_drops"], 0);
+    assert_eq!(
+        summary["new_files"], 1,
+        "brand-new is a creation, not a copy-up"
+    );
+    let hlog = fs::read_to_string(&hdr).unwrap();
+    assert!(
+        hlog.contains("StartTime") && hlog.contains("Tag=Trigger=open-write"),
+        "{hlog}"
+    );
+
+    // report plots the recorded events.
+    let events_file = ts.dir.join("events.jsonl");
+    fs::write(&events_file, &stdout).unwrap();
+    let svg = ts.dir.join("report.svg");
+    let out = Command::new(BIN)
+        .arg("report")
+        .arg(&events_file)
+        .arg("--svg")
+        .arg(&svg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(fs::read_to_string(&svg).unwrap().contains("<svg"));
+}
+
+fn xattr_set(p: &Path) {
+    let path = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: NUL-terminated strings and a 1-byte value.
+    let rc = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            c"user.k".as_ptr(),
+            b"v".as_ptr().cast(),
+            1,
+            0,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+}
