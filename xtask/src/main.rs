@@ -31,8 +31,29 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// Bootstrap, then check formatting and lints and run every test.
+    /// Bootstrap, then check formatting and lints, run every test, and run
+    /// the benches in quick mode (proves each one runs; no gating).
     Test,
+    /// Run the performance benches against same-run baselines; results go
+    /// to target/bench/ (JSON, markdown, matrix plot).
+    Bench {
+        /// Small workloads, few repetitions (what CI runs).
+        #[arg(long)]
+        quick: bool,
+        /// Store the results as baseline NAME.
+        #[arg(long)]
+        save_baseline: Option<String>,
+        /// Fail if a ratio regressed beyond --threshold against NAME.
+        #[arg(long)]
+        baseline: Option<String>,
+        #[arg(long)]
+        threshold: Option<f64>,
+        #[arg(long)]
+        reps: Option<usize>,
+        /// Only these groups: ops, cow, overhead.
+        #[arg(long)]
+        only: Option<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -52,7 +73,65 @@ fn main() -> Result<()> {
             run(Command::new(prof).arg("sweep").args(args))
         }
         Task::Test => test(),
+        Task::Bench {
+            quick,
+            save_baseline,
+            baseline,
+            threshold,
+            reps,
+            only,
+        } => {
+            setup::setup()?;
+            let mut args = Vec::new();
+            if quick {
+                args.push("--quick".to_string());
+            }
+            for (flag, v) in [
+                ("--save-baseline", save_baseline),
+                ("--baseline", baseline),
+                ("--threshold", threshold.map(|t| t.to_string())),
+                ("--reps", reps.map(|r| r.to_string())),
+                ("--only", only),
+            ] {
+                if let Some(v) = v {
+                    args.extend([flag.to_string(), v]);
+                }
+            }
+            bench(&args)
+        }
     }
+}
+
+/// Builds the release binaries and runs strata-bench with them.
+fn bench(args: &[String]) -> Result<()> {
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "strata-driver",
+        "-p",
+        "strata-prof",
+        "-p",
+        "strata-benches",
+    ])?;
+    let root = workspace_root();
+    let bin = |name: &str| root.join("target/release").join(name);
+    let out = root.join("target/bench");
+    run(Command::new(bin("strata-bench"))
+        .arg("--strata")
+        .arg(bin("strata"))
+        .arg("--prof")
+        .arg(bin("strata-prof"))
+        .arg("--out")
+        .arg(&out)
+        .args(args)
+        .current_dir(&root))?;
+    let plot = out.join("cow-matrix.svg");
+    run(Command::new(bin("strata-prof"))
+        .arg("report")
+        .arg(out.join("cow-matrix.jsonl"))
+        .arg("--svg")
+        .arg(&plot))
 }
 
 fn test() -> Result<()> {
@@ -69,7 +148,8 @@ fn test() -> Result<()> {
         "-D",
         "warnings",
     ])?;
-    cargo_test(&["test", "--workspace"])
+    cargo_test(&["test", "--workspace"])?;
+    bench(&["--quick".to_string()])
 }
 
 /// Runs cargo test, passing its output through, and closes with the total

@@ -43,6 +43,7 @@ pub fn apply_layer(reader: impl Read, dest: &Path, lowers: &[PathBuf]) -> Result
         parent_cache: None,
         stats: AppliedLayer::default(),
         lowers: lowers.to_vec(),
+        sync_each_file: std::env::var(SYNC_ENV).as_deref() == Ok("per-file"),
     };
     let mut archive = tar::Archive::new(reader);
     let entries = archive.entries().ctx(|| "reading tar stream".to_string())?;
@@ -91,7 +92,15 @@ struct Applier {
     parent_cache: Option<(OsString, OwnedFd)>,
     stats: AppliedLayer,
     lowers: Vec<PathBuf>,
+    /// fsync every file as it is written (`STRATA_SYNC=per-file`) instead
+    /// of the one syncfs the importer does before publishing.
+    sync_each_file: bool,
 }
+
+/// `STRATA_SYNC=per-file`: fsync each extracted file. Much slower; for
+/// filesystems whose syncfs is unreliable, and to show the bench gate
+/// catching a regression.
+pub const SYNC_ENV: &str = "STRATA_SYNC";
 
 /// Splits a tar path into safe components: no absolute paths, no `..`.
 pub fn clean_path(raw: &[u8]) -> std::result::Result<Vec<&OsStr>, String> {
@@ -153,6 +162,9 @@ impl Applier {
                 cvt(unsafe_fchmod(&file, mode)).ctx(|| "chmod".into())?;
                 set_xattrs_fd(file.as_raw_fd(), &xattrs)?;
                 set_mtime(pfd, name, &header)?;
+                if self.sync_each_file {
+                    file.sync_all().ctx(|| "fsync".into())?;
+                }
                 self.stats.size += size;
             }
             EntryType::Symlink => {

@@ -1,0 +1,243 @@
+//! The copy-up cost matrix (durable and --volatile mounts) and the
+//! profiler's overhead on copy-up-heavy and hot-path workloads.
+
+use std::cell::{Cell, RefCell};
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+use strata_driver::image::build::{write_docker_archive, LayerTar};
+
+use crate::fixtures::Env;
+use crate::harness::{compare, BenchResult, Timed};
+
+/// One matrix cell's image: `reps` files of `size` bytes `dirs` deep,
+/// under `layers - 1` small layers.
+fn cell_image(
+    env: &Env,
+    root: &Path,
+    size: u64,
+    layers: usize,
+    dirs: usize,
+    files: usize,
+) -> Result<String> {
+    let work = env.dir("cow-build");
+    let prefix: String = (0..dirs).map(|i| format!("d{i}/")).collect();
+    let mut tars = Vec::new();
+    let mut t = LayerTar::create(&work.join("0.tar"))?;
+    for f in 0..files {
+        t.pattern_file(&format!("{prefix}f{f}"), size, f as u8 + 1)?;
+    }
+    tars.push(t.finish()?);
+    for l in 1..layers {
+        let mut t = LayerTar::create(&work.join(format!("{l}.tar")))?;
+        t.file(&format!("filler{l}"), b"x", 0o644)?;
+        tars.push(t.finish()?);
+    }
+    let name = format!("cow-{size}-{layers}-{dirs}");
+    write_docker_archive(&work.join("a"), &name, &tars)?;
+    env.strata(
+        root,
+        &[
+            "image",
+            "import",
+            work.join("a").to_str().unwrap(),
+            "--name",
+            &name,
+        ],
+    )?;
+    Ok(name)
+}
+
+/// Durable vs volatile copy-up per cell. Also writes the cells as JSON
+/// lines that `strata-prof report` plots.
+pub fn matrix(env: &Env, out_dir: &Path) -> Result<Vec<BenchResult>> {
+    let dir = env.dir("cow-matrix");
+    let root = dir.join("store");
+    let (sizes, layers, dirs): (&[u64], &[usize], &[usize]) = if env.quick {
+        (&[4096, 1 << 20], &[1, 32], &[0, 16])
+    } else {
+        (
+            &[4096, 64 << 10, 1 << 20, 16 << 20],
+            &[1, 8, 32, 128],
+            &[0, 4, 16, 32],
+        )
+    };
+    let mut results = Vec::new();
+    let mut cells = String::new();
+    let mut grid = Vec::new();
+    for &s in sizes {
+        grid.push((s, layers[0], dirs[0]));
+    }
+    for &l in &layers[1..] {
+        grid.push((sizes[0], l, dirs[0]));
+    }
+    for &d in &dirs[1..] {
+        grid.push((sizes[0], layers[0], d));
+    }
+    for (size, l, d) in grid {
+        let files = 2 * (env.reps + 1);
+        let image = cell_image(env, &root, size, l, d, files)?;
+        let prefix: String = (0..d).map(|i| format!("d{i}/")).collect();
+        let mount = |volatile: bool| -> Result<PathBuf> {
+            let mut args = vec!["create", image.as_str()];
+            if volatile {
+                args.push("--volatile");
+            }
+            let id = env.strata(&root, &args)?;
+            Ok(PathBuf::from(env.strata(&root, &["mount", &id])?))
+        };
+        let (durable, volatile) = (mount(false)?, mount(true)?);
+        let (nd, nv) = (Cell::new(0usize), Cell::new(0usize));
+        let open_next = |m: &Path, n: &Cell<usize>| -> Result<()> {
+            let i = n.replace(n.get() + 1);
+            drop(
+                fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_CLOEXEC)
+                    .open(m.join(format!("{prefix}f{i}")))?,
+            );
+            Ok(())
+        };
+        let r = compare(
+            &format!("copy-up {} at layer {l}, dir depth {d}", human(size)),
+            env.reps,
+            Timed::just(|| open_next(&durable, &nd)),
+            "the same on a --volatile mount",
+            Timed::just(|| open_next(&volatile, &nv)),
+            None,
+        )?;
+        cells += &format!(
+            "{}\n",
+            serde_json::json!({"type": "cell", "file_size": size, "layer_depth": l, "dir_depth": d,
+                "p50": r.candidate.median_ns, "p99": r.candidate.max_ns, "volatile_p50": r.baseline.median_ns})
+        );
+        results.push(r);
+    }
+    fs::create_dir_all(out_dir)?;
+    fs::write(out_dir.join("cow-matrix.jsonl"), cells)?;
+    crate::fixtures::unmount_all_beneath(&dir);
+    Ok(results)
+}
+
+fn human(v: u64) -> String {
+    if v >= 1 << 20 {
+        format!("{} MiB", v >> 20)
+    } else {
+        format!("{} KiB", v >> 10)
+    }
+}
+
+/// strata-prof attached for the candidate samples, detached for the
+/// baseline ones.
+struct Profiler<'a> {
+    bin: &'a Path,
+    child: RefCell<Option<Child>>,
+}
+
+impl Profiler<'_> {
+    fn attach(&self) -> Result<()> {
+        if self.child.borrow().is_some() {
+            return Ok(());
+        }
+        let mut child = Command::new(self.bin)
+            .args(["record", "--json", "--interval", "1h"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting strata-prof")?;
+        // Ready once it says which backend it attached.
+        let mut line = String::new();
+        BufReader::new(child.stderr.as_mut().unwrap()).read_line(&mut line)?;
+        if !line.contains("backend") {
+            bail!("strata-prof did not start: {line}");
+        }
+        // Drain its stdout so a full pipe never slows it down.
+        let mut stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            let mut sink = [0u8; 65536];
+            while matches!(stdout.read(&mut sink), Ok(n) if n > 0) {}
+        });
+        *self.child.borrow_mut() = Some(child);
+        Ok(())
+    }
+
+    fn detach(&self) -> Result<()> {
+        if let Some(mut c) = self.child.borrow_mut().take() {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGINT,
+            )?;
+            c.wait()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Profiler<'_> {
+    fn drop(&mut self) {
+        let _ = self.detach();
+    }
+}
+
+pub fn profiler_overhead(env: &Env) -> Result<Vec<BenchResult>> {
+    let dir = env.dir("overhead");
+    let root = dir.join("store");
+    let prof = Profiler {
+        bin: &env.prof,
+        child: RefCell::new(None),
+    };
+    let per_sample = if env.quick { 50 } else { 200 };
+    let samples = 2 * (env.reps + 1);
+    let image = cell_image(env, &root, 64 << 10, 1, 2, per_sample * samples)?;
+    let id = env.strata(&root, &["create", &image])?;
+    let merged = PathBuf::from(env.strata(&root, &["mount", &id])?);
+    let next = Cell::new(0usize);
+    let copy_ups = || -> Result<()> {
+        for _ in 0..per_sample {
+            let i = next.replace(next.get() + 1);
+            drop(
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(merged.join(format!("d0/d1/f{i}")))?,
+            );
+        }
+        Ok(())
+    };
+    // Each side copies up files of its own: the first `samples` batches
+    // go to whichever runs; the image has enough for both.
+    let mut out = vec![compare(
+        &format!("{per_sample} copy-ups of 64 KiB, profiler attached"),
+        env.reps,
+        Timed::new(|| prof.attach(), copy_ups),
+        "the same without the profiler",
+        Timed::new(|| prof.detach(), copy_ups),
+        Some(1.02),
+    )?];
+    let hot = merged.join("hot");
+    fs::write(&hot, b"warm")?;
+    let loops = if env.quick { 5_000 } else { 20_000 };
+    let hot_loop = || -> Result<()> {
+        let mut buf = [0u8; 16];
+        for _ in 0..loops {
+            let mut f = fs::OpenOptions::new().read(true).write(true).open(&hot)?;
+            f.read_exact(&mut buf[..4])?;
+            f.write_all(b"warm")?;
+        }
+        Ok(())
+    };
+    out.push(compare(
+        &format!("{loops} open/read/write on overlay, profiler attached"),
+        env.reps,
+        Timed::new(|| prof.attach(), hot_loop),
+        "the same without the profiler",
+        Timed::new(|| prof.detach(), hot_loop),
+        Some(1.05),
+    )?);
+    prof.detach()?;
+    env.strata(&root, &["rm", "-f", &id])?;
+    Ok(out)
+}

@@ -1,0 +1,158 @@
+//! Timing: each bench runs its candidate and its baseline interleaved,
+//! several times, and reports medians, spread and their ratio. These
+//! machines are noisy; ratios measured side by side are what count.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Measured {
+    pub median_ns: u64,
+    pub min_ns: u64,
+    pub max_ns: u64,
+    pub samples: usize,
+}
+
+impl Measured {
+    pub fn of(mut samples: Vec<u64>) -> Measured {
+        samples.sort_unstable();
+        let n = samples.len().max(1);
+        Measured {
+            median_ns: if samples.is_empty() {
+                0
+            } else if n % 2 == 1 {
+                samples[n / 2]
+            } else {
+                (samples[n / 2 - 1] + samples[n / 2]) / 2
+            },
+            min_ns: samples.first().copied().unwrap_or(0),
+            max_ns: samples.last().copied().unwrap_or(0),
+            samples: samples.len(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BenchResult {
+    pub name: String,
+    pub candidate: Measured,
+    pub baseline_name: String,
+    pub baseline: Measured,
+    /// candidate median / baseline median.
+    pub ratio: f64,
+    /// The bar for this ratio, if it has one.
+    pub target: Option<f64>,
+}
+
+/// Something timed: `setup` runs untimed before each sample, `run` is timed.
+pub struct Timed<'a> {
+    pub setup: Box<dyn FnMut() -> Result<()> + 'a>,
+    pub run: Box<dyn FnMut() -> Result<()> + 'a>,
+}
+
+impl<'a> Timed<'a> {
+    pub fn new(
+        setup: impl FnMut() -> Result<()> + 'a,
+        run: impl FnMut() -> Result<()> + 'a,
+    ) -> Timed<'a> {
+        Timed {
+            setup: Box::new(setup),
+            run: Box::new(run),
+        }
+    }
+
+    pub fn just(run: impl FnMut() -> Result<()> + 'a) -> Timed<'a> {
+        Timed::new(|| Ok(()), run)
+    }
+
+    fn sample(&mut self) -> Result<u64> {
+        (self.setup)()?;
+        let t = Instant::now();
+        (self.run)()?;
+        Ok(t.elapsed().as_nanos() as u64)
+    }
+}
+
+/// Runs candidate and baseline alternately `reps` times (after one
+/// untimed warm-up each) and compares their medians.
+pub fn compare(
+    name: &str,
+    reps: usize,
+    mut candidate: Timed<'_>,
+    baseline_name: &str,
+    mut baseline: Timed<'_>,
+    target: Option<f64>,
+) -> Result<BenchResult> {
+    candidate.sample()?;
+    baseline.sample()?;
+    let (mut c, mut b) = (Vec::new(), Vec::new());
+    for i in 0..reps {
+        // Alternate which goes first, so neither always gets a warm cache.
+        if i % 2 == 0 {
+            c.push(candidate.sample()?);
+            b.push(baseline.sample()?);
+        } else {
+            b.push(baseline.sample()?);
+            c.push(candidate.sample()?);
+        }
+    }
+    let (candidate, baseline) = (Measured::of(c), Measured::of(b));
+    let ratio = candidate.median_ns as f64 / baseline.median_ns.max(1) as f64;
+    let r = BenchResult {
+        name: name.into(),
+        candidate,
+        baseline_name: baseline_name.into(),
+        baseline,
+        ratio,
+        target,
+    };
+    eprintln!(
+        "  {:<44} {:>10} vs {:<28} {:>10}  ratio {:.2}{}",
+        r.name,
+        fmt_ns(r.candidate.median_ns),
+        r.baseline_name,
+        fmt_ns(r.baseline.median_ns),
+        r.ratio,
+        r.target
+            .map(|t| format!(" (bar {t:.2})"))
+            .unwrap_or_default()
+    );
+    Ok(r)
+}
+
+pub fn fmt_ns(v: u64) -> String {
+    match v {
+        0..=9_999 => format!("{v}ns"),
+        10_000..=9_999_999 => format!("{:.1}us", v as f64 / 1e3),
+        10_000_000..=9_999_999_999 => format!("{:.1}ms", v as f64 / 1e6),
+        _ => format!("{:.2}s", v as f64 / 1e9),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_and_spread() {
+        let m = Measured::of(vec![5, 1, 9, 3, 7]);
+        assert_eq!((m.median_ns, m.min_ns, m.max_ns, m.samples), (5, 1, 9, 5));
+        assert_eq!(Measured::of(vec![4, 2, 8, 6]).median_ns, 5);
+    }
+
+    #[test]
+    fn compare_reports_the_ratio_of_medians() {
+        let slow = Timed::just(|| {
+            std::thread::sleep(std::time::Duration::from_millis(4));
+            Ok(())
+        });
+        let fast = Timed::just(|| {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            Ok(())
+        });
+        let r = compare("sleep", 3, slow, "half", fast, None).unwrap();
+        assert!(r.ratio > 1.5 && r.ratio < 2.5, "{}", r.ratio);
+    }
+}

@@ -1,1 +1,0 @@
-//! Performance-regression benches (see issue: benches).

@@ -1,0 +1,444 @@
+//! Driver operations against what a user would otherwise run.
+
+use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use crate::fixtures::{deep_image, image, layer_dirs, sh, unmount_all_beneath, Env};
+use crate::harness::{compare, BenchResult, Timed};
+
+pub fn all(env: &Env) -> Result<Vec<BenchResult>> {
+    let mut out = Vec::new();
+    out.extend(import(env)?);
+    out.extend(containers(env)?);
+    out.extend(ps(env)?);
+    out.extend(diff(env)?);
+    out.extend(lookups(env)?);
+    Ok(out)
+}
+
+/// Import of a multi-layer image vs `tar -x` of the same layers.
+fn import(env: &Env) -> Result<Vec<BenchResult>> {
+    let dir = env.dir("import");
+    let (layers, files) = if env.quick { (4, 300) } else { (6, 2000) };
+    let img = image(&dir, layers, files, "bench:import")?;
+    let root = dir.join("store");
+    let extract = dir.join("extract");
+    let archive = img.archive.to_str().unwrap().to_string();
+    let r = compare(
+        &format!(
+            "import {layers}x{files} files ({} MB)",
+            img.bytes / 1_000_000
+        ),
+        env.reps,
+        Timed::new(
+            || {
+                let _ = fs::remove_dir_all(&root);
+                Ok(())
+            },
+            || {
+                env.strata(&root, &["image", "import", &archive, "--name", "bench"])
+                    .map(drop)
+            },
+        ),
+        "tar -x of the layers",
+        Timed::new(
+            || {
+                let _ = fs::remove_dir_all(&extract);
+                Ok(())
+            },
+            || {
+                for (i, t) in img.layer_tars.iter().enumerate() {
+                    let d = extract.join(i.to_string());
+                    fs::create_dir_all(&d)?;
+                    sh(
+                        "tar",
+                        &["-xf", t.to_str().unwrap(), "-C", d.to_str().unwrap()],
+                    )?;
+                }
+                Ok(())
+            },
+        ),
+        Some(1.2),
+    )?;
+    Ok(vec![r])
+}
+
+/// create + mount, the copy-up write, commit and rm, each vs its baseline.
+fn containers(env: &Env) -> Result<Vec<BenchResult>> {
+    let dir = env.dir("containers");
+    let root = dir.join("store");
+    let files = if env.quick { 2000 } else { 20000 };
+    let img = image(&dir, 3, files / 3, "bench:big")?;
+    env.strata(
+        &root,
+        &[
+            "image",
+            "import",
+            img.archive.to_str().unwrap(),
+            "--name",
+            "big",
+        ],
+    )?;
+    let lowers = layer_dirs(&root, "big")?;
+    let lowerdir = lowers
+        .iter()
+        .map(|p| p.to_str().unwrap())
+        .collect::<Vec<_>>()
+        .join(":");
+    let mut out = Vec::new();
+
+    let hand = dir.join("hand");
+    out.push(compare(
+        "create + mount",
+        env.reps,
+        Timed::new(
+            || Ok(()),
+            || {
+                let id = env.strata(&root, &["create", "big"])?;
+                env.strata(&root, &["mount", &id]).map(drop)
+            },
+        ),
+        "mkdir + mount -t overlay",
+        Timed::new(
+            || {
+                unmount_all_beneath(&hand);
+                let _ = fs::remove_dir_all(&hand);
+                Ok(())
+            },
+            || {
+                for d in ["upper", "work", "merged"] {
+                    fs::create_dir_all(hand.join(d))?;
+                }
+                let opts = format!(
+                    "lowerdir={lowerdir},upperdir={},workdir={}",
+                    hand.join("upper").display(),
+                    hand.join("work").display()
+                );
+                sh(
+                    "mount",
+                    &[
+                        "-t",
+                        "overlay",
+                        "overlay",
+                        "-o",
+                        &opts,
+                        hand.join("merged").to_str().unwrap(),
+                    ],
+                )
+            },
+        ),
+        Some(1.5),
+    )?);
+    unmount_all_beneath(&hand);
+    out.extend(copy_up(env, &dir)?);
+    out.extend(commit_and_rm(env, &root, &dir)?);
+    Ok(out)
+}
+
+/// Opening a lower 1 MiB file for writing (overlayfs copies it up) vs
+/// `cp` of the same bytes, without and with fsync.
+fn copy_up(env: &Env, dir: &std::path::Path) -> Result<Vec<BenchResult>> {
+    let root = dir.join("cow-store");
+    // Each candidate sample copies up a file of its own: two comparisons of
+    // `reps` samples plus a warm-up each.
+    let n = 2 * (env.reps + 1);
+    let work = dir.join("cow-src");
+    fs::create_dir_all(&work)?;
+    let tar = work.join("l.tar");
+    let mut t = strata_driver::image::build::LayerTar::create(&tar)?;
+    for i in 0..n {
+        t.pattern_file(&format!("f{i}"), 1 << 20, i as u8 + 1)?;
+    }
+    t.finish()?;
+    strata_driver::image::build::write_docker_archive(&work.join("a"), "cow:1", &[tar])?;
+    env.strata(
+        &root,
+        &[
+            "image",
+            "import",
+            work.join("a").to_str().unwrap(),
+            "--name",
+            "cow",
+        ],
+    )?;
+    let id = env.strata(&root, &["create", "cow"])?;
+    let merged = PathBuf::from(env.strata(&root, &["mount", &id])?);
+    let lower = layer_dirs(&root, "cow")?[0].clone();
+    let copies = dir.join("copies");
+    fs::create_dir_all(&copies)?;
+    let next_up = std::cell::Cell::new(0usize);
+    let next_copy = std::cell::Cell::new(0usize);
+    let mut out = Vec::new();
+    for fsync in [false, true] {
+        out.push(compare(
+            if fsync {
+                "copy-up write of 1 MiB (vs cp+fsync)"
+            } else {
+                "copy-up write of 1 MiB (vs cp)"
+            },
+            env.reps,
+            Timed::just(|| {
+                let i = next_up.replace(next_up.get() + 1);
+                let f = fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_CLOEXEC)
+                    .open(merged.join(format!("f{i}")))?;
+                drop(f);
+                Ok(())
+            }),
+            if fsync {
+                "cp + fsync of the same bytes"
+            } else {
+                "cp of the same bytes"
+            },
+            Timed::just(|| {
+                let i = next_copy.replace(next_copy.get() + 1);
+                let dst = copies.join(format!("c{i}"));
+                fs::copy(lower.join(format!("f{}", i % n)), &dst)?;
+                if fsync {
+                    fs::File::open(&dst)?.sync_all()?;
+                }
+                Ok(())
+            }),
+            None,
+        )?);
+    }
+    env.strata(&root, &["rm", "-f", &id])?;
+    Ok(out)
+}
+
+/// Commit of a one-file change to a large image vs tarring the upper
+/// directory; rm of a mounted container vs umount + rm -rf.
+fn commit_and_rm(
+    env: &Env,
+    root: &std::path::Path,
+    dir: &std::path::Path,
+) -> Result<Vec<BenchResult>> {
+    let mut out = Vec::new();
+    let prepare = || -> Result<(String, PathBuf)> {
+        let id = env.strata(root, &["create", "big"])?;
+        let merged = PathBuf::from(env.strata(root, &["mount", &id])?);
+        fs::write(merged.join("l0d0/f0"), b"changed")?;
+        fs::write(merged.join("added"), b"new")?;
+        Ok((id, merged))
+    };
+    let (id, _) = prepare()?;
+    let upper = root.join("containers").join(&id).join("upper");
+    let tarball = dir.join("upper.tar");
+    let n = std::cell::Cell::new(0);
+    out.push(compare(
+        "commit of a small change to a large image",
+        env.reps,
+        Timed::just(|| {
+            n.set(n.get() + 1);
+            env.strata(root, &["commit", &id, &format!("committed:{}", n.get())])
+                .map(drop)
+        }),
+        "tar of the upper directory",
+        Timed::just(|| {
+            sh(
+                "tar",
+                &[
+                    "-cf",
+                    tarball.to_str().unwrap(),
+                    "-C",
+                    upper.to_str().unwrap(),
+                    ".",
+                ],
+            )
+        }),
+        Some(2.0),
+    )?);
+    let victims = std::cell::RefCell::new(Vec::new());
+    let hand = dir.join("hand-rm");
+    out.push(compare(
+        "rm -f of a mounted container",
+        env.reps,
+        Timed::new(
+            || {
+                victims.borrow_mut().push(prepare()?.0);
+                Ok(())
+            },
+            || {
+                let id = victims.borrow_mut().pop().unwrap();
+                env.strata(root, &["rm", "-f", &id]).map(drop)
+            },
+        ),
+        "umount + rm -rf of a hand-made mount",
+        Timed::new(
+            || {
+                let lowers = layer_dirs(root, "big")?;
+                let lowerdir = lowers
+                    .iter()
+                    .map(|p| p.to_str().unwrap())
+                    .collect::<Vec<_>>()
+                    .join(":");
+                for d in ["upper", "work", "merged"] {
+                    fs::create_dir_all(hand.join(d))?;
+                }
+                let opts = format!(
+                    "lowerdir={lowerdir},upperdir={},workdir={}",
+                    hand.join("upper").display(),
+                    hand.join("work").display()
+                );
+                sh(
+                    "mount",
+                    &[
+                        "-t",
+                        "overlay",
+                        "overlay",
+                        "-o",
+                        &opts,
+                        hand.join("merged").to_str().unwrap(),
+                    ],
+                )?;
+                fs::write(hand.join("merged/l0d0/f0"), b"changed")?;
+                Ok(())
+            },
+            || {
+                sh("umount", &[hand.join("merged").to_str().unwrap()])?;
+                sh("rm", &["-rf", hand.to_str().unwrap()])
+            },
+        ),
+        None,
+    )?);
+    Ok(out)
+}
+
+/// `ps -s` over N containers vs `du -sb` over their upper directories.
+fn ps(env: &Env) -> Result<Vec<BenchResult>> {
+    let dir = env.dir("ps");
+    let root = dir.join("store");
+    let img = image(&dir, 1, 50, "bench:small")?;
+    env.strata(
+        &root,
+        &[
+            "image",
+            "import",
+            img.archive.to_str().unwrap(),
+            "--name",
+            "small",
+        ],
+    )?;
+    let mut out = Vec::new();
+    let mut uppers: Vec<String> = Vec::new();
+    let counts: &[usize] = if env.quick { &[10, 50] } else { &[10, 50, 100] };
+    for &n in counts {
+        while uppers.len() < n {
+            let id = env.strata(&root, &["create", "small"])?;
+            let upper = root.join("containers").join(&id).join("upper");
+            // A writable layer with something in it: 30 files, 4 KiB each.
+            for f in 0..30 {
+                fs::create_dir_all(upper.join(format!("d{}", f % 5)))?;
+                fs::write(upper.join(format!("d{}/f{f}", f % 5)), vec![1u8; 4096])?;
+            }
+            uppers.push(upper.to_str().unwrap().to_string());
+        }
+        let args: Vec<&str> = std::iter::once("-sb")
+            .chain(uppers.iter().map(String::as_str))
+            .collect();
+        out.push(compare(
+            &format!("ps -a -s over {n} containers"),
+            env.reps,
+            Timed::just(|| {
+                env.strata(&root, &["ps", "-a", "-s", "--format", "json"])
+                    .map(drop)
+            }),
+            "du -sb over their uppers",
+            Timed::just(|| sh("du", &args)),
+            (n == 50).then_some(1.5),
+        )?);
+    }
+    Ok(out)
+}
+
+/// `strata diff` with bottom/top file counts vs walking the upper dir.
+fn diff(env: &Env) -> Result<Vec<BenchResult>> {
+    let dir = env.dir("diff");
+    let root = dir.join("store");
+    let mut out = Vec::new();
+    let big = if env.quick { 2000 } else { 10000 };
+    for (bottom, top) in [(10, 10), (10, big), (big, 10)] {
+        let img = image(
+            &dir.join(format!("{bottom}-{top}")),
+            1,
+            bottom,
+            "bench:diff",
+        )?;
+        let name = format!("diff{bottom}-{top}");
+        env.strata(
+            &root,
+            &[
+                "image",
+                "import",
+                img.archive.to_str().unwrap(),
+                "--name",
+                &name,
+            ],
+        )?;
+        let id = env.strata(&root, &["create", &name])?;
+        let merged = PathBuf::from(env.strata(&root, &["mount", &id])?);
+        for f in 0..top {
+            fs::create_dir_all(merged.join(format!("new{}", f % 20)))?;
+            fs::write(merged.join(format!("new{}/f{f}", f % 20)), b"x")?;
+        }
+        let upper = root.join("containers").join(&id).join("upper");
+        out.push(compare(
+            &format!("diff, {bottom} files below / {top} changed"),
+            env.reps,
+            Timed::just(|| env.strata(&root, &["diff", &id]).map(drop)),
+            "find over the upper directory",
+            Timed::just(|| sh("find", &[upper.to_str().unwrap()])),
+            None,
+        )?);
+        env.strata(&root, &["rm", "-f", &id])?;
+    }
+    Ok(out)
+}
+
+/// Reading files that live in the bottom of 20 and 128 layers vs the same
+/// files in a one-layer image, on a fresh mount each time.
+fn lookups(env: &Env) -> Result<Vec<BenchResult>> {
+    let dir = env.dir("lookups");
+    let root = dir.join("store");
+    let files = 200;
+    let one = deep_image(&dir, 1, files, "bench:deep1")?;
+    env.strata(
+        &root,
+        &["image", "import", one.to_str().unwrap(), "--name", "deep1"],
+    )?;
+    let mut out = Vec::new();
+    for layers in [20, 128] {
+        let deep = deep_image(&dir, layers, files, "bench:deep")?;
+        let name = format!("deep{layers}");
+        env.strata(
+            &root,
+            &["image", "import", deep.to_str().unwrap(), "--name", &name],
+        )?;
+        let mounted = std::cell::RefCell::new(PathBuf::new());
+        let fresh = |image: &str| -> Result<()> {
+            let id = env.strata(&root, &["create", image])?;
+            *mounted.borrow_mut() = PathBuf::from(env.strata(&root, &["mount", &id])?);
+            Ok(())
+        };
+        let read_all = || -> Result<()> {
+            let m = mounted.borrow();
+            for f in 0..files {
+                fs::read(m.join(format!("data/f{f}")))?;
+            }
+            Ok(())
+        };
+        out.push(compare(
+            &format!("read {files} files through {layers} layers"),
+            env.reps,
+            Timed::new(|| fresh(&name), read_all),
+            "the same through 1 layer",
+            Timed::new(|| fresh("deep1"), read_all),
+            None,
+        )?);
+    }
+    Ok(out)
+}
