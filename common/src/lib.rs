@@ -100,9 +100,12 @@ pub struct InFlight {
     pub fn_start_ns: u64,
     /// Time spent inside the copy-up function (fentry/kprobe backends).
     pub fn_ns: u64,
+    /// The syscall's path argument (a user pointer), read only at exit and
+    /// only when the call copied something up: copying 256 bytes on every
+    /// write-mode open would tax the hot path for nothing.
+    pub path_ptr: u64,
     pub trigger: u8,
     pub _pad: [u8; 7],
-    pub path: [u8; PATH_CAPTURE],
 }
 
 /// One copy-up as seen by the kernel, sent through the ring buffer.

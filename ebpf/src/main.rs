@@ -16,16 +16,16 @@ mod maps;
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        bpf_probe_read_kernel_buf, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+        bpf_probe_read_user_str_bytes,
     },
     macros::tracepoint,
     programs::TracePointContext,
 };
-use strata_common::{counter, log2_floor, CopyUpEvent, HistKey, SIZE_UNKNOWN};
+use strata_common::{counter, log2_floor, CopyUpEvent, HistKey, InFlight, SIZE_UNKNOWN};
 
 use kernel::Globals;
-use maps::{bump, EVENTS, HIST, INFLIGHT, SCRATCH, TRIGGERS, ZERO_HIST};
+use maps::{bump, EVENTS, HIST, INFLIGHT, TRIGGERS, ZERO_HIST};
 
 // uapi constants, identical on every Linux architecture strata supports.
 const O_ACCMODE: u64 = 0o3;
@@ -62,10 +62,12 @@ fn try_sys_enter(ctx: &TracePointContext) -> Result<(), i64> {
             return Ok(());
         }
     }
-    let arg = |i: i8| -> Result<u64, i64> {
-        // SAFETY: syscall tracepoints carry 8-byte args from args_off on.
-        Ok(unsafe { ctx.read_at::<u64>(g.args_off as usize + 8 * i as usize)? })
-    };
+    // All six argument slots in one read: each helper call costs more than
+    // the bytes it copies.
+    // SAFETY: syscall tracepoints carry six 8-byte args from args_off on
+    // (checked against the format file in user space).
+    let args: [u64; 6] = unsafe { ctx.read_at(g.args_off as usize)? };
+    let arg = |i: i8| -> Result<u64, i64> { args.get(i as usize).copied().ok_or(0) };
     // Only an open for writing (or truncating) can copy up.
     let mut open_flags = None;
     if spec.flags_arg >= 0 {
@@ -81,30 +83,24 @@ fn try_sys_enter(ctx: &TracePointContext) -> Result<(), i64> {
         }
     }
 
-    let scratch = SCRATCH.get_ptr_mut(0).ok_or(0i64)?;
-    // SAFETY: per-CPU scratch slot; nothing else on this CPU runs during
-    // this program, and the map value outlives the borrow.
-    let state = unsafe { &mut *scratch };
-    // SAFETY: helper with no arguments.
-    state.start_ns = unsafe { bpf_ktime_get_ns() };
-    state.target_created_ns = 0;
-    state.target_ino = 0;
-    state.upper_dev = 0;
-    state.dirs_created = 0;
-    state.files_created = 0;
-    state.syscall_nr = nr as u32;
-    state.fn_start_ns = 0;
-    state.fn_ns = 0;
-    state.trigger = spec.trigger;
-    state.dfd = if spec.dfd_arg >= 0 { arg(spec.dfd_arg)? as i32 } else { -100 };
-    state.path[0] = 0;
-    if spec.path_arg >= 0 {
-        let ptr = arg(spec.path_arg)? as *const u8;
-        // SAFETY: the helper checks the user pointer and bounds the copy.
-        let _ = unsafe { bpf_probe_read_user_str_bytes(ptr, &mut state.path) };
-    }
+    let state = InFlight {
+        // SAFETY: helper with no arguments.
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        target_created_ns: 0,
+        target_ino: 0,
+        upper_dev: 0,
+        dirs_created: 0,
+        files_created: 0,
+        syscall_nr: nr as u32,
+        dfd: if spec.dfd_arg >= 0 { arg(spec.dfd_arg)? as i32 } else { -100 },
+        fn_start_ns: 0,
+        fn_ns: 0,
+        path_ptr: if spec.path_arg >= 0 { arg(spec.path_arg)? } else { 0 },
+        trigger: spec.trigger,
+        _pad: [0; 7],
+    };
     let tid = pid_tgid as u32;
-    if INFLIGHT.insert(&tid, state, 0).is_err() {
+    if INFLIGHT.insert(&tid, &state, 0).is_err() {
         bump(counter::INFLIGHT_FULL);
         return Ok(());
     }
@@ -248,7 +244,10 @@ fn try_sys_exit(ctx: &TracePointContext, tid: u32) -> Result<(), i64> {
         (*ev).trigger = call.trigger;
         (*ev).on_overlay = on_overlay;
         (*ev)._pad = [0; 2];
-        let _ = bpf_probe_read_kernel_buf(call.path.as_ptr(), &mut (*ev).path);
+        (*ev).path[0] = 0;
+        if call.path_ptr != 0 {
+            let _ = bpf_probe_read_user_str_bytes(call.path_ptr as *const u8, &mut (*ev).path);
+        }
     }
     entry.submit(0);
     Ok(())

@@ -15,10 +15,6 @@ pub static TRIGGERS: Array<SyscallSpec> = Array::with_max_entries(MAX_SYSCALL_NR
 #[map]
 pub static INFLIGHT: HashMap<u32, InFlight> = HashMap::with_max_entries(16384, 0);
 
-/// Room to build an `InFlight` (too big for the 512-byte BPF stack).
-#[map]
-pub static SCRATCH: PerCpuArray<InFlight> = PerCpuArray::with_max_entries(1, 0);
-
 /// The always-on view: latency log2 histograms per key, per CPU.
 #[map]
 pub static HIST: PerCpuHashMap<HistKey, Log2Hist> = PerCpuHashMap::with_max_entries(4096, 0);
