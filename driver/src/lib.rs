@@ -11,6 +11,7 @@ pub mod commit;
 pub mod containers;
 pub mod digest;
 pub mod error;
+pub mod export;
 pub mod fsutil;
 pub mod image;
 pub mod images;

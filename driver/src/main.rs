@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use strata_driver::changes::Change;
 use strata_driver::containers::CreateOptions;
+use strata_driver::export::{self, SaveFormat};
 use strata_driver::image::config;
 use strata_driver::import::{import, ImportOptions};
 use strata_driver::store::DEFAULT_ROOT;
@@ -121,6 +122,15 @@ enum ImageCmd {
     },
     Rm {
         image: String,
+    },
+    /// Write an image as a docker-save archive or an OCI layout tarball.
+    Save {
+        image: String,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// docker-archive or oci.
+        #[arg(long, default_value = "docker-archive")]
+        format: SaveFormat,
     },
 }
 
@@ -293,6 +303,16 @@ fn image_cmd(store: &Store, cmd: ImageCmd) -> Result<()> {
                 }
                 t.print();
             })
+        }
+        ImageCmd::Save {
+            image,
+            output,
+            format,
+        } => {
+            let id = export::save(store, &image, &output, format)
+                .with_context(|| format!("saving {image}"))?;
+            println!("{id}");
+            Ok(())
         }
         ImageCmd::Rm { image } => {
             let freed = store.remove_image(&image)?;
