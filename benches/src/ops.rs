@@ -19,7 +19,8 @@ pub fn all(env: &Env) -> Result<Vec<BenchResult>> {
     Ok(out)
 }
 
-/// Import of a multi-layer image vs `tar -x` of the same layers.
+/// Import of a multi-layer image vs `tar -x` of the same layers, without
+/// and with a sync (strata's import is durable when it returns).
 fn import(env: &Env) -> Result<Vec<BenchResult>> {
     let dir = env.dir("import");
     let (layers, files) = if env.quick { (4, 300) } else { (6, 2000) };
@@ -27,43 +28,54 @@ fn import(env: &Env) -> Result<Vec<BenchResult>> {
     let root = dir.join("store");
     let extract = dir.join("extract");
     let archive = img.archive.to_str().unwrap().to_string();
-    let r = compare(
-        &format!(
-            "import {layers}x{files} files ({} MB)",
-            img.bytes / 1_000_000
-        ),
-        env.reps,
-        Timed::new(
-            || {
-                let _ = fs::remove_dir_all(&root);
-                Ok(())
+    let mut out = Vec::new();
+    for durable in [false, true] {
+        out.push(compare(
+            &format!(
+                "import {layers}x{files} files ({} MB){}",
+                img.bytes / 1_000_000,
+                if durable { " (vs durable tar)" } else { "" }
+            ),
+            env.reps,
+            Timed::new(
+                || {
+                    let _ = fs::remove_dir_all(&root);
+                    Ok(())
+                },
+                || {
+                    env.strata(&root, &["image", "import", &archive, "--name", "bench"])
+                        .map(drop)
+                },
+            ),
+            if durable {
+                "tar -x of the layers + sync -f"
+            } else {
+                "tar -x of the layers"
             },
-            || {
-                env.strata(&root, &["image", "import", &archive, "--name", "bench"])
-                    .map(drop)
-            },
-        ),
-        "tar -x of the layers",
-        Timed::new(
-            || {
-                let _ = fs::remove_dir_all(&extract);
-                Ok(())
-            },
-            || {
-                for (i, t) in img.layer_tars.iter().enumerate() {
-                    let d = extract.join(i.to_string());
-                    fs::create_dir_all(&d)?;
-                    sh(
-                        "tar",
-                        &["-xf", t.to_str().unwrap(), "-C", d.to_str().unwrap()],
-                    )?;
-                }
-                Ok(())
-            },
-        ),
-        Some(1.2),
-    )?;
-    Ok(vec![r])
+            Timed::new(
+                || {
+                    let _ = fs::remove_dir_all(&extract);
+                    Ok(())
+                },
+                || {
+                    for (i, t) in img.layer_tars.iter().enumerate() {
+                        let d = extract.join(i.to_string());
+                        fs::create_dir_all(&d)?;
+                        sh(
+                            "tar",
+                            &["-xf", t.to_str().unwrap(), "-C", d.to_str().unwrap()],
+                        )?;
+                    }
+                    if durable {
+                        sh("sync", &["-f", extract.to_str().unwrap()])?;
+                    }
+                    Ok(())
+                },
+            ),
+            (!durable).then_some(1.2),
+        )?);
+    }
+    Ok(out)
 }
 
 /// create + mount, the copy-up write, commit and rm, each vs its baseline.
@@ -109,9 +121,15 @@ fn containers(env: &Env) -> Result<Vec<BenchResult>> {
                 Ok(())
             },
             || {
-                for d in ["upper", "work", "merged"] {
-                    fs::create_dir_all(hand.join(d))?;
-                }
+                sh(
+                    "mkdir",
+                    &[
+                        "-p",
+                        hand.join("upper").to_str().unwrap(),
+                        hand.join("work").to_str().unwrap(),
+                        hand.join("merged").to_str().unwrap(),
+                    ],
+                )?;
                 let opts = format!(
                     "lowerdir={lowerdir},upperdir={},workdir={}",
                     hand.join("upper").display(),

@@ -115,32 +115,50 @@ impl Store {
         let c = self.find_container(reference)?;
         let lowers = Lowers(c.layers.iter().rev().map(|l| self.layer_diff(l)).collect());
         let mut out = Vec::new();
-        walk(&self.upper_dir(&c.id), Path::new(""), &lowers, &mut out)?;
+        walk(
+            &self.upper_dir(&c.id),
+            Path::new(""),
+            &lowers,
+            true,
+            &mut out,
+        )?;
         Ok(out)
     }
 }
 
-fn walk(upper: &Path, rel: &Path, lowers: &Lowers, out: &mut Vec<Change>) -> Result<()> {
+/// `parent_in_lower`: whether `rel` exists below. When it does not, nothing
+/// under it can, so its whole subtree is additions and no lookup is made.
+fn walk(
+    upper: &Path,
+    rel: &Path,
+    lowers: &Lowers,
+    parent_in_lower: bool,
+    out: &mut Vec<Change>,
+) -> Result<()> {
     let dir = upper.join(rel);
-    let mut names: Vec<_> = fs::read_dir(&dir)
+    let mut entries: Vec<(std::ffi::OsString, fs::FileType)> = fs::read_dir(&dir)
         .ctx(|| format!("reading {}", dir.display()))?
-        .map(|e| e.map(|e| e.file_name()))
+        .map(|e| e.and_then(|e| Ok((e.file_name(), e.file_type()?))))
         .collect::<std::io::Result<_>>()
         .ctx(|| format!("reading {}", dir.display()))?;
-    names.sort();
-    for name in names {
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, file_type) in entries {
         let relp = rel.join(&name);
         let abs = upper.join(&relp);
-        let md = fs::symlink_metadata(&abs).ctx(|| format!("stat {}", abs.display()))?;
         let shown = format!("/{}", relp.display());
-        if is_whiteout(&md) {
-            out.push(Change {
-                kind: ChangeKind::Deleted,
-                path: shown,
-            });
-            continue;
+        // Only a character device can be a whiteout: the type readdir gave
+        // spares a stat for everything else.
+        if std::os::unix::fs::FileTypeExt::is_char_device(&file_type) {
+            let md = fs::symlink_metadata(&abs).ctx(|| format!("stat {}", abs.display()))?;
+            if is_whiteout(&md) {
+                out.push(Change {
+                    kind: ChangeKind::Deleted,
+                    path: shown,
+                });
+                continue;
+            }
         }
-        let in_lower = lowers.exists(&relp);
+        let in_lower = parent_in_lower && lowers.exists(&relp);
         out.push(Change {
             kind: if in_lower {
                 ChangeKind::Changed
@@ -149,7 +167,7 @@ fn walk(upper: &Path, rel: &Path, lowers: &Lowers, out: &mut Vec<Change>) -> Res
             },
             path: shown.clone(),
         });
-        if md.is_dir() {
+        if file_type.is_dir() {
             if in_lower && xattr_is(&abs, OVERLAY_OPAQUE_XATTR, b"y") {
                 for gone in lowers.list(&relp) {
                     if fs::symlink_metadata(abs.join(&gone)).is_err() {
@@ -160,7 +178,7 @@ fn walk(upper: &Path, rel: &Path, lowers: &Lowers, out: &mut Vec<Change>) -> Res
                     }
                 }
             }
-            walk(upper, &relp, lowers, out)?;
+            walk(upper, &relp, lowers, in_lower, out)?;
         }
     }
     Ok(())

@@ -30,10 +30,11 @@ pub fn commit(store: &Store, container: &str, name: &str) -> Result<ImageRecord>
         HashingWriter::new(BufWriter::new(out)),
     )?;
     let (writer, diff_id, _) = hashing.finish();
+    // Not synced: the tar is scratch; the layer applied from it is what
+    // the syncfs below makes durable.
     writer
         .into_inner()
         .map_err(|e| e.into_error())
-        .and_then(|f| f.sync_all())
         .ctx(|| format!("writing {}", tar_path.display()))?;
 
     let staged = store.stage_layer()?;

@@ -89,8 +89,11 @@ impl Store {
         }
     }
 
-    fn save_container(&self, c: &ContainerRecord) -> Result<()> {
-        fsutil::write_json_atomic(&self.container_dir(&c.id).join(RECORD), c)
+    /// Records a new mount count. Not fsynced: after a crash or reboot the
+    /// mounts are gone whatever the count says, and mount_container checks
+    /// the real mount table before trusting it.
+    fn save_mount_count(&self, c: &ContainerRecord) -> Result<()> {
+        fsutil::replace_json(&self.container_dir(&c.id).join(RECORD), c)
     }
 
     pub fn create_container(
@@ -156,7 +159,7 @@ impl Store {
             c.mount_count = 0;
         }
         c.mount_count += 1;
-        self.save_container(&c)?;
+        self.save_mount_count(&c)?;
         Ok(merged)
     }
 
@@ -241,7 +244,7 @@ impl Store {
             self.unmount_all(&c, false)?;
         }
         c.mount_count -= 1;
-        self.save_container(&c)
+        self.save_mount_count(&c)
     }
 
     /// Removes the container and its writable layer. Refused while mounted

@@ -16,6 +16,21 @@ pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     write_atomic(path, &data)
 }
 
+/// Like `write_json_atomic`, without the fsyncs: for state that does not
+/// outlive a reboot anyway (mount reference counts), where readers still
+/// must never see half a file.
+pub fn replace_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let data = serde_json::to_vec_pretty(value).expect("metadata always serialises");
+    let dir = path.parent().expect("metadata paths have a parent");
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().unwrap().to_string_lossy(),
+        random_hex(8)
+    ));
+    fs::write(&tmp, data).ctx(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, path).ctx(|| format!("renaming {} into place", path.display()))
+}
+
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let dir = path.parent().expect("metadata paths have a parent");
     let tmp = dir.join(format!(

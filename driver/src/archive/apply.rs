@@ -145,8 +145,8 @@ impl Applier {
                 return Err(Error::Invalid("duplicate entry in layer archive".into()));
             }
         }
-        let parent_fd = self.parent(parent)?;
-        let pfd = parent_fd.as_fd();
+        self.open_parent(parent)?;
+        let pfd = self.parent_cache.as_ref().expect("opened above").1.as_fd();
         let header = entry.header().clone();
         match kind {
             EntryType::Directory => {
@@ -156,7 +156,10 @@ impl Applier {
                 let file = create_file(pfd, name)?;
                 let written = copy_data(entry, &file, kind == EntryType::GNUSparse)?;
                 let size = header.size().unwrap_or(written).max(written);
-                file.set_len(size).ctx(|| "setting file length".into())?;
+                if kind == EntryType::GNUSparse {
+                    // A trailing hole was skipped, not written.
+                    file.set_len(size).ctx(|| "setting file length".into())?;
+                }
                 fchown(&file, &header)?;
                 let mode = header_mode(&header)?;
                 cvt(unsafe_fchmod(&file, mode)).ctx(|| "chmod".into())?;
@@ -273,8 +276,8 @@ impl Applier {
         let dir = open_beneath(self.root.as_fd(), &path, libc::O_RDONLY | libc::O_DIRECTORY).ctx(
             || "opening directory (is an earlier entry of that name not a directory?)".into(),
         )?;
-        fchown(&File::from(dir.try_clone().ctx(|| "dup".into())?), header)?;
         set_xattrs_fd(dir.as_raw_fd(), xattrs)?;
+        fchown(&File::from(dir), header)?;
         self.dirs.push(DirMeta {
             path: path.clone(),
             mode: header_mode(header)?,
@@ -287,11 +290,12 @@ impl Applier {
     }
 
     fn whiteout(&mut self, parent: &[&OsStr], name: &[u8]) -> Result<()> {
-        let dir = self.parent(parent)?;
+        self.open_parent(parent)?;
+        let dir = &self.parent_cache.as_ref().expect("opened above").1;
         if name == OPAQUE_MARKER.as_bytes() {
             // Before or after its directory's own entry: the directory entry
             // only ever adds xattrs, so the marker is never lost.
-            return set_xattr(dir_fd_rdonly(&dir)?.as_raw_fd(), OVERLAY_OPAQUE_XATTR, b"y");
+            return set_xattr(dir_fd_rdonly(dir)?.as_raw_fd(), OVERLAY_OPAQUE_XATTR, b"y");
         }
         let target = &name[WHITEOUT_PREFIX.len()..];
         if target.is_empty() || target == b"." || target == b".." {
@@ -320,9 +324,10 @@ impl Applier {
         Ok(())
     }
 
-    /// The directory an entry goes in, opened beneath the root. Archives
-    /// list entries directory by directory, so the last one is cached.
-    fn parent(&mut self, comps: &[&OsStr]) -> Result<OwnedFd> {
+    /// Opens the directory an entry goes in, beneath the root, into
+    /// `parent_cache`. Archives list entries directory by directory, so the
+    /// last one is usually still there.
+    fn open_parent(&mut self, comps: &[&OsStr]) -> Result<()> {
         let key = join(comps);
         let hit = matches!(&self.parent_cache, Some((k, _)) if *k == key);
         if !hit {
@@ -346,8 +351,7 @@ impl Applier {
             }
             self.parent_cache = Some((key, fd));
         }
-        let cached = &self.parent_cache.as_ref().expect("filled above").1;
-        cached.try_clone().ctx(|| "duplicating directory fd".into())
+        Ok(())
     }
 
     /// Gives a directory the archive only implied the metadata the layers
