@@ -68,6 +68,7 @@ pub fn commit(store: &Store, container: &str, name: &str) -> Result<ImageRecord>
     };
 
     let _lock = store.lock()?;
+    let _txn = StagingDir::create(&store.tmp_dir(), "txn-commit")?;
     store.publish_layer(staged, &chain, &diff_id, parent.as_ref(), applied.size)?;
     store.put_image(&record, &config)?;
     Ok(record)

@@ -151,6 +151,10 @@ impl Store {
     /// Mounts the container's merged view (reference-counted) and returns it.
     pub fn mount_container(&self, reference: &str) -> Result<PathBuf> {
         let _lock = self.lock()?;
+        // Mount table and record change in two steps: if this process dies
+        // between them, the abandoned marker makes the next command
+        // reconcile the count with the mount table.
+        let _txn = StagingDir::create(&self.tmp_dir(), "txn-mount")?;
         let mut c = self.find_container(reference)?;
         let merged = self.merged_dir(&c.id);
         // After a reboot the count outlives the mount: remount then.
@@ -233,6 +237,10 @@ impl Store {
     /// Drops one mount reference; unmounts at zero.
     pub fn unmount_container(&self, reference: &str) -> Result<()> {
         let _lock = self.lock()?;
+        // Mount table and record change in two steps: if this process dies
+        // between them, the abandoned marker makes the next command
+        // reconcile the count with the mount table.
+        let _txn = StagingDir::create(&self.tmp_dir(), "txn-umount")?;
         let mut c = self.find_container(reference)?;
         if c.mount_count == 0 {
             return Err(Error::Invalid(format!(
@@ -251,6 +259,10 @@ impl Store {
     /// unless `force`, which unmounts first.
     pub fn remove_container(&self, reference: &str, force: bool) -> Result<()> {
         let _lock = self.lock()?;
+        // Mount table and record change in two steps: if this process dies
+        // between them, the abandoned marker makes the next command
+        // reconcile the count with the mount table.
+        let _txn = StagingDir::create(&self.tmp_dir(), "txn-rm")?;
         let c = self.find_container(reference)?;
         let merged = self.merged_dir(&c.id);
         if c.mount_count > 0 || mount::is_mountpoint(&merged) {

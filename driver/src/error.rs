@@ -38,6 +38,8 @@ pub enum Error {
     TooManyLayers { count: usize, limit: usize },
     #[error("mounting {target}: {reason}")]
     Mount { target: PathBuf, reason: String },
+    #[error("{0} changed concurrently; try again")]
+    Conflict(String),
     #[error("invalid argument: {0}")]
     Invalid(String),
     #[error("corrupt metadata {path}: {reason}")]

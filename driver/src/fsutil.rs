@@ -87,35 +87,100 @@ pub fn random_hex(bytes: usize) -> String {
 
 /// Removes a tree if it exists. Layer trees hold root-owned 0000 files and
 /// immutable-looking modes; as root remove_dir_all handles them.
+/// Two processes may delete the same abandoned tree at once (recovery in
+/// each): whatever the other removed first is not an error.
 pub fn remove_tree(path: &Path) -> Result<()> {
     match fs::remove_dir_all(path) {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(_) if !path.exists() => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => remove_tree(path),
         Err(e) => Err(e).ctx(|| format!("removing {}", path.display())),
     }
 }
 
 /// A directory removed on drop unless `keep` was called: staging areas that
 /// must not outlive a failed operation.
+///
+/// It holds an flock on `.owner` inside it for as long as it lives. A
+/// process killed mid-operation releases that lock with its last fd, so
+/// recovery can tell an abandoned staging directory (lock free) from one a
+/// concurrent strata process is still filling (lock held).
 pub struct StagingDir {
     path: PathBuf,
     keep: bool,
+    _owner: File,
 }
 
+pub const OWNER_FILE: &str = ".owner";
+
 impl StagingDir {
+    /// Made under a hidden `.new-` name, locked, then renamed: no other
+    /// process ever sees it under its real name without its lock held
+    /// (recovery deletes unlocked staging directories).
     pub fn create(parent: &Path, prefix: &str) -> Result<StagingDir> {
-        let path = parent.join(format!("{prefix}-{}", random_hex(8)));
-        fs::create_dir_all(&path).ctx(|| format!("creating {}", path.display()))?;
-        Ok(StagingDir { path, keep: false })
+        let id = random_hex(8);
+        let nascent = parent.join(format!("{NASCENT_PREFIX}{prefix}-{id}"));
+        let path = parent.join(format!("{prefix}-{id}"));
+        fs::create_dir_all(parent).ctx(|| format!("creating {}", parent.display()))?;
+        fs::create_dir(&nascent).ctx(|| format!("creating {}", nascent.display()))?;
+        let owner = File::create(nascent.join(OWNER_FILE))
+            .ctx(|| format!("creating {}", nascent.display()))?;
+        // SAFETY: valid fd; flock has no memory-safety preconditions.
+        let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&owner), libc::LOCK_EX) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error())
+                .ctx(|| format!("locking {}", nascent.display()));
+        }
+        fs::rename(&nascent, &path).ctx(|| format!("creating {}", path.display()))?;
+        Ok(StagingDir {
+            path,
+            keep: false,
+            _owner: owner,
+        })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// Hands the directory over (it is about to be renamed into place).
+    /// The owner file goes with it; its lock ends when `self` drops.
     pub fn keep(mut self) -> PathBuf {
         self.keep = true;
+        let _ = fs::remove_file(self.path.join(OWNER_FILE));
         self.path.clone()
+    }
+}
+
+/// Staging directories are born under this prefix (see StagingDir::create).
+const NASCENT_PREFIX: &str = ".new-";
+
+/// Whether a staging directory's owner is gone (its lock can be taken).
+/// One still being born (`.new-`) counts only once it is 10 s old: its
+/// creator may not have locked it yet (a window of microseconds).
+pub fn is_abandoned(dir: &Path) -> bool {
+    let nascent = dir
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with(NASCENT_PREFIX));
+    if nascent {
+        let old = fs::symlink_metadata(dir)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() > 10));
+        if !old {
+            return false;
+        }
+    }
+    let Ok(f) = File::open(dir.join(OWNER_FILE)) else {
+        // No owner file: a directory renamed in for deletion, or one whose
+        // creator died before locking it. Nobody will finish it.
+        return true;
+    };
+    // SAFETY: valid fd.
+    unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            libc::LOCK_EX | libc::LOCK_NB,
+        ) == 0
     }
 }
 

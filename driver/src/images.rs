@@ -173,6 +173,9 @@ impl Store {
                 }
             }
         }
+        // The record goes first, then the layers: a crash in between leaves
+        // orphans, which recovery (triggered by this txn) deletes.
+        let _txn = StagingDir::create(&self.tmp_dir(), "txn-image-rm")?;
         self.delete_image_record(&image.id)?;
         let still_used: HashSet<Digest> = self
             .images()?

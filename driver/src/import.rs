@@ -55,12 +55,12 @@ pub fn import(store: &Store, src: &str, opts: &ImportOptions) -> Result<ImportRe
     let source_dir = match kind {
         SourceKind::OciLayout | SourceKind::DockerArchive if meta.is_file() => {
             let staged = StagingDir::create(&store.tmp_dir(), "unpack")?;
+            let dir = staged.path().join("content");
+            std::fs::create_dir(&dir).ctx(|| format!("creating {}", dir.display()))?;
             let f = File::open(&path).ctx(|| format!("opening {}", path.display()))?;
             let (_, reader) =
                 compression::decompress(f).ctx(|| format!("reading {}", path.display()))?;
-            apply_layer(reader, staged.path(), &[])
-                .map_err(|e| image::invalid(&path, e.to_string()))?;
-            let dir = staged.path().to_path_buf();
+            apply_layer(reader, &dir, &[]).map_err(|e| image::invalid(&path, e.to_string()))?;
             unpacked = Some(staged);
             dir
         }
@@ -80,7 +80,17 @@ pub fn import(store: &Store, src: &str, opts: &ImportOptions) -> Result<ImportRe
             plain(tar_path)
         }
     };
-    let report = import_source(store, source, &path, opts);
+    // Layers found already stored are not extracted; if a concurrent
+    // `image rm` frees one before this import takes the lock, the import
+    // runs again (extracting it this time).
+    let mut attempts = 0;
+    let report = loop {
+        attempts += 1;
+        match import_source(store, &source, &path, opts) {
+            Err(Error::Conflict(_)) if attempts < 3 => continue,
+            other => break other,
+        }
+    };
     drop(unpacked);
     report
 }
@@ -113,7 +123,7 @@ impl Staged {
 
 fn import_source(
     store: &Store,
-    source: SourceImage,
+    source: &SourceImage,
     src: &Path,
     opts: &ImportOptions,
 ) -> Result<ImportReport> {
@@ -212,8 +222,8 @@ fn import_source(
     progress.finish();
 
     let diff_ids: Vec<Digest> = staged.iter().map(|s| s.diff_id.clone()).collect();
-    let config_bytes = match source.config {
-        Some(c) => c,
+    let config_bytes = match &source.config {
+        Some(c) => c.clone(),
         None => config::new_config(
             None,
             &diff_ids,
@@ -233,6 +243,14 @@ fn import_source(
     // Durable before visible: one syncfs covers every staged file.
     fsutil::syncfs(&store.tmp_dir())?;
     let _lock = store.lock()?;
+    // From the first publish to the image record: if this process dies in
+    // between, the next command finds this abandoned and rolls back.
+    let _txn = StagingDir::create(&store.tmp_dir(), "txn-import")?;
+    for s in staged.iter().filter(|s| s.dir.is_none()) {
+        if store.layer(&s.chain_id)?.is_none() {
+            return Err(Error::Conflict(format!("layer {}", s.chain_id)));
+        }
+    }
     let mut layers = Vec::new();
     for s in staged {
         let shared = match s.dir {
@@ -241,14 +259,8 @@ fn import_source(
                     .publish_layer(dir, &s.chain_id, &s.diff_id, s.parent.as_ref(), s.size)?
                     .1
             }
-            None => store.layer(&s.chain_id)?.is_some(),
+            None => true,
         };
-        if !shared && store.layer(&s.chain_id)?.is_none() {
-            return Err(Error::NotFound {
-                kind: "layer",
-                name: s.chain_id.to_string(),
-            });
-        }
         layers.push(ImportedLayer {
             chain_id: s.chain_id,
             diff_id: s.diff_id,

@@ -98,6 +98,14 @@ enum Cmd {
     /// Disk usage.
     #[command(subcommand)]
     System(SystemCmd),
+    /// Find (and with --repair fix) what a crash or a hand-made change
+    /// left wrong; exits non-zero while a problem remains.
+    Check {
+        #[arg(long)]
+        repair: bool,
+        #[command(flatten)]
+        out: Output,
+    },
 }
 
 #[derive(Subcommand)]
@@ -163,7 +171,48 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let store =
         Store::open(&cli.root).with_context(|| format!("opening store {}", cli.root.display()))?;
+    // Like any command, check first finishes what a crash interrupted.
+    let recovered = store
+        .recover_if_needed()
+        .context("recovering from an interrupted operation")?;
+    if !recovered.is_empty() {
+        eprintln!("strata: recovered from an interrupted operation:");
+        for p in &recovered {
+            eprintln!(
+                "  {}{}",
+                p.what,
+                if p.repaired {
+                    " (fixed)"
+                } else {
+                    " (NOT fixed: run strata check)"
+                }
+            );
+        }
+    }
     match cli.cmd {
+        Cmd::Check { repair, out } => {
+            let problems = store.check(repair)?;
+            emit(out, &problems, || {
+                if problems.is_empty() {
+                    println!("store {} is consistent", cli.root.display());
+                }
+                for p in &problems {
+                    let state = if p.repaired {
+                        "repaired"
+                    } else if p.repairable {
+                        "repairable (--repair)"
+                    } else {
+                        "needs attention"
+                    };
+                    println!("{state:<22} {}", p.what);
+                }
+            })?;
+            let remaining = problems.iter().filter(|p| !p.repaired).count();
+            if remaining > 0 {
+                anyhow::bail!("{remaining} problem(s) remain");
+            }
+            Ok(())
+        }
         Cmd::Image(cmd) => image_cmd(&store, cmd),
         Cmd::Create {
             image,

@@ -282,6 +282,24 @@ pub fn unmount(target: &Path, force: bool) -> Result<()> {
     }
 }
 
+/// Detaches every mount at or beneath `dir`, deepest first: before a tree
+/// is deleted, so the deletion can never reach into a mounted filesystem.
+pub fn unmount_beneath(dir: &Path) {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(std::ffi::OsStr::from_bytes(&unescape_mountinfo(p))))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    for p in points {
+        let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
 /// Whether something is mounted exactly at `target`.
 pub fn is_mountpoint(target: &Path) -> bool {
     let Ok(real) = target.canonicalize() else {

@@ -105,19 +105,7 @@ impl Drop for TestStore {
     }
 }
 
-pub fn unmount_beneath(dir: &Path) {
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut points: Vec<String> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|p| Path::new(p).starts_with(dir))
-        .map(str::to_string)
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-    for p in points {
-        let _ = nix::mount::umount2(p.as_str(), nix::mount::MntFlags::MNT_DETACH);
-    }
-}
+pub use crate::mount::unmount_beneath;
 
 /// Writes one layer's entries.
 pub type LayerFn = Box<dyn FnOnce(&mut LayerTar)>;

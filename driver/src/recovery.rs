@@ -1,0 +1,300 @@
+//! Getting back to a consistent store after a crash, a kill -9 or a
+//! hand-made mess, and `strata check [--repair]`.
+//!
+//! Every operation stages its work under `tmp/` (owner-locked, see
+//! `StagingDir`) and makes it visible by rename; multi-step publishes
+//! (import, commit, image rm) also hold a `txn-*` staging directory from
+//! their first visible change to their last. So an interrupted operation
+//! always leaves an abandoned entry in `tmp/`, and the next command that
+//! sees one runs the full recovery under the store lock:
+//! - abandoned staging is deleted (the operation rolls back), as are
+//!   directories renamed in for deletion (rm rolls forward);
+//! - layers no image or container references are deleted (a half-published
+//!   import or commit rolls back, a half-done image rm rolls forward);
+//! - short links are re-made or dropped, mount counts re-read from the
+//!   mount table, metadata temp files removed.
+
+use std::collections::HashSet;
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::containers::ContainerRecord;
+use crate::digest::Digest;
+use crate::error::{IoContext, Result};
+use crate::fsutil;
+use crate::layers::{now_secs, LayerRecord};
+use crate::mount;
+use crate::sizes::apparent_size;
+use crate::store::Store;
+
+/// Problems found so far; with `repair`, each is fixed as it is found.
+struct Findings {
+    repair: bool,
+    problems: Vec<Problem>,
+}
+
+impl Findings {
+    fn add(&mut self, what: String, repairable: bool, fix: impl FnOnce() -> Result<()>) {
+        let repaired = self.repair && repairable && fix().is_ok();
+        self.problems.push(Problem {
+            what,
+            repairable,
+            repaired,
+        });
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Problem {
+    pub what: String,
+    /// Whether --repair can fix it.
+    pub repairable: bool,
+    /// Set once --repair fixed it.
+    pub repaired: bool,
+}
+
+impl Store {
+    /// Runs the full recovery if an operation was interrupted (an abandoned
+    /// entry in tmp/). Returns what it did; empty when nothing was needed.
+    pub fn recover_if_needed(&self) -> Result<Vec<Problem>> {
+        if !self.abandoned_tmp()?.is_empty() {
+            let _lock = self.lock()?;
+            // Re-checked under the lock: another process may have recovered.
+            if !self.abandoned_tmp()?.is_empty() {
+                return self.scan(true);
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    /// `strata check`: every problem found, fixed too with `repair`.
+    pub fn check(&self, repair: bool) -> Result<Vec<Problem>> {
+        let _lock = self.lock()?;
+        self.scan(repair)
+    }
+
+    fn abandoned_tmp(&self) -> Result<Vec<std::path::PathBuf>> {
+        let dir = self.tmp_dir();
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).ctx(|| format!("reading {}", dir.display()))? {
+            let p = e.ctx(|| "reading tmp".into())?.path();
+            if fsutil::is_abandoned(&p) {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Call with the store lock held.
+    fn scan(&self, repair: bool) -> Result<Vec<Problem>> {
+        let mut found = Findings {
+            repair,
+            problems: Vec::new(),
+        };
+        for p in self.abandoned_tmp()? {
+            found.add(
+                format!("leftover of an interrupted operation: {}", p.display()),
+                true,
+                || {
+                    // A removed container's merged dir may still be mounted
+                    // (volumes too): never delete into a mount.
+                    mount::unmount_beneath(&p);
+                    fsutil::remove_tree(&p)
+                },
+            );
+        }
+        for dir in [
+            self.images_dir(),
+            self.containers_dir(),
+            self.layers_dir(),
+            self.volumes_dir(),
+        ] {
+            for e in fs::read_dir(&dir)
+                .ctx(|| format!("reading {}", dir.display()))?
+                .flatten()
+            {
+                for f in fs::read_dir(e.path()).into_iter().flatten().flatten() {
+                    let name = f.file_name().to_string_lossy().into_owned();
+                    if name.starts_with('.') && name.contains(".tmp-") {
+                        let p = f.path();
+                        found.add(
+                            format!("half-written metadata: {}", p.display()),
+                            true,
+                            || fs::remove_file(&p).ctx(|| "removing".into()),
+                        );
+                    }
+                }
+            }
+        }
+
+        let images = self.images()?;
+        let containers = self.containers()?;
+        let referenced: HashSet<Digest> = images
+            .iter()
+            .flat_map(|i| i.layers.iter().cloned())
+            .chain(containers.iter().flat_map(|c| c.layers.iter().cloned()))
+            .collect();
+        let mut present = HashSet::new();
+        for e in fs::read_dir(self.layers_dir())
+            .ctx(|| "reading layers".into())?
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let path = e.path();
+            let Ok(chain) = Digest::parse(&format!("sha256:{name}")) else {
+                found.add(
+                    format!("stray entry in layers/: {}", path.display()),
+                    true,
+                    || fsutil::remove_tree(&path),
+                );
+                continue;
+            };
+            if !referenced.contains(&chain) {
+                found.add(
+                    format!("orphan layer {chain}: no image or container uses it"),
+                    true,
+                    || self.remove_layer_dir(&path),
+                );
+                continue;
+            }
+            if self.layer(&chain).is_err() || !path.join("layer.json").exists() {
+                found.add(format!("layer {chain} has lost its metadata"), true, || {
+                    self.rebuild_layer_record(&chain)
+                });
+            }
+            present.insert(chain);
+        }
+        for img in &images {
+            for l in img.layers.iter().filter(|l| !present.contains(*l)) {
+                let name = img
+                    .names
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| img.id.to_string());
+                found.add(
+                    format!("image {name} references missing layer {l}"),
+                    false,
+                    || Ok(()),
+                );
+            }
+        }
+
+        // Short links: one per layer, pointing at it.
+        let mut wanted = HashSet::new();
+        for chain in &present {
+            if let Ok(Some(rec)) = self.layer(chain) {
+                let link = self.links_dir().join(&rec.link);
+                if fs::symlink_metadata(&link).is_err() {
+                    found.add(
+                        format!("missing short link l/{} for layer {chain}", rec.link),
+                        true,
+                        || {
+                            symlink(format!("../layers/{}/diff", chain.hex()), &link)
+                                .ctx(|| "re-making link".into())
+                        },
+                    );
+                }
+                wanted.insert(rec.link);
+            }
+        }
+        for e in fs::read_dir(self.links_dir())
+            .ctx(|| "reading l/".into())?
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !wanted.contains(&name) || fs::metadata(e.path()).is_err() {
+                let p = e.path();
+                found.add(format!("dangling short link l/{name}"), true, || {
+                    fs::remove_file(&p).ctx(|| "removing link".into())
+                });
+            }
+        }
+
+        for c in &containers {
+            self.check_mounts(c, &mut found);
+        }
+        Ok(found.problems)
+    }
+
+    fn check_mounts(&self, c: &ContainerRecord, found: &mut Findings) {
+        let merged = self.merged_dir(&c.id);
+        let mounted = mount::is_mountpoint(&merged);
+        if mounted && c.mount_count == 0 {
+            found.add(
+                format!(
+                    "leaked mount of container {} at {}",
+                    c.name,
+                    merged.display()
+                ),
+                true,
+                || {
+                    for v in c.volumes.iter().rev() {
+                        mount::unmount(&merged.join(v.path.trim_start_matches('/')), true)?;
+                    }
+                    mount::unmount(&merged, true)
+                },
+            );
+        } else if !mounted && c.mount_count > 0 {
+            found.add(
+                format!(
+                    "container {} counts {} mounts but is not mounted",
+                    c.name, c.mount_count
+                ),
+                true,
+                || {
+                    let mut fixed = c.clone();
+                    fixed.mount_count = 0;
+                    fsutil::write_json_atomic(
+                        &self.container_dir(&c.id).join("container.json"),
+                        &fixed,
+                    )
+                },
+            );
+        }
+    }
+
+    fn remove_layer_dir(&self, path: &Path) -> Result<()> {
+        let doomed = self
+            .tmp_dir()
+            .join(format!("rm-layer-{}", fsutil::random_hex(8)));
+        fs::rename(path, &doomed).ctx(|| format!("removing {}", path.display()))?;
+        fsutil::remove_tree(&doomed)
+    }
+
+    /// Rebuilds layer.json from the images that use the layer: its diffID
+    /// and parent are in their configs; its size is measured again.
+    fn rebuild_layer_record(&self, chain: &Digest) -> Result<()> {
+        let img = self
+            .images()?
+            .into_iter()
+            .find(|i| i.layers.contains(chain))
+            .ok_or_else(|| crate::Error::NotFound {
+                kind: "image using layer",
+                name: chain.to_string(),
+            })?;
+        let i = img
+            .layers
+            .iter()
+            .position(|l| l == chain)
+            .expect("found above");
+        let existing_link = fs::read_dir(self.links_dir())
+            .ctx(|| "reading l/".into())?
+            .flatten()
+            .find(|e| {
+                fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().contains(chain.hex()))
+            })
+            .map(|e| e.file_name().to_string_lossy().into_owned());
+        let rec = LayerRecord {
+            chain_id: chain.clone(),
+            diff_id: img.diff_ids[i].clone(),
+            parent: i.checked_sub(1).map(|p| img.layers[p].clone()),
+            size: apparent_size(&self.layer_diff(chain))?,
+            link: existing_link.unwrap_or_else(|| fsutil::random_hex(13)),
+            created: now_secs(),
+        };
+        fsutil::write_json_atomic(&self.layer_dir(chain).join("layer.json"), &rec)
+    }
+}
