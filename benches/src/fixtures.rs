@@ -122,3 +122,107 @@ pub fn layer_dirs(store_root: &Path, image_ref: &str) -> Result<Vec<PathBuf>> {
 pub fn unmount_all_beneath(dir: &Path) {
     strata_driver::testing::unmount_beneath(dir);
 }
+
+/// A real Debian rootfs as a one-layer OCI image: debootstrap (minbase
+/// bookworm, from the Debian mirror apt uses) packed by umoci. Built once,
+/// then cached under `cache`. None, with the reason, when the tools or the
+/// mirror are not there.
+pub fn debian_image(cache: &Path) -> Result<PathBuf, String> {
+    let layout = cache.join("debian-oci");
+    if layout.join("index.json").exists() {
+        return Ok(layout);
+    }
+    for tool in ["debootstrap", "umoci"] {
+        if Command::new("which")
+            .arg(tool)
+            .output()
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+        {
+            return Err(format!("{tool} is not installed"));
+        }
+    }
+    let work = cache.join("debian-build");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+    let rootfs = work.join("rootfs");
+    let step = |program: &str, args: &[&str]| -> Result<(), String> {
+        let out = Command::new(program)
+            .args(args)
+            .output()
+            .map_err(|e| format!("{program}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{program} {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+            ));
+        }
+        Ok(())
+    };
+    eprintln!(
+        "  building the Debian image (debootstrap, once; cached in {})",
+        cache.display()
+    );
+    step(
+        "debootstrap",
+        &[
+            "--variant=minbase",
+            "bookworm",
+            rootfs.to_str().unwrap(),
+            "http://deb.debian.org/debian",
+        ],
+    )?;
+    let oci = work.join("oci");
+    let img = format!("{}:bookworm", oci.display());
+    step("umoci", &["init", "--layout", oci.to_str().unwrap()])?;
+    step("umoci", &["new", "--image", &img])?;
+    let bundle = work.join("bundle");
+    step(
+        "umoci",
+        &["unpack", "--image", &img, bundle.to_str().unwrap()],
+    )?;
+    step(
+        "cp",
+        &[
+            "-a",
+            &format!("{}/.", rootfs.display()),
+            bundle.join("rootfs").to_str().unwrap(),
+        ],
+    )?;
+    step(
+        "umoci",
+        &["repack", "--image", &img, bundle.to_str().unwrap()],
+    )?;
+    std::fs::rename(&oci, &layout).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(layout)
+}
+
+/// What a user would type instead of strata: mkdir + mount -t overlay of
+/// `lowers` (top first) at `dir`/merged.
+pub fn hand_mount(dir: &Path, lowers: &[PathBuf]) -> Result<()> {
+    let p = |d: &str| {
+        dir.join(d)
+            .to_str()
+            .expect("UTF-8 scratch paths")
+            .to_string()
+    };
+    sh("mkdir", &["-p", &p("upper"), &p("work"), &p("merged")])?;
+    let lowerdir = lowers
+        .iter()
+        .map(|l| l.to_str().expect("UTF-8 layer paths"))
+        .collect::<Vec<_>>()
+        .join(":");
+    let opts = format!(
+        "lowerdir={lowerdir},upperdir={},workdir={}",
+        p("upper"),
+        p("work")
+    );
+    sh(
+        "mount",
+        &["-t", "overlay", "overlay", "-o", &opts, &p("merged")],
+    )
+}

@@ -59,7 +59,7 @@ fn main() -> Result<()> {
     let run = (|| -> Result<()> {
         if wanted("ops") {
             eprintln!("driver operations:");
-            results.extend(ops::all(&env)?);
+            results.extend(ops::all(&env, &cli.out.join("cache"))?);
         }
         if wanted("cow") {
             eprintln!("copy-up matrix (durable vs --volatile):");

@@ -6,12 +6,15 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::fixtures::{deep_image, image, layer_dirs, sh, unmount_all_beneath, Env};
+use crate::fixtures::{deep_image, hand_mount, image, layer_dirs, sh, unmount_all_beneath, Env};
 use crate::harness::{compare, BenchResult, Timed};
 
-pub fn all(env: &Env) -> Result<Vec<BenchResult>> {
+pub fn all(env: &Env, cache: &std::path::Path) -> Result<Vec<BenchResult>> {
     let mut out = Vec::new();
     out.extend(import(env)?);
+    if !env.quick {
+        out.extend(import_debian(env, cache)?);
+    }
     out.extend(containers(env)?);
     out.extend(ps(env)?);
     out.extend(diff(env)?);
@@ -78,6 +81,73 @@ fn import(env: &Env) -> Result<Vec<BenchResult>> {
     Ok(out)
 }
 
+/// Import of a real Debian rootfs (OCI, one gzip layer) vs extracting the
+/// same layer with tar (decompressing too).
+fn import_debian(env: &Env, cache: &std::path::Path) -> Result<Vec<BenchResult>> {
+    let layout = match crate::fixtures::debian_image(cache) {
+        Ok(l) => l,
+        Err(why) => {
+            eprintln!("  skipped the Debian image import: {why}");
+            return Ok(Vec::new());
+        }
+    };
+    let dir = env.dir("import-debian");
+    let root = dir.join("store");
+    let extract = dir.join("extract");
+    let index: serde_json::Value = serde_json::from_slice(&fs::read(layout.join("index.json"))?)?;
+    let digest = |v: &serde_json::Value| {
+        v["digest"]
+            .as_str()
+            .unwrap_or_default()
+            .trim_start_matches("sha256:")
+            .to_string()
+    };
+    let manifest: serde_json::Value = serde_json::from_slice(&fs::read(
+        layout
+            .join("blobs/sha256")
+            .join(digest(&index["manifests"][0])),
+    )?)?;
+    let blob = layout
+        .join("blobs/sha256")
+        .join(digest(&manifest["layers"][0]));
+    let src = format!("{}:bookworm", layout.display());
+    Ok(vec![compare(
+        "import Debian bookworm minbase (OCI, gzip)",
+        env.reps,
+        Timed::new(
+            || {
+                let _ = fs::remove_dir_all(&root);
+                Ok(())
+            },
+            || {
+                env.strata(&root, &["image", "import", &src, "--name", "debian"])
+                    .map(drop)
+            },
+        ),
+        "tar -xzf of the same layer + sync -f",
+        Timed::new(
+            || {
+                let _ = fs::remove_dir_all(&extract);
+                fs::create_dir_all(&extract)?;
+                Ok(())
+            },
+            || {
+                sh(
+                    "tar",
+                    &[
+                        "-xzf",
+                        blob.to_str().unwrap(),
+                        "-C",
+                        extract.to_str().unwrap(),
+                    ],
+                )?;
+                sh("sync", &["-f", extract.to_str().unwrap()])
+            },
+        ),
+        None,
+    )?])
+}
+
 /// create + mount, the copy-up write, commit and rm, each vs its baseline.
 fn containers(env: &Env) -> Result<Vec<BenchResult>> {
     let dir = env.dir("containers");
@@ -95,11 +165,6 @@ fn containers(env: &Env) -> Result<Vec<BenchResult>> {
         ],
     )?;
     let lowers = layer_dirs(&root, "big")?;
-    let lowerdir = lowers
-        .iter()
-        .map(|p| p.to_str().unwrap())
-        .collect::<Vec<_>>()
-        .join(":");
     let mut out = Vec::new();
 
     let hand = dir.join("hand");
@@ -120,33 +185,7 @@ fn containers(env: &Env) -> Result<Vec<BenchResult>> {
                 let _ = fs::remove_dir_all(&hand);
                 Ok(())
             },
-            || {
-                sh(
-                    "mkdir",
-                    &[
-                        "-p",
-                        hand.join("upper").to_str().unwrap(),
-                        hand.join("work").to_str().unwrap(),
-                        hand.join("merged").to_str().unwrap(),
-                    ],
-                )?;
-                let opts = format!(
-                    "lowerdir={lowerdir},upperdir={},workdir={}",
-                    hand.join("upper").display(),
-                    hand.join("work").display()
-                );
-                sh(
-                    "mount",
-                    &[
-                        "-t",
-                        "overlay",
-                        "overlay",
-                        "-o",
-                        &opts,
-                        hand.join("merged").to_str().unwrap(),
-                    ],
-                )
-            },
+            || hand_mount(&hand, &lowers),
         ),
         Some(1.5),
     )?);
@@ -288,31 +327,7 @@ fn commit_and_rm(
         "umount + rm -rf of a hand-made mount",
         Timed::new(
             || {
-                let lowers = layer_dirs(root, "big")?;
-                let lowerdir = lowers
-                    .iter()
-                    .map(|p| p.to_str().unwrap())
-                    .collect::<Vec<_>>()
-                    .join(":");
-                for d in ["upper", "work", "merged"] {
-                    fs::create_dir_all(hand.join(d))?;
-                }
-                let opts = format!(
-                    "lowerdir={lowerdir},upperdir={},workdir={}",
-                    hand.join("upper").display(),
-                    hand.join("work").display()
-                );
-                sh(
-                    "mount",
-                    &[
-                        "-t",
-                        "overlay",
-                        "overlay",
-                        "-o",
-                        &opts,
-                        hand.join("merged").to_str().unwrap(),
-                    ],
-                )?;
+                hand_mount(&hand, &layer_dirs(root, "big")?)?;
                 fs::write(hand.join("merged/l0d0/f0"), b"changed")?;
                 Ok(())
             },

@@ -110,13 +110,7 @@ pub fn save(store: &Store, reference: &str, out: &Path, format: SaveFormat) -> R
                 &format!("blobs/sha256/{}", config_digest.hex()),
                 &config,
             )?;
-            let manifest = json!({
-                "schemaVersion": 2,
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
-                "layers": descs,
-            })
-            .to_string();
+            let manifest = crate::image::oci::manifest_json(&config_digest, config.len(), descs);
             let manifest_digest = Digest::of_bytes(manifest.as_bytes());
             append_bytes(
                 &mut tar,

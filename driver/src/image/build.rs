@@ -234,13 +234,7 @@ pub fn write_oci_layout(
     }
     let config = new_config(None, &diff_ids, "strata image build");
     let config_digest = put_blob(&blobs, &config)?;
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
-        "layers": descs,
-    })
-    .to_string();
+    let manifest = crate::image::oci::manifest_json(&config_digest, config.len(), descs);
     let manifest_digest = put_blob(&blobs, manifest.as_bytes())?;
     let mut index: serde_json::Value = fs::read(dir.join("index.json"))
         .ok()

@@ -27,6 +27,17 @@ const LAYER_TYPES: &[&str] = &[
     "application/vnd.docker.image.rootfs.diff.tar",
     "application/vnd.docker.image.rootfs.diff.tar.gzip",
 ];
+/// An image manifest: the config's descriptor and the layers'.
+pub fn manifest_json(config_digest: &Digest, config_len: usize, layers: Vec<Value>) -> String {
+    serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_TYPES[0],
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_len},
+        "layers": layers,
+    })
+    .to_string()
+}
+
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
 pub fn parse(dir: &Path, tag: Option<&str>, src: &Path) -> Result<SourceImage> {
