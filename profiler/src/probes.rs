@@ -68,13 +68,18 @@ pub fn resolve_layout(btf: &Btf) -> Result<Layout> {
     let enter = Format::read("syscalls", "sys_enter_openat")?;
     let exit = Format::read("syscalls", "sys_exit_openat")?;
     let wb = Format::read(INODE_TP.0, INODE_TP.1)?;
-    let i_new = match btf.enum_value("I_NEW") {
-        Some(v) => v as u64,
-        None => {
-            1u64 << btf
-                .enum_value("__I_NEW")
-                .ok_or_else(|| anyhow!("BTF has neither I_NEW nor __I_NEW"))?
-        }
+    // A #define on older kernels (its value is in the format file), an enum
+    // constant on newer ones (its value is in BTF).
+    let i_new = match wb.flag_expr("I_NEW").and_then(crate::tracefs::eval_flag) {
+        Some(v) => v,
+        None => match btf.enum_value("I_NEW") {
+            Some(v) => v as u64,
+            None => {
+                1u64 << btf.enum_value("__I_NEW").ok_or_else(|| {
+                    anyhow!("neither the tracepoint format nor BTF gives I_NEW's value")
+                })?
+            }
+        },
     };
     let fd_chain = (|| -> Result<[u32; 8], crate::btf::BtfError> {
         Ok([

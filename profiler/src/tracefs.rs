@@ -54,6 +54,7 @@ pub fn exists(category: &str, name: &str) -> bool {
 pub struct Format {
     pub name: String,
     fields: HashMap<String, (u32, u32)>,
+    print_fmt: String,
 }
 
 impl Format {
@@ -96,10 +97,26 @@ impl Format {
                 fields.insert(field.to_string(), (o, s));
             }
         }
+        let print_fmt = text
+            .lines()
+            .find_map(|l| l.strip_prefix("print fmt: "))
+            .unwrap_or("")
+            .to_string();
         Format {
             name: name.to_string(),
             fields,
+            print_fmt,
         }
+    }
+
+    /// The expression a `__print_flags` table gives for `flag`: `(1 << 3)`
+    /// on kernels where the flag is a #define, the bare name where it is an
+    /// enum constant (then look it up in BTF).
+    pub fn flag_expr(&self, flag: &str) -> Option<&str> {
+        let needle = format!(", \"{flag}\"}}");
+        let end = self.print_fmt.find(&needle)?;
+        let start = self.print_fmt[..end].rfind('{')? + 1;
+        Some(self.print_fmt[start..end].trim())
     }
 
     pub fn offset(&self, field: &str) -> Result<u32> {
@@ -134,9 +151,44 @@ impl Format {
     }
 }
 
+/// Evaluates `(1 << N)`, `0x..` or decimal flag expressions.
+pub fn eval_flag(expr: &str) -> Option<u64> {
+    let e = expr
+        .trim()
+        .trim_start_matches('(')
+        .trim_end_matches(')')
+        .trim();
+    if let Some((a, b)) = e.split_once("<<") {
+        let (a, b) = (eval_flag(a)?, eval_flag(b)?);
+        return a.checked_shl(b as u32);
+    }
+    match e.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => e.trim_end_matches(['U', 'L', 'u', 'l']).parse().ok(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flag_values_from_print_fmt_of_either_kind() {
+        let old = "print fmt: \"x\", __print_flags(REC->state, \"|\", {(1 << 0), \"I_DIRTY_SYNC\"}, {(1 << 3), \"I_NEW\"})";
+        let f = Format::parse(
+            "t",
+            &format!("field:int a;\toffset:8;\tsize:4;\tsigned:1;\n{old}"),
+        );
+        assert_eq!(f.flag_expr("I_NEW"), Some("(1 << 3)"));
+        assert_eq!(eval_flag("(1 << 3)"), Some(8));
+        assert_eq!(eval_flag("0x10"), Some(16));
+        let new = Format::parse(
+            "t",
+            "print fmt: \"x\", __print_flags(REC->state, \"|\", {I_NEW, \"I_NEW\"})",
+        );
+        assert_eq!(new.flag_expr("I_NEW"), Some("I_NEW"));
+        assert_eq!(eval_flag("I_NEW"), None);
+    }
 
     #[test]
     fn parses_a_real_syscall_format() {
