@@ -8,7 +8,7 @@ use std::io::{BufReader, BufWriter};
 use crate::archive::{apply_layer, write_layer_tar};
 use crate::digest::{Digest, HashingWriter};
 use crate::error::{IoContext, Result};
-use crate::fsutil::{self, StagingDir};
+use crate::fsutil::{self, StagingDir, Txn};
 use crate::image::config;
 use crate::images::{normalize_name, ImageRecord};
 use crate::layers::now_secs;
@@ -68,8 +68,9 @@ pub fn commit(store: &Store, container: &str, name: &str) -> Result<ImageRecord>
     };
 
     let _lock = store.lock()?;
-    let _txn = StagingDir::create(&store.tmp_dir(), "txn-commit")?;
+    let txn = Txn::begin(&store.tmp_dir(), "commit")?;
     store.publish_layer(staged, &chain, &diff_id, parent.as_ref(), applied.size)?;
     store.put_image(&record, &config)?;
+    txn.done();
     Ok(record)
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::archive::beneath::open_or_create_dirs;
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::{self, StagingDir};
+use crate::fsutil::{self, StagingDir, Txn};
 use crate::layers::now_secs;
 use crate::mount::{self, MountApi, OverlaySpec};
 use crate::store::Store;
@@ -151,19 +151,19 @@ impl Store {
     /// Mounts the container's merged view (reference-counted) and returns it.
     pub fn mount_container(&self, reference: &str) -> Result<PathBuf> {
         let _lock = self.lock()?;
-        // Mount table and record change in two steps: if this process dies
-        // between them, the abandoned marker makes the next command
-        // reconcile the count with the mount table.
-        let _txn = StagingDir::create(&self.tmp_dir(), "txn-mount")?;
         let mut c = self.find_container(reference)?;
         let merged = self.merged_dir(&c.id);
         // After a reboot the count outlives the mount: remount then.
+        // Mount table and record change in two steps: if this process dies
+        // or fails between them, the next command reconciles the two.
+        let txn = Txn::begin(&self.tmp_dir(), "mount")?;
         if c.mount_count == 0 || !mount::is_mountpoint(&merged) {
             self.mount_stack(&c)?;
             c.mount_count = 0;
         }
         c.mount_count += 1;
         self.save_mount_count(&c)?;
+        txn.done();
         Ok(merged)
     }
 
@@ -237,10 +237,6 @@ impl Store {
     /// Drops one mount reference; unmounts at zero.
     pub fn unmount_container(&self, reference: &str) -> Result<()> {
         let _lock = self.lock()?;
-        // Mount table and record change in two steps: if this process dies
-        // between them, the abandoned marker makes the next command
-        // reconcile the count with the mount table.
-        let _txn = StagingDir::create(&self.tmp_dir(), "txn-umount")?;
         let mut c = self.find_container(reference)?;
         if c.mount_count == 0 {
             return Err(Error::Invalid(format!(
@@ -248,30 +244,31 @@ impl Store {
                 c.name
             )));
         }
+        let txn = Txn::begin(&self.tmp_dir(), "umount")?;
         if c.mount_count == 1 {
             self.unmount_all(&c, false)?;
         }
         c.mount_count -= 1;
-        self.save_mount_count(&c)
+        self.save_mount_count(&c)?;
+        txn.done();
+        Ok(())
     }
 
     /// Removes the container and its writable layer. Refused while mounted
     /// unless `force`, which unmounts first.
     pub fn remove_container(&self, reference: &str, force: bool) -> Result<()> {
         let _lock = self.lock()?;
-        // Mount table and record change in two steps: if this process dies
-        // between them, the abandoned marker makes the next command
-        // reconcile the count with the mount table.
-        let _txn = StagingDir::create(&self.tmp_dir(), "txn-rm")?;
         let c = self.find_container(reference)?;
         let merged = self.merged_dir(&c.id);
-        if c.mount_count > 0 || mount::is_mountpoint(&merged) {
-            if !force {
-                return Err(Error::InUse(format!(
-                    "container {} is mounted ({} references); umount it or use -f",
-                    c.name, c.mount_count
-                )));
-            }
+        let mounted = c.mount_count > 0 || mount::is_mountpoint(&merged);
+        if mounted && !force {
+            return Err(Error::InUse(format!(
+                "container {} is mounted ({} references); umount it or use -f",
+                c.name, c.mount_count
+            )));
+        }
+        let txn = Txn::begin(&self.tmp_dir(), "rm")?;
+        if mounted {
             self.unmount_all(&c, true)?;
         }
         let dir = self.container_dir(&c.id);
@@ -280,6 +277,8 @@ impl Store {
             .join(format!("rm-container-{}", fsutil::random_hex(8)));
         fs::rename(&dir, &doomed).ctx(|| format!("removing {}", dir.display()))?;
         fsutil::sync_dir(&self.containers_dir())?;
-        fsutil::remove_tree(&doomed)
+        fsutil::remove_tree(&doomed)?;
+        txn.done();
+        Ok(())
     }
 }

@@ -152,6 +152,31 @@ impl StagingDir {
     }
 }
 
+/// Marks a multi-step change in progress, from its first visible step to
+/// its last. Finished with `done`. Dropped without it (an error part-way),
+/// it stays behind unlocked, exactly as after a crash, so the next
+/// command's recovery reconciles whatever was half done.
+pub struct Txn(Option<StagingDir>);
+
+impl Txn {
+    pub fn begin(tmp: &Path, what: &str) -> Result<Txn> {
+        Ok(Txn(Some(StagingDir::create(tmp, &format!("txn-{what}"))?)))
+    }
+
+    pub fn done(mut self) {
+        // Dropping the staging directory removes it.
+        self.0.take();
+    }
+}
+
+impl Drop for Txn {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            dir.keep();
+        }
+    }
+}
+
 /// Staging directories are born under this prefix (see StagingDir::create).
 const NASCENT_PREFIX: &str = ".new-";
 

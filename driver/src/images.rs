@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::{self, StagingDir};
+use crate::fsutil::{self, StagingDir, Txn};
 use crate::store::Store;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -175,7 +175,7 @@ impl Store {
         }
         // The record goes first, then the layers: a crash in between leaves
         // orphans, which recovery (triggered by this txn) deletes.
-        let _txn = StagingDir::create(&self.tmp_dir(), "txn-image-rm")?;
+        let txn = Txn::begin(&self.tmp_dir(), "image-rm")?;
         self.delete_image_record(&image.id)?;
         let still_used: HashSet<Digest> = self
             .images()?
@@ -193,6 +193,7 @@ impl Store {
                 freed.push(chain.clone());
             }
         }
+        txn.done();
         Ok(freed)
     }
 }

@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::archive::{apply_layer, compression, write_layer_tar};
 use crate::digest::{Digest, HashingReader};
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::{self, StagingDir};
+use crate::fsutil::{self, StagingDir, Txn};
 use crate::image::{self, config, SourceImage, SourceKind};
 use crate::images::{normalize_name, ImageRecord};
 use crate::layers::now_secs;
@@ -245,7 +245,7 @@ fn import_source(
     let _lock = store.lock()?;
     // From the first publish to the image record: if this process dies in
     // between, the next command finds this abandoned and rolls back.
-    let _txn = StagingDir::create(&store.tmp_dir(), "txn-import")?;
+    let txn = Txn::begin(&store.tmp_dir(), "import")?;
     for s in staged.iter().filter(|s| s.dir.is_none()) {
         if store.layer(&s.chain_id)?.is_none() {
             return Err(Error::Conflict(format!("layer {}", s.chain_id)));
@@ -276,6 +276,7 @@ fn import_source(
         created: now_secs(),
     };
     store.put_image(&image, &config_bytes)?;
+    txn.done();
     let image = store.find_image(image.id.as_str())?;
     Ok(ImportReport { image, layers })
 }
