@@ -158,6 +158,46 @@ pub struct Log2Hist {
     pub slots: [u64; LOG2_SLOTS],
 }
 
+/// VFS operations timed by the `--vfs` view (values of `VfsKey::op`).
+pub mod vfs_op {
+    pub const READ: u8 = 1;
+    pub const WRITE: u8 = 2;
+    pub const FSYNC: u8 = 3;
+    pub const OPEN: u8 = 4;
+}
+
+/// What a file is backed by (values of `VfsKey::backing`).
+pub mod backing {
+    /// Not on overlayfs (a volume, the host).
+    pub const OTHER: u8 = 0;
+    /// An overlay file still served from a lower (image) layer.
+    pub const LOWER: u8 = 1;
+    /// An overlay file in the writable layer (created or copied up).
+    pub const UPPER: u8 = 2;
+}
+
+/// Key of the in-kernel VFS latency histograms.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VfsKey {
+    pub op: u8,
+    pub backing: u8,
+    /// For opens of lower-backed files: how many layers down the file
+    /// lives (1 = right below the writable layer); otherwise 0.
+    pub layer: u8,
+    pub _pad: u8,
+}
+
+/// Kernel state of one VFS call between entry and exit.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct VfsCall {
+    pub start_ns: u64,
+    pub fd: i64,
+    pub op: u8,
+    pub _pad: [u8; 7],
+}
+
 /// Indices of the per-CPU counters array.
 pub mod counter {
     /// Calls that matched a trigger and passed the filters.
@@ -190,4 +230,6 @@ mod pod {
     unsafe impl aya::Pod for super::HistKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Log2Hist {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::VfsKey {}
 }

@@ -54,6 +54,14 @@ globals! {
     inode_size_off: u64,
     sb_magic_off: u64,
     overlay_magic: u64,
+    // BTF offsets into overlayfs's own inode, for the --vfs view
+    ovl_offsets_valid: u64,
+    ovl_vfs_inode_off: u64,
+    ovl_upper_off: u64,
+    ovl_oe_off: u64,
+    ovl_lowerstack_off: u64,
+    ovl_path_layer_off: u64,
+    ovl_layer_idx_off: u64,
 }
 
 #[inline(always)]
@@ -62,9 +70,9 @@ fn read<T>(base: u64, off: u64) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + off) as *const T).ok() }
 }
 
-/// The filesystem magic and size of the file behind the current task's `fd`.
+/// The inode behind the current task's `fd`.
 #[inline(always)]
-pub fn fd_magic_and_size(g: &Globals, fd: u32) -> Option<(u64, i64)> {
+pub fn fd_inode(g: &Globals, fd: u32) -> Option<u64> {
     // SAFETY: helper with no arguments; the result is only dereferenced
     // through bpf_probe_read_kernel.
     let task = unsafe { bpf_get_current_task() };
@@ -79,9 +87,37 @@ pub fn fd_magic_and_size(g: &Globals, fd: u32) -> Option<(u64, i64)> {
     if file == 0 {
         return None;
     }
-    let inode: u64 = read(file, g.file_inode_off)?;
+    read(file, g.file_inode_off)
+}
+
+/// The filesystem magic and size of the file behind the current task's `fd`.
+#[inline(always)]
+pub fn fd_magic_and_size(g: &Globals, fd: u32) -> Option<(u64, i64)> {
+    let inode = fd_inode(g, fd)?;
+    let sb: u64 = read(inode, g.inode_sb_off)?;
+    Some((read(sb, g.sb_magic_off)?, read(inode, g.inode_size_off)?))
+}
+
+/// How the file behind `fd` is backed, and for a lower-backed overlay file
+/// the index of the layer it lives in (overlayfs numbers lower layers from
+/// 1, top first).
+#[inline(always)]
+pub fn fd_backing(g: &Globals, fd: u32) -> Option<(u8, u8)> {
+    use strata_common::backing;
+    let inode = fd_inode(g, fd)?;
     let sb: u64 = read(inode, g.inode_sb_off)?;
     let magic: u64 = read(sb, g.sb_magic_off)?;
-    let size: i64 = read(inode, g.inode_size_off)?;
-    Some((magic, size))
+    if magic != g.overlay_magic || g.ovl_offsets_valid == 0 {
+        return Some((backing::OTHER, 0));
+    }
+    // container_of(inode, struct ovl_inode, vfs_inode)
+    let ovl = inode - g.ovl_vfs_inode_off;
+    let upper: u64 = read(ovl, g.ovl_upper_off)?;
+    if upper != 0 {
+        return Some((backing::UPPER, 0));
+    }
+    let oe: u64 = read(ovl, g.ovl_oe_off)?;
+    let layer: u64 = read(oe, g.ovl_lowerstack_off + g.ovl_path_layer_off)?;
+    let idx: i32 = read(layer, g.ovl_layer_idx_off)?;
+    Some((backing::LOWER, idx.clamp(0, 255) as u8))
 }

@@ -13,6 +13,7 @@
 mod copy_up_fn;
 mod kernel;
 mod maps;
+mod vfs;
 
 use aya_ebpf::{
     helpers::{

@@ -5,7 +5,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use strata_common::{counter, CopyUpEvent, HistKey, InFlight, Log2Hist, SyscallSpec, MAX_SYSCALL_NR};
+use strata_common::{
+    counter, CopyUpEvent, HistKey, InFlight, Log2Hist, SyscallSpec, VfsCall, VfsKey, MAX_SYSCALL_NR,
+};
 
 /// Syscall number -> how to read it; filled by user space.
 #[map]
@@ -38,3 +40,15 @@ pub fn bump(index: u32) {
         unsafe { *c += 1 };
     }
 }
+
+/// Syscall number -> strata_common::vfs_op for the --vfs view (0: none).
+#[map]
+pub static VFS_OPS: Array<u8> = Array::with_max_entries(MAX_SYSCALL_NR, 0);
+
+/// Thread id -> the VFS call it is in.
+#[map]
+pub static VFS_INFLIGHT: HashMap<u32, VfsCall> = HashMap::with_max_entries(16384, 0);
+
+/// VFS latency log2 histograms per (op, backing, layer), per CPU.
+#[map]
+pub static VFS_HIST: PerCpuHashMap<VfsKey, Log2Hist> = PerCpuHashMap::with_max_entries(1024, 0);

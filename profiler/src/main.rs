@@ -72,6 +72,11 @@ enum Cmd {
         /// Also write an HdrHistogram interval log.
         #[arg(long)]
         hdr_log: Option<PathBuf>,
+        /// Also time read/write/fsync/open system-wide by what backs the
+        /// file (lower layer, writable layer, not overlay) and, for opens,
+        /// how many layers down it lives. Costs more on hot paths.
+        #[arg(long)]
+        vfs: bool,
     },
     /// Plot latency against file size and depth from `record --json` or
     /// `sweep --json` output.
@@ -143,6 +148,7 @@ fn main() -> Result<()> {
             interval,
             json,
             hdr_log,
+            vfs,
         } => {
             let mount = match container {
                 Some(id) => {
@@ -171,6 +177,7 @@ fn main() -> Result<()> {
                 interval,
                 json,
                 hdr_log,
+                vfs,
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

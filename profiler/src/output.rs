@@ -196,3 +196,127 @@ pub fn print_sweep(r: &crate::sweep::SweepResult, json: bool) -> std::io::Result
         r.violations.iter().try_for_each(|v| writeln!(out, "  {v}"))
     }
 }
+
+/// One row of the --vfs view: a (op, backing, layer) key over an interval.
+#[derive(Debug, serde::Serialize, PartialEq)]
+pub struct VfsRow {
+    pub op: &'static str,
+    pub backing: &'static str,
+    /// Layers down, for opens of lower-backed files; else 0.
+    pub layer: u8,
+    pub count: u64,
+    /// Upper bounds of the log2 buckets holding the 50th/99th percentile.
+    pub p50_ns_below: u64,
+    pub p99_ns_below: u64,
+}
+
+pub type Log2 = [u64; LOG2_SLOTS];
+
+/// The --vfs rows for what happened since `before` (a previous snapshot).
+pub fn vfs_rows(
+    now: &[(strata_common::VfsKey, Log2)],
+    before: &std::collections::HashMap<strata_common::VfsKey, Log2>,
+) -> Vec<VfsRow> {
+    use strata_common::{backing, vfs_op};
+    let mut rows: Vec<VfsRow> = now
+        .iter()
+        .filter_map(|(k, slots)| {
+            let prev = before.get(k).copied().unwrap_or([0; LOG2_SLOTS]);
+            let delta: Log2 = std::array::from_fn(|i| slots[i].saturating_sub(prev[i]));
+            let count: u64 = delta.iter().sum();
+            (count > 0).then(|| VfsRow {
+                op: match k.op {
+                    vfs_op::READ => "read",
+                    vfs_op::WRITE => "write",
+                    vfs_op::FSYNC => "fsync",
+                    _ => "open",
+                },
+                backing: match k.backing {
+                    backing::LOWER => "overlay, lower layer",
+                    backing::UPPER => "overlay, writable layer",
+                    _ => "not overlay",
+                },
+                layer: k.layer,
+                count,
+                p50_ns_below: quantile_bound(&delta, 0.5),
+                p99_ns_below: quantile_bound(&delta, 0.99),
+            })
+        })
+        .collect();
+    rows.sort_by(|a, b| (a.op, a.backing, a.layer).cmp(&(b.op, b.backing, b.layer)));
+    rows
+}
+
+/// The upper bound of the log2 bucket where quantile `q` falls.
+fn quantile_bound(slots: &Log2, q: f64) -> u64 {
+    let total: u64 = slots.iter().sum();
+    let want = ((total as f64) * q).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (i, c) in slots.iter().enumerate() {
+        seen += c;
+        if seen >= want {
+            return 2u64 << i;
+        }
+    }
+    0
+}
+
+pub fn print_vfs(out: &mut impl Write, rows: &[VfsRow]) -> std::io::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "  VFS calls (in-kernel log2 buckets):")?;
+    writeln!(
+        out,
+        "    {:<6} {:<24} {:>6} {:>8} {:>10} {:>10}",
+        "op", "backing", "layer", "count", "p50 <", "p99 <"
+    )?;
+    for r in rows {
+        let layer = if r.layer > 0 {
+            r.layer.to_string()
+        } else {
+            "-".into()
+        };
+        writeln!(
+            out,
+            "    {:<6} {:<24} {:>6} {:>8} {:>10} {:>10}",
+            r.op,
+            r.backing,
+            layer,
+            r.count,
+            ns(r.p50_ns_below),
+            ns(r.p99_ns_below)
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_common::VfsKey;
+
+    #[test]
+    fn vfs_rows_are_interval_deltas_with_bucket_bounds() {
+        let key = VfsKey {
+            op: strata_common::vfs_op::OPEN,
+            backing: strata_common::backing::LOWER,
+            layer: 3,
+            _pad: 0,
+        };
+        let mut before = [0u64; LOG2_SLOTS];
+        before[10] = 5;
+        let mut now = before;
+        now[10] += 99; // 1024..2047 ns
+        now[20] += 1; // ~1 ms
+        let rows = vfs_rows(&[(key, now)], &[(key, before)].into_iter().collect());
+        assert_eq!(rows.len(), 1);
+        let r = &rows[0];
+        assert_eq!(
+            (r.op, r.backing, r.layer, r.count),
+            ("open", "overlay, lower layer", 3, 100)
+        );
+        assert_eq!((r.p50_ns_below, r.p99_ns_below), (2048, 2048));
+        assert!(vfs_rows(&[(key, before)], &[(key, before)].into_iter().collect()).is_empty());
+    }
+}

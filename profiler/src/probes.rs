@@ -7,7 +7,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::{KProbe, Program, TracePoint};
 use aya::{Ebpf, EbpfLoader};
-use strata_common::{counter, HistKey, Log2Hist, SyscallSpec, MAX_SYSCALL_NR};
+use strata_common::{counter, HistKey, Log2Hist, SyscallSpec, VfsKey, MAX_SYSCALL_NR};
 
 use crate::backend::Backend;
 use crate::btf::Btf;
@@ -62,6 +62,10 @@ pub struct Layout {
     /// task.files, files.fdt, fdt.max_fds, fdt.fd, file.f_inode, inode.i_sb,
     /// inode.i_size, sb.s_magic; None when BTF lacks one of them.
     pub fd_chain: Option<[u32; 8]>,
+    /// ovl_inode.vfs_inode, ovl_inode.__upperdentry, ovl_inode.oe,
+    /// ovl_entry.__lowerstack, ovl_path.layer, ovl_layer.idx: None where
+    /// overlay's types are not in vmlinux BTF (overlay built as a module).
+    pub ovl_chain: Option<[u32; 6]>,
 }
 
 pub fn resolve_layout(btf: &Btf) -> Result<Layout> {
@@ -94,7 +98,19 @@ pub fn resolve_layout(btf: &Btf) -> Result<Layout> {
         ])
     })()
     .ok();
+    let ovl_chain = (|| -> Result<[u32; 6], crate::btf::BtfError> {
+        Ok([
+            btf.member_offset("ovl_inode", "vfs_inode")?,
+            btf.member_offset("ovl_inode", "__upperdentry")?,
+            btf.member_offset("ovl_inode", "oe")?,
+            btf.member_offset("ovl_entry", "__lowerstack")?,
+            btf.member_offset("ovl_path", "layer")?,
+            btf.member_offset("ovl_layer", "idx")?,
+        ])
+    })()
+    .ok();
     Ok(Layout {
+        ovl_chain,
         nr_off: enter.offset("__syscall_nr")?,
         args_off: enter.syscall_args_offset()?,
         ret_off: exit.offset("ret")?,
@@ -113,10 +129,13 @@ impl Probes {
     /// Loads the object with this kernel's offsets and attaches `backend`:
     /// the syscall tracepoints always, plus the copy-up function probes for
     /// the precise backends.
-    pub fn attach(filters: Filters, backend: Backend) -> Result<Probes> {
+    pub fn attach(filters: Filters, backend: Backend, vfs: bool) -> Result<Probes> {
         let mut ebpf = load_object(filters)?;
         let (attached, missing) = attach_tracepoints(&mut ebpf)?;
         attach_copy_up_fn(&mut ebpf, backend)?;
+        if vfs {
+            attach_vfs(&mut ebpf)?;
+        }
         Ok(Probes {
             ebpf,
             backend,
@@ -131,8 +150,9 @@ fn load_object(filters: Filters) -> Result<Ebpf> {
     let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
     let l = resolve_layout(&btf)?;
     let chain = l.fd_chain.unwrap_or([0; 8]);
+    let ovl = l.ovl_chain.unwrap_or([0; 6]);
     let mut loader = EbpfLoader::new();
-    let globals: [(&str, u64); 20] = [
+    let globals: [(&str, u64); 27] = [
         ("filter_tgid", filters.tgid as u64),
         ("filter_cgroup", filters.cgroup_id),
         ("nr_off", l.nr_off as u64),
@@ -153,6 +173,13 @@ fn load_object(filters: Filters) -> Result<Ebpf> {
         ("inode_size_off", chain[6] as u64),
         ("sb_magic_off", chain[7] as u64),
         ("overlay_magic", OVERLAYFS_SUPER_MAGIC),
+        ("ovl_offsets_valid", l.ovl_chain.is_some() as u64),
+        ("ovl_vfs_inode_off", ovl[0] as u64),
+        ("ovl_upper_off", ovl[1] as u64),
+        ("ovl_oe_off", ovl[2] as u64),
+        ("ovl_lowerstack_off", ovl[3] as u64),
+        ("ovl_path_layer_off", ovl[4] as u64),
+        ("ovl_layer_idx_off", ovl[5] as u64),
     ];
     for (name, v) in &globals {
         loader.override_global(name, v, true);
@@ -222,6 +249,32 @@ fn attach_tracepoints(ebpf: &mut Ebpf) -> Result<(Vec<&'static str>, Vec<&'stati
         }
     }
     Ok((attach_list, missing))
+}
+
+/// The --vfs view: read/write/fsync/open timed by what backs the file.
+fn attach_vfs(ebpf: &mut Ebpf) -> Result<()> {
+    let mut ops: Array<_, u8> = Array::try_from(ebpf.map_mut("VFS_OPS").context("map VFS_OPS")?)?;
+    let mut names = Vec::new();
+    for (name, nr, op) in syscalls::vfs_watched() {
+        if (0..MAX_SYSCALL_NR as i64).contains(&nr)
+            && tracefs::exists("syscalls", &format!("sys_enter_{name}"))
+        {
+            ops.set(nr as u32, op, 0)?;
+            names.push(name);
+        }
+    }
+    for (prog, dir) in [("strata_vfs_enter", "enter"), ("strata_vfs_exit", "exit")] {
+        let p: &mut TracePoint = ebpf
+            .program_mut(prog)
+            .with_context(|| format!("program {prog}"))?
+            .try_into()?;
+        p.load().with_context(|| format!("loading {prog}"))?;
+        for n in &names {
+            p.attach("syscalls", &format!("sys_{dir}_{n}"))
+                .with_context(|| format!("attaching {prog} to sys_{dir}_{n}"))?;
+        }
+    }
+    Ok(())
 }
 
 /// The precise backends' function probes (none for the tracepoint one).
@@ -311,8 +364,20 @@ impl Probes {
 
     /// The in-kernel log2 histograms, summed over CPUs.
     pub fn kernel_histograms(&self) -> Result<Vec<(HistKey, [u64; strata_common::LOG2_SLOTS])>> {
-        let map: PerCpuHashMap<_, HistKey, Log2Hist> =
-            PerCpuHashMap::try_from(self.ebpf.map("HIST").context("map HIST")?)?;
+        self.log2_map("HIST")
+    }
+
+    /// The --vfs view's histograms, summed over CPUs.
+    pub fn vfs_histograms(&self) -> Result<Vec<(VfsKey, [u64; strata_common::LOG2_SLOTS])>> {
+        self.log2_map("VFS_HIST")
+    }
+
+    fn log2_map<K: aya::Pod>(
+        &self,
+        name: &str,
+    ) -> Result<Vec<(K, [u64; strata_common::LOG2_SLOTS])>> {
+        let map: PerCpuHashMap<_, K, Log2Hist> =
+            PerCpuHashMap::try_from(self.ebpf.map(name).with_context(|| format!("map {name}"))?)?;
         let mut out = Vec::new();
         for item in map.iter() {
             let (key, per_cpu) = item?;

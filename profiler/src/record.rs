@@ -29,6 +29,8 @@ pub struct RecordArgs {
     pub interval: Duration,
     pub json: bool,
     pub hdr_log: Option<PathBuf>,
+    /// Also time read/write/fsync/open by what backs the file.
+    pub vfs: bool,
 }
 
 struct Fd(RawFd);
@@ -57,7 +59,8 @@ pub async fn record(args: RecordArgs) -> Result<Histograms> {
             bail!("{} is not an overlay mount point", m.display());
         }
     }
-    let mut session = Session::start(filters, args.backend, args.mount.clone())?;
+    let mut session = Session::start(filters, args.backend, args.mount.clone(), args.vfs)?;
+    let mut vfs_seen = std::collections::HashMap::new();
     eprintln!("strata-prof: {}", session.reason);
     // SAFETY: the fd belongs to the session's ring buffer, which lives until
     // the end of this function; `ring` is declared later, so dropped first.
@@ -115,6 +118,11 @@ pub async fn record(args: RecordArgs) -> Result<Histograms> {
             _ = tick.tick() => {
                 let elapsed = started.elapsed();
                 emit_interval(&mut out, &args, elapsed, &interval, &session)?;
+                if args.vfs {
+                    let now = session.probes().vfs_histograms()?;
+                    emit_vfs(&mut out, &args, &output::vfs_rows(&now, &vfs_seen))?;
+                    vfs_seen = now.into_iter().collect();
+                }
                 if let Some(log) = hdr_log.as_mut() {
                     output::write_hdr_interval(log, &interval, interval_start, elapsed - interval_start)?;
                 }
@@ -165,6 +173,13 @@ pub async fn record(args: RecordArgs) -> Result<Histograms> {
         output::print_kernel_histograms(&mut out, &session.probes().kernel_histograms()?)?;
         output::print_counters(&mut out, &counters, session.new_files)?;
     }
+    if args.vfs {
+        let all = output::vfs_rows(&session.probes().vfs_histograms()?, &Default::default());
+        if !args.json {
+            writeln!(out, "whole recording:")?;
+        }
+        emit_vfs(&mut out, &args, &all)?;
+    }
     if counters.lost() > 0 {
         eprintln!(
             "strata-prof: WARNING: {} events lost (see counters)",
@@ -198,6 +213,19 @@ fn emit_interval(
     output::print_tables(out, h)?;
     output::print_counters(out, &s.counters()?, s.new_files)?;
     out.flush()?;
+    Ok(())
+}
+
+fn emit_vfs(out: &mut impl Write, args: &RecordArgs, rows: &[output::VfsRow]) -> Result<()> {
+    if args.json {
+        for r in rows {
+            let mut v = serde_json::to_value(r)?;
+            v["type"] = "vfs".into();
+            writeln!(out, "{v}")?;
+        }
+    } else {
+        output::print_vfs(out, rows)?;
+    }
     Ok(())
 }
 

@@ -83,9 +83,10 @@ impl Session {
         filters: Filters,
         forced: Option<Backend>,
         scope: Option<PathBuf>,
+        vfs: bool,
     ) -> Result<Session> {
         let (backend, reason) = choose(forced);
-        let mut probes = Probes::attach(filters, backend)?;
+        let mut probes = Probes::attach(filters, backend, vfs)?;
         let ring = probes.ring_buffer()?;
         let mut reason = format!("{reason}; {} syscalls watched", probes.attached.len());
         if !probes.missing.is_empty() {

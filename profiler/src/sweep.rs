@@ -133,7 +133,7 @@ pub fn run(
         tgid: std::process::id(),
         cgroup_id: 0,
     };
-    let mut session = Session::start(filters, backend, None)?;
+    let mut session = Session::start(filters, backend, None, false)?;
     if progress {
         eprintln!("strata-prof: {}", session.reason);
     }

@@ -164,3 +164,20 @@ pub fn watched() -> Vec<Watched> {
 fn w(name: &'static str, nr: i64, spec: SyscallSpec) -> Watched {
     Watched { name, nr, spec }
 }
+
+/// The syscalls the `--vfs` view times: (tracepoint name, number, op).
+pub fn vfs_watched() -> Vec<(&'static str, i64, u8)> {
+    use strata_common::vfs_op::*;
+    let mut v = vec![
+        ("read", libc::SYS_read, READ),
+        ("pread64", libc::SYS_pread64, READ),
+        ("write", libc::SYS_write, WRITE),
+        ("pwrite64", libc::SYS_pwrite64, WRITE),
+        ("fsync", libc::SYS_fsync, FSYNC),
+        ("fdatasync", libc::SYS_fdatasync, FSYNC),
+        ("openat", libc::SYS_openat, OPEN),
+    ];
+    #[cfg(target_arch = "x86_64")]
+    v.push(("open", libc::SYS_open, OPEN));
+    v
+}

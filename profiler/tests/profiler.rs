@@ -388,3 +388,107 @@ fn xattr_set(p: &Path) {
     };
     assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
 }
+
+/// The --vfs view: calls split by what backs the file, and opens of
+/// lower-backed files by how deep the file lives. Filtered to this test
+/// process; other tests in it run in parallel, but none builds images
+/// deeper than one layer, so the depth-2 and depth-3 counts are exact.
+#[test]
+fn vfs_view_splits_by_backing_and_layer_depth() {
+    if !privileged() {
+        return;
+    }
+    let ts = TestStore::new();
+    ts.image(
+        "three",
+        vec![
+            layer(|t| {
+                t.file("deep", b"in the bottom layer", 0o644).unwrap();
+                t.dir("vol", 0o755, 0, 0).unwrap();
+            }),
+            layer(|t| {
+                t.file("middle", b"m", 0o644).unwrap();
+            }),
+            layer(|t| {
+                t.file("top", b"t", 0o644).unwrap();
+            }),
+        ],
+    );
+    ts.store.create_volume("vv").unwrap();
+    let c = ts
+        .store
+        .create_container(
+            "three",
+            &CreateOptions {
+                name: None,
+                volumes: vec!["vv:/vol".parse().unwrap()],
+                volatile: false,
+            },
+        )
+        .unwrap();
+    let m = ts.store.mount_container(&c.id).unwrap();
+    fs::write(m.join("vol/v"), b"volume").unwrap();
+    let me = std::process::id().to_string();
+    let mut child = Command::new(BIN)
+        .args([
+            "record",
+            "--vfs",
+            "--json",
+            "--interval",
+            "1h",
+            "--pid",
+            &me,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut ready = String::new();
+    err.read_line(&mut ready).unwrap();
+    assert!(ready.contains("backend"), "{ready}");
+    let stdout = child.stdout.take().unwrap();
+    let running = Running(child);
+
+    for _ in 0..3 {
+        assert_eq!(fs::read(m.join("deep")).unwrap(), b"in the bottom layer");
+    }
+    fs::read(m.join("middle")).unwrap();
+    fs::write(m.join("fresh"), b"upper").unwrap();
+    fs::read(m.join("fresh")).unwrap();
+    fs::read(m.join("vol/v")).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(running.0.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = std::io::read_to_string(stdout).unwrap();
+    let rows: Vec<Value> = json_lines(&out)
+        .into_iter()
+        .filter(|v| v["type"] == "vfs")
+        .collect();
+    let count = |op: &str, backing: &str, layer: u64| -> u64 {
+        rows.iter()
+            .filter(|r| r["op"] == op && r["backing"] == backing && r["layer"] == layer)
+            .map(|r| r["count"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        count("open", "overlay, lower layer", 3),
+        3,
+        "deep is 3 layers down:\n{out}"
+    );
+    assert_eq!(
+        count("open", "overlay, lower layer", 2),
+        1,
+        "middle is 2 layers down:\n{out}"
+    );
+    assert!(count("read", "overlay, lower layer", 0) >= 4, "{out}");
+    assert!(count("read", "overlay, writable layer", 0) >= 1, "{out}");
+    assert!(count("write", "overlay, writable layer", 0) >= 1, "{out}");
+    assert!(
+        count("read", "not overlay", 0) >= 1,
+        "the volume read bypasses overlay:\n{out}"
+    );
+}
