@@ -100,6 +100,11 @@ pub struct InFlight {
     pub fn_start_ns: u64,
     /// Time spent inside the copy-up function (fentry/kprobe backends).
     pub fn_ns: u64,
+    /// Entry time of a filesystem fsync running inside the call, or 0.
+    pub fsync_start_ns: u64,
+    /// Time in fsyncs inside the call (the copy-up's durability part;
+    /// seen where the upper filesystem has sync tracepoints, e.g. ext4).
+    pub fsync_ns: u64,
     /// The syscall's path argument (a user pointer), read only at exit and
     /// only when the call copied something up: copying 256 bytes on every
     /// write-mode open would tax the hot path for nothing.
@@ -121,6 +126,8 @@ pub struct CopyUpEvent {
     pub target_ino: u64,
     /// Time inside overlayfs's copy-up function; 0 on the tracepoint backend.
     pub copy_fn_ns: u64,
+    /// Time in the upper filesystem's fsync during the call.
+    pub fsync_ns: u64,
     pub cgroup_id: u64,
     /// File size seen through the returned fd, or -1.
     pub file_size: i64,

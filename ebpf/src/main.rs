@@ -11,6 +11,7 @@
 #![no_main]
 
 mod copy_up_fn;
+mod fsync;
 mod kernel;
 mod maps;
 mod vfs;
@@ -96,6 +97,8 @@ fn try_sys_enter(ctx: &TracePointContext) -> Result<(), i64> {
         dfd: if spec.dfd_arg >= 0 { arg(spec.dfd_arg)? as i32 } else { -100 },
         fn_start_ns: 0,
         fn_ns: 0,
+        fsync_start_ns: 0,
+        fsync_ns: 0,
         path_ptr: if spec.path_arg >= 0 { arg(spec.path_arg)? } else { 0 },
         trigger: spec.trigger,
         _pad: [0; 7],
@@ -232,6 +235,7 @@ fn try_sys_exit(ctx: &TracePointContext, tid: u32) -> Result<(), i64> {
         };
         (*ev).target_ino = call.target_ino;
         (*ev).copy_fn_ns = call.fn_ns;
+        (*ev).fsync_ns = call.fsync_ns;
         (*ev).cgroup_id = bpf_get_current_cgroup_id();
         (*ev).file_size = file_size;
         (*ev).ret = ret;

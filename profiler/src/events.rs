@@ -30,6 +30,9 @@ pub struct CopyUp {
     pub dir_depth: Option<usize>,
     /// Ancestor directories copied up along with the file.
     pub ancestors: u32,
+    /// Time in the upper filesystem's fsync of the copy (0 on a volatile
+    /// mount); None where the filesystem's fsync is not traced.
+    pub fsync_ns: Option<u64>,
     /// The start time in CLOCK_MONOTONIC ns (bpf_ktime_get_ns).
     pub start_ns: u64,
     pub ret: i64,
@@ -47,7 +50,7 @@ pub fn decode(bytes: &[u8]) -> Option<CopyUpEvent> {
 
 /// Turns a kernel event into an attributed copy-up. `mounts` is the
 /// overlay mount table (refreshed by the caller when a path misses).
-pub fn attribute(ev: &CopyUpEvent, mounts: &[OverlayMount]) -> CopyUp {
+pub fn attribute(ev: &CopyUpEvent, mounts: &[OverlayMount], fsync_traced: bool) -> CopyUp {
     let raw = &ev.path[..ev
         .path
         .iter()
@@ -75,6 +78,7 @@ pub fn attribute(ev: &CopyUpEvent, mounts: &[OverlayMount]) -> CopyUp {
         } else {
             ev.dirs_created.saturating_sub(1)
         },
+        fsync_ns: fsync_traced.then_some(ev.fsync_ns),
         start_ns: ev.start_ns,
         ret: ev.ret,
     };

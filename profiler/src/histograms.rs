@@ -168,6 +168,7 @@ mod tests {
             stack_height: Some(layer),
             dir_depth: Some(dir),
             ancestors: 0,
+            fsync_ns: None,
             start_ns: 0,
             ret: 3,
         }

@@ -49,6 +49,8 @@ pub struct Probes {
     pub attached: Vec<&'static str>,
     /// Watched syscalls this kernel has no tracepoint for.
     pub missing: Vec<&'static str>,
+    /// Whether the upper filesystem's fsync is traced (copy-up fsync part).
+    pub fsync_traced: bool,
 }
 
 /// Offsets resolved from the running kernel.
@@ -132,6 +134,7 @@ impl Probes {
     pub fn attach(filters: Filters, backend: Backend, vfs: bool) -> Result<Probes> {
         let mut ebpf = load_object(filters)?;
         let (attached, missing) = attach_tracepoints(&mut ebpf)?;
+        let fsync_traced = attach_fsync(&mut ebpf)?;
         attach_copy_up_fn(&mut ebpf, backend)?;
         if vfs {
             attach_vfs(&mut ebpf)?;
@@ -141,6 +144,7 @@ impl Probes {
             backend,
             attached,
             missing,
+            fsync_traced,
         })
     }
 }
@@ -249,6 +253,27 @@ fn attach_tracepoints(ebpf: &mut Ebpf) -> Result<(Vec<&'static str>, Vec<&'stati
         }
     }
     Ok((attach_list, missing))
+}
+
+/// Filesystem fsync tracepoints, for the fsync part of each copy-up. ext4
+/// has them; elsewhere the part is not measured (and says so: None).
+const FSYNC_TPS: (&str, &str, &str) = ("ext4", "ext4_sync_file_enter", "ext4_sync_file_exit");
+
+fn attach_fsync(ebpf: &mut Ebpf) -> Result<bool> {
+    let (cat, enter, exit) = FSYNC_TPS;
+    if !tracefs::exists(cat, enter) || !tracefs::exists(cat, exit) {
+        return Ok(false);
+    }
+    for (prog, tp) in [("strata_fsync_enter", enter), ("strata_fsync_exit", exit)] {
+        let p: &mut TracePoint = ebpf
+            .program_mut(prog)
+            .with_context(|| format!("program {prog}"))?
+            .try_into()?;
+        p.load().with_context(|| format!("loading {prog}"))?;
+        p.attach(cat, tp)
+            .with_context(|| format!("attaching {prog} to {cat}:{tp}"))?;
+    }
+    Ok(true)
 }
 
 /// The --vfs view: read/write/fsync/open timed by what backs the file.

@@ -127,11 +127,11 @@ impl Session {
         }
         let mut out = Vec::with_capacity(raw.len());
         for ev in raw {
-            let mut cu = events::attribute(&ev, &self.mounts);
+            let mut cu = events::attribute(&ev, &self.mounts, self.probes.fsync_traced);
             if cu.mount.is_none() && cu.path.is_some() {
                 // A mount made after we started: look again.
                 self.mounts = mounts::overlay_mounts();
-                cu = events::attribute(&ev, &self.mounts);
+                cu = events::attribute(&ev, &self.mounts, self.probes.fsync_traced);
             }
             if let Some(scope) = &self.scope {
                 if cu.mount.as_ref() != Some(scope) {

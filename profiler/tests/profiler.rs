@@ -492,3 +492,82 @@ fn vfs_view_splits_by_backing_and_layer_depth() {
         "the volume read bypasses overlay:\n{out}"
     );
 }
+
+/// The fsync part of a copy-up: there on a durable mount, absent on a
+/// volatile one (overlayfs skips the sync), where ext4 traces its fsync.
+#[test]
+fn copy_up_fsync_part_shows_durable_versus_volatile() {
+    if !privileged() {
+        return;
+    }
+    let ts = TestStore::new();
+    ts.image(
+        "img",
+        vec![layer(|t| {
+            t.pattern_file("big", 4 << 20, 9).unwrap();
+        })],
+    );
+    let mount = |volatile: bool| {
+        let c = ts
+            .store
+            .create_container(
+                "img",
+                &CreateOptions {
+                    name: None,
+                    volumes: vec![],
+                    volatile,
+                },
+            )
+            .unwrap();
+        ts.store.mount_container(&c.id).unwrap()
+    };
+    let (durable, volatile) = (mount(false), mount(true));
+    let me = std::process::id().to_string();
+    let mut child = Command::new(BIN)
+        .args(["record", "--json", "--interval", "1h", "--pid", &me])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut ready = String::new();
+    err.read_line(&mut ready).unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let running = Running(child);
+    for m in [&durable, &volatile] {
+        drop(
+            fs::OpenOptions::new()
+                .write(true)
+                .open(m.join("big"))
+                .unwrap(),
+        );
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(running.0.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = std::io::read_to_string(stdout).unwrap();
+    let events: Vec<Value> = json_lines(&out)
+        .into_iter()
+        .filter(|v| v["type"] == "copy_up")
+        .collect();
+    let fsync_of = |m: &Path| {
+        let e = events
+            .iter()
+            .find(|e| e["mount"].as_str() == m.to_str())
+            .unwrap_or_else(|| panic!("no copy-up event for {}:\n{out}", m.display()));
+        assert!(e["latency_ns"].as_u64().unwrap() > 0);
+        e["fsync_ns"].clone()
+    };
+    if !Path::new("/sys/kernel/tracing/events/ext4/ext4_sync_file_enter").exists() {
+        // Not measured here, and the events say so rather than 0.
+        assert!(fsync_of(&durable).is_null() && fsync_of(&volatile).is_null());
+        return;
+    }
+    let d = fsync_of(&durable).as_u64().expect("measured");
+    let v = fsync_of(&volatile).as_u64().expect("measured");
+    assert!(d > 0, "a durable copy-up fsyncs the copy");
+    assert_eq!(v, 0, "a volatile mount skips the fsync");
+}
