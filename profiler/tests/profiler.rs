@@ -15,6 +15,17 @@ use strata_driver::testing::{layer, privileged, TestStore};
 
 const BIN: &str = env!("CARGO_BIN_EXE_strata-prof");
 
+/// One profiler test at a time: each attaches probes and times real I/O,
+/// and the sweep's stopwatch check must not compete with the others for
+/// two cores.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Kills the child on drop (a failing test must not leave probes behind:
 /// the kernel detaches them when the process exits).
 struct Running(Child);
@@ -37,6 +48,7 @@ fn doctor_tells_which_backends_work_and_why() {
     if !privileged() {
         return;
     }
+    let _serial = serial();
     let out = Command::new(BIN)
         .args(["doctor", "--json"])
         .output()
@@ -99,6 +111,7 @@ fn forcing_a_backend_the_kernel_lacks_fails_clearly() {
     if !privileged() {
         return;
     }
+    let _serial = serial();
     let d: Value = serde_json::from_slice(
         &Command::new(BIN)
             .args(["doctor", "--json"])
@@ -133,6 +146,7 @@ fn sweep_catches_every_copy_up_and_attributes_it() {
     if !privileged() {
         return;
     }
+    let _serial = serial();
     let ts = TestStore::new();
     let svg = ts.dir.join("sweep.svg");
     let out = Command::new(BIN)
@@ -201,6 +215,7 @@ fn record_streams_one_event_per_copy_up_with_its_trigger() {
     if !privileged() {
         return;
     }
+    let _serial = serial();
     let ts = TestStore::new();
     ts.image(
         "img",
@@ -391,13 +406,14 @@ fn xattr_set(p: &Path) {
 
 /// The --vfs view: calls split by what backs the file, and opens of
 /// lower-backed files by how deep the file lives. Filtered to this test
-/// process; other tests in it run in parallel, but none builds images
-/// deeper than one layer, so the depth-2 and depth-3 counts are exact.
+/// process, and the profiler tests run one at a time, so the counts are
+/// this test's own.
 #[test]
 fn vfs_view_splits_by_backing_and_layer_depth() {
     if !privileged() {
         return;
     }
+    let _serial = serial();
     let ts = TestStore::new();
     ts.image(
         "three",
@@ -500,6 +516,7 @@ fn copy_up_fsync_part_shows_durable_versus_volatile() {
     if !privileged() {
         return;
     }
+    let _serial = serial();
     let ts = TestStore::new();
     ts.image(
         "img",
