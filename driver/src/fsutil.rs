@@ -88,8 +88,17 @@ pub fn random_hex(bytes: usize) -> String {
 /// Removes a tree if it exists. Layer trees hold root-owned 0000 files and
 /// immutable-looking modes; as root remove_dir_all handles them.
 /// Two processes may delete the same abandoned tree at once (recovery in
-/// each): whatever the other removed first is not an error.
+/// each): whatever the other removed first is not an error. A plain file
+/// (a transaction marker) is removed too.
 pub fn remove_tree(path: &Path) -> Result<()> {
+    if fs::symlink_metadata(path).is_ok_and(|m| !m.is_dir()) {
+        return match fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).ctx(|| format!("removing {}", path.display()))
+            }
+            _ => Ok(()),
+        };
+    }
     match fs::remove_dir_all(path) {
         Ok(()) => Ok(()),
         Err(_) if !path.exists() => Ok(()),
@@ -154,26 +163,37 @@ impl StagingDir {
 
 /// Marks a multi-step change in progress, from its first visible step to
 /// its last. Finished with `done`. Dropped without it (an error part-way),
-/// it stays behind unlocked, exactly as after a crash, so the next
-/// command's recovery reconciles whatever was half done.
-pub struct Txn(Option<StagingDir>);
+/// it stays behind, exactly as after a crash, so the next command's
+/// recovery reconciles whatever was half done.
+///
+/// A plain file, no lock of its own: a transaction only runs while its
+/// process holds the store lock, and recovery only acts under that lock,
+/// so a marker recovery can see there belongs to a process that is gone.
+pub struct Txn(Option<PathBuf>);
 
 impl Txn {
+    /// Call with the store lock held.
     pub fn begin(tmp: &Path, what: &str) -> Result<Txn> {
-        Ok(Txn(Some(StagingDir::create(tmp, &format!("txn-{what}"))?)))
+        let path = tmp.join(format!("txn-{what}-{}", random_hex(8)));
+        File::options()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .ctx(|| format!("creating {}", path.display()))?;
+        Ok(Txn(Some(path)))
     }
 
     pub fn done(mut self) {
-        // Dropping the staging directory removes it.
-        self.0.take();
+        if let Some(p) = self.0.take() {
+            let _ = fs::remove_file(p);
+        }
     }
 }
 
 impl Drop for Txn {
     fn drop(&mut self) {
-        if let Some(dir) = self.0.take() {
-            dir.keep();
-        }
+        // Not done: left for recovery.
+        self.0.take();
     }
 }
 
@@ -196,8 +216,9 @@ pub fn is_abandoned(dir: &Path) -> bool {
         }
     }
     let Ok(f) = File::open(dir.join(OWNER_FILE)) else {
-        // No owner file: a directory renamed in for deletion, or one whose
-        // creator died before locking it. Nobody will finish it.
+        // No owner file: a directory renamed in for deletion, a transaction
+        // marker (see Txn), or one whose creator died before locking it.
+        // Under the store lock, nobody will finish any of them.
         return true;
     };
     // SAFETY: valid fd.

@@ -3,8 +3,8 @@
 //!
 //! Every operation stages its work under `tmp/` (owner-locked, see
 //! `StagingDir`) and makes it visible by rename; multi-step publishes
-//! (import, commit, image rm) also hold a `txn-*` staging directory from
-//! their first visible change to their last. So an interrupted operation
+//! (import, commit, image rm, mount, umount, rm) also leave a `txn-*`
+//! marker from their first visible change to their last. So an interrupted operation
 //! always leaves an abandoned entry in `tmp/`, and the next command that
 //! sees one runs the full recovery under the store lock:
 //! - abandoned staging is deleted (the operation rolls back), as are
