@@ -314,7 +314,7 @@ pub fn is_mountpoint(target: &Path) -> bool {
 }
 
 /// mountinfo escapes space, tab, newline and backslash as \ooo.
-fn unescape_mountinfo(s: &str) -> Vec<u8> {
+pub fn unescape_mountinfo(s: &str) -> Vec<u8> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

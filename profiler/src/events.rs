@@ -112,7 +112,3 @@ fn absolute(p: &Path, pid: u32, dfd: i32) -> PathBuf {
         .map(|b| b.join(p))
         .unwrap_or_else(|_| p.to_path_buf())
 }
-
-pub fn log2_bucket(v: u64) -> u32 {
-    strata_common::log2_floor(v)
-}

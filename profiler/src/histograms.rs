@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::events::{log2_bucket, CopyUp};
+use crate::events::CopyUp;
 
 /// What a histogram is keyed by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -90,7 +90,7 @@ impl Histograms {
             (
                 Dimension::FileSize,
                 e.file_size
-                    .map(|s| Bucket::Num(log2_bucket(s.max(1)) as u64))
+                    .map(|s| Bucket::Num(strata_common::log2_floor(s.max(1)) as u64))
                     .unwrap_or(Bucket::Unknown),
             ),
             (Dimension::LayerDepth, num(e.layer_depth)),

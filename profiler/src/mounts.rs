@@ -32,7 +32,7 @@ fn parse_line(line: &str) -> Option<OverlayMount> {
     if post.next()? != "overlay" {
         return None;
     }
-    let mount_point = PathBuf::from(unescape(pre.split(' ').nth(4)?));
+    let mount_point = unescape(pre.split(' ').nth(4)?);
     let options = post.nth(1)?;
     // Legacy mounts may name layers relative to the mounting process's cwd;
     // strata's are relative to its store root, three levels above merged/.
@@ -42,7 +42,7 @@ fn parse_line(line: &str) -> Option<OverlayMount> {
         .map(Path::to_path_buf)
         .unwrap_or_default();
     let abs = |p: &str| {
-        let p = PathBuf::from(unescape(p));
+        let p = unescape(p);
         if p.is_absolute() {
             p
         } else {
@@ -84,25 +84,12 @@ fn split_unescaped(s: &str, sep: char) -> Vec<String> {
     out
 }
 
-/// mountinfo's \ooo escapes.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len() + 1
-            && b.get(i + 1..i + 4)
-                .is_some_and(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// A mountinfo field as a path (the kernel escapes it as \ooo).
+fn unescape(s: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    PathBuf::from(std::ffi::OsStr::from_bytes(
+        &strata_driver::mount::unescape_mountinfo(s),
+    ))
 }
 
 /// The overlay mount whose mount point is the longest prefix of `path`.

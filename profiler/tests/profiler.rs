@@ -26,14 +26,66 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Kills the child on drop (a failing test must not leave probes behind:
-/// the kernel detaches them when the process exits).
-struct Running(Child);
+/// A running `strata-prof record`, started and waited on until it says
+/// which backend it attached; its stdout is collected as it comes (a full
+/// pipe would stall it). Killed on drop: a failing test must not leave
+/// probes behind (the kernel detaches them when the process exits).
+struct Recording {
+    child: Child,
+    stdout: Option<std::thread::JoinHandle<String>>,
+}
 
-impl Drop for Running {
+impl Recording {
+    fn start(args: &[&std::ffi::OsStr]) -> Recording {
+        let mut child = Command::new(BIN)
+            .arg("record")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let recording = Recording {
+            child,
+            stdout: Some(std::thread::spawn(move || {
+                std::io::read_to_string(stdout).unwrap()
+            })),
+        };
+        let ready = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("record did not start");
+        assert!(
+            ready.contains(" backend")
+                && ["tracepoint", "fentry", "kprobe"]
+                    .iter()
+                    .any(|b| ready.contains(b)),
+            "{ready}"
+        );
+        recording
+    }
+
+    /// Ctrl-C, as a user would; returns everything record printed.
+    fn stop(mut self) -> String {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .unwrap();
+        self.stdout.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for Recording {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -244,32 +296,15 @@ fn record_streams_one_event_per_copy_up_with_its_trigger() {
         .unwrap();
     let m = ts.store.mount_container(&c.id).unwrap();
     let hdr = ts.dir.join("record.hlog");
-    let mut child = Command::new(BIN)
-        .args(["record", "--json", "--interval", "500ms", "--mount"])
-        .arg(&m)
-        .arg("--hdr-log")
-        .arg(&hdr)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let running = Running(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let ready = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("record did not start");
-    assert!(
-        ready.contains("tracepoint") || ready.contains("fentry") || ready.contains("kprobe"),
-        "{ready}"
-    );
-    let out_thread = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap());
+    let recording = Recording::start(&[
+        "--json".as_ref(),
+        "--interval".as_ref(),
+        "500ms".as_ref(),
+        "--mount".as_ref(),
+        m.as_os_str(),
+        "--hdr-log".as_ref(),
+        hdr.as_os_str(),
+    ]);
 
     let d = m.join("d");
     let open_w = |p: &Path| {
@@ -310,12 +345,7 @@ fn record_streams_one_event_per_copy_up_with_its_trigger() {
 
     std::thread::sleep(Duration::from_millis(300));
     // Ctrl-C: everything already queued must still be reported.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(running.0.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let stdout = out_thread.join().unwrap();
+    let stdout = recording.stop();
     let lines = json_lines(&stdout);
     let events: Vec<&Value> = lines.iter().filter(|v| v["type"] == "copy_up").collect();
     let mut got: Vec<(String, String)> = events
@@ -445,26 +475,14 @@ fn vfs_view_splits_by_backing_and_layer_depth() {
     let m = ts.store.mount_container(&c.id).unwrap();
     fs::write(m.join("vol/v"), b"volume").unwrap();
     let me = std::process::id().to_string();
-    let mut child = Command::new(BIN)
-        .args([
-            "record",
-            "--vfs",
-            "--json",
-            "--interval",
-            "1h",
-            "--pid",
-            &me,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut ready = String::new();
-    err.read_line(&mut ready).unwrap();
-    assert!(ready.contains("backend"), "{ready}");
-    let stdout = child.stdout.take().unwrap();
-    let running = Running(child);
+    let recording = Recording::start(&[
+        "--vfs".as_ref(),
+        "--json".as_ref(),
+        "--interval".as_ref(),
+        "1h".as_ref(),
+        "--pid".as_ref(),
+        me.as_ref(),
+    ]);
 
     for _ in 0..3 {
         assert_eq!(fs::read(m.join("deep")).unwrap(), b"in the bottom layer");
@@ -474,12 +492,7 @@ fn vfs_view_splits_by_backing_and_layer_depth() {
     fs::read(m.join("fresh")).unwrap();
     fs::read(m.join("vol/v")).unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(running.0.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let out = std::io::read_to_string(stdout).unwrap();
+    let out = recording.stop();
     let rows: Vec<Value> = json_lines(&out)
         .into_iter()
         .filter(|v| v["type"] == "vfs")
@@ -540,17 +553,13 @@ fn copy_up_fsync_part_shows_durable_versus_volatile() {
     };
     let (durable, volatile) = (mount(false), mount(true));
     let me = std::process::id().to_string();
-    let mut child = Command::new(BIN)
-        .args(["record", "--json", "--interval", "1h", "--pid", &me])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut ready = String::new();
-    err.read_line(&mut ready).unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let running = Running(child);
+    let recording = Recording::start(&[
+        "--json".as_ref(),
+        "--interval".as_ref(),
+        "1h".as_ref(),
+        "--pid".as_ref(),
+        me.as_ref(),
+    ]);
     for m in [&durable, &volatile] {
         drop(
             fs::OpenOptions::new()
@@ -560,12 +569,7 @@ fn copy_up_fsync_part_shows_durable_versus_volatile() {
         );
     }
     std::thread::sleep(Duration::from_millis(200));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(running.0.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let out = std::io::read_to_string(stdout).unwrap();
+    let out = recording.stop();
     let events: Vec<Value> = json_lines(&out)
         .into_iter()
         .filter(|v| v["type"] == "copy_up")
