@@ -58,7 +58,11 @@ globals! {
     ovl_offsets_valid: u64,
     ovl_vfs_inode_off: u64,
     ovl_upper_off: u64,
-    ovl_oe_off: u64,
+    // Where a lower-backed inode's ovl_path is: 1 = inline in ovl_inode at
+    // ovl_lower_off (6.0-6.4 `lowerpath`); 0 = a pointer at ovl_lower_off
+    // (`oe`) to an ovl_entry holding it at ovl_lowerstack_off (6.5+).
+    ovl_lower_inline: u64,
+    ovl_lower_off: u64,
     ovl_lowerstack_off: u64,
     ovl_path_layer_off: u64,
     ovl_layer_idx_off: u64,
@@ -116,8 +120,12 @@ pub fn fd_backing(g: &Globals, fd: u32) -> Option<(u8, u8)> {
     if upper != 0 {
         return Some((backing::UPPER, 0));
     }
-    let oe: u64 = read(ovl, g.ovl_oe_off)?;
-    let layer: u64 = read(oe, g.ovl_lowerstack_off + g.ovl_path_layer_off)?;
+    let path = if g.ovl_lower_inline != 0 {
+        ovl + g.ovl_lower_off
+    } else {
+        read::<u64>(ovl, g.ovl_lower_off)? + g.ovl_lowerstack_off
+    };
+    let layer: u64 = read(path, g.ovl_path_layer_off)?;
     let idx: i32 = read(layer, g.ovl_layer_idx_off)?;
     Some((backing::LOWER, idx.clamp(0, 255) as u8))
 }

@@ -118,10 +118,9 @@ pub fn diagnose(fentry_load: Result<(), String>, kprobe_load: Result<(), String>
             format!(
                 "kallsyms: {}, BTF: {}, ftrace-traceable: {}",
                 yes(*in_kallsyms),
-                if overlay_module {
-                    "module (split)"
-                } else {
-                    yes(*in_btf)
+                match (*in_btf, overlay_module) {
+                    (true, true) => "yes, in overlay's split BTF",
+                    (b, _) => yes(b),
                 },
                 yes(*in_ftrace)
             ),
@@ -181,7 +180,10 @@ pub fn diagnose(fentry_load: Result<(), String>, kprobe_load: Result<(), String>
     let fentry = match (&fentry_load, traceable_fn, overlay_module) {
         (Err(e), _, _) => (false, format!("fentry programs cannot load here: {e}")),
         (_, None, _) => (false, "no overlayfs copy-up function is traceable".into()),
-        (Ok(()), Some(_), true) => (false, "overlay is a module; aya 0.14's fentry loader only reads vmlinux BTF, so the kprobe backend covers module functions".into()),
+        (Ok(()), Some(f), true) => (
+            true,
+            format!("fentry/fexit on {f}, in the overlay module's split BTF"),
+        ),
         (Ok(()), Some(f), false) => (true, format!("fentry/fexit on {f}")),
     };
     let kprobe = match (kprobes_built && kprobe_events, traceable_fn) {

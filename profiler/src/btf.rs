@@ -1,5 +1,6 @@
-//! A small reader of the kernel's BTF (`/sys/kernel/btf/vmlinux`): struct
-//! member offsets, enum values and function names.
+//! A small reader of the kernel's BTF (`/sys/kernel/btf/vmlinux`, plus a
+//! module's split BTF such as `/sys/kernel/btf/overlay` where overlayfs is
+//! a module): struct member offsets, enum values and function type IDs.
 //!
 //! Rust eBPF has no CO-RE relocations, so the offsets the kernel programs
 //! need are looked up here at load time and passed in as globals.
@@ -59,23 +60,49 @@ pub struct Btf {
     types: Vec<(u32, Type)>,
     structs: HashMap<String, u32>,
     enum_values: HashMap<String, i64>,
-    funcs: std::collections::HashSet<String>,
+    /// Function name -> type ID.
+    funcs: HashMap<String, u32>,
+    /// Where the split part begins, once a module's BTF is added: its type
+    /// IDs and string offsets continue the base's.
+    split_from: Option<(String, u32)>,
 }
 
 impl Btf {
+    /// vmlinux's BTF, plus overlay's split BTF where overlay is a module
+    /// (its structs and functions are only there).
     pub fn from_sys_fs() -> Result<Btf, BtfError> {
-        Btf::from_file(Path::new("/sys/kernel/btf/vmlinux"))
-    }
-
-    pub fn from_file(path: &Path) -> Result<Btf, BtfError> {
-        let data = std::fs::read(path).map_err(|source| BtfError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Btf::parse(&data)
+        let mut btf = Btf::parse(&read(Path::new("/sys/kernel/btf/vmlinux"))?)?;
+        let overlay = Path::new("/sys/kernel/btf/overlay");
+        if overlay.exists() {
+            btf.add_split("overlay", &read(overlay)?)?;
+        }
+        Ok(btf)
     }
 
     pub fn parse(data: &[u8]) -> Result<Btf, BtfError> {
+        let mut btf = Btf {
+            strings: Vec::new(),
+            types: vec![(0, Type::Other)],
+            structs: HashMap::new(),
+            enum_values: HashMap::new(),
+            funcs: HashMap::new(),
+            split_from: None,
+        };
+        btf.append(data)?;
+        Ok(btf)
+    }
+
+    /// Adds module `name`'s split BTF, which numbers its types and strings
+    /// on from this (base) BTF's.
+    pub fn add_split(&mut self, name: &str, data: &[u8]) -> Result<(), BtfError> {
+        if self.split_from.is_some() {
+            return Err(BtfError::Malformed("only one split BTF at a time"));
+        }
+        self.split_from = Some((name.to_string(), self.types.len() as u32));
+        self.append(data)
+    }
+
+    fn append(&mut self, data: &[u8]) -> Result<(), BtfError> {
         let u16_at = |o: usize| data.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
         let u32_at = |o: usize| {
             data.get(o..o + 4)
@@ -92,15 +119,9 @@ impl Btf {
         let str_len = u32_at(20).ok_or(bad("short header"))? as usize;
         let strings = data
             .get(hdr_len + str_off..hdr_len + str_off + str_len)
-            .ok_or(bad("string section out of range"))?
-            .to_vec();
-        let mut btf = Btf {
-            strings,
-            types: vec![(0, Type::Other)],
-            structs: HashMap::new(),
-            enum_values: HashMap::new(),
-            funcs: Default::default(),
-        };
+            .ok_or(bad("string section out of range"))?;
+        let btf = self;
+        btf.strings.extend_from_slice(strings);
         let mut o = hdr_len + type_off;
         let end = o + type_len;
         while o < end {
@@ -171,7 +192,7 @@ impl Btf {
                     Type::Other
                 }
                 KIND_FUNC => {
-                    btf.funcs.insert(btf.string(name).to_string());
+                    btf.funcs.insert(btf.string(name).to_string(), id);
                     Type::Other
                 }
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
@@ -182,7 +203,7 @@ impl Btf {
             };
             btf.types.push((name, ty));
         }
-        Ok(btf)
+        Ok(())
     }
 
     fn string(&self, off: u32) -> &str {
@@ -236,8 +257,26 @@ impl Btf {
     }
 
     pub fn has_func(&self, name: &str) -> bool {
-        self.funcs.contains(name)
+        self.funcs.contains_key(name)
     }
+
+    /// A function's type ID, and the module whose split BTF holds it (None:
+    /// vmlinux). fentry programs attach by this ID, in that BTF object.
+    pub fn func_id(&self, name: &str) -> Option<(u32, Option<&str>)> {
+        let id = *self.funcs.get(name)?;
+        let module = match &self.split_from {
+            Some((module, first)) if id >= *first => Some(module.as_str()),
+            _ => None,
+        };
+        Some((id, module))
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, BtfError> {
+    std::fs::read(path).map_err(|source| BtfError::Read {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 mod backend;
 mod btf;
 mod events;
+mod fentry;
 mod histograms;
 mod mounts;
 mod output;

@@ -5,12 +5,13 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
-use aya::programs::{KProbe, Program, TracePoint};
+use aya::programs::{KProbe, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use strata_common::{counter, HistKey, Log2Hist, SyscallSpec, VfsKey, MAX_SYSCALL_NR};
 
 use crate::backend::Backend;
 use crate::btf::Btf;
+use crate::fentry::{self, FnLink, Hook};
 use crate::syscalls;
 use crate::tracefs::{self, Format};
 
@@ -51,6 +52,8 @@ pub struct Probes {
     pub missing: Vec<&'static str>,
     /// Whether the upper filesystem's fsync is traced (copy-up fsync part).
     pub fsync_traced: bool,
+    /// The fentry backend's programs, loaded outside aya (see fentry.rs).
+    _fn_links: Vec<FnLink>,
 }
 
 /// Offsets resolved from the running kernel.
@@ -64,10 +67,41 @@ pub struct Layout {
     /// task.files, files.fdt, fdt.max_fds, fdt.fd, file.f_inode, inode.i_sb,
     /// inode.i_size, sb.s_magic; None when BTF lacks one of them.
     pub fd_chain: Option<[u32; 8]>,
-    /// ovl_inode.vfs_inode, ovl_inode.__upperdentry, ovl_inode.oe,
-    /// ovl_entry.__lowerstack, ovl_path.layer, ovl_layer.idx: None where
-    /// overlay's types are not in vmlinux BTF (overlay built as a module).
-    pub ovl_chain: Option<[u32; 6]>,
+    /// Where a lower-backed overlay inode's layer index is; None where BTF
+    /// lacks overlay's types.
+    pub ovl_chain: Option<OvlChain>,
+}
+
+/// ovl_inode -> its lower ovl_path -> ovl_layer.idx. The path moved
+/// between kernels: inline `ovl_inode.lowerpath` on 6.0-6.4, the first
+/// of `ovl_inode.oe->__lowerstack` since 6.5.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OvlChain {
+    pub vfs_inode: u32,
+    pub upper: u32,
+    pub lower_inline: bool,
+    pub lower: u32,
+    pub lowerstack: u32,
+    pub path_layer: u32,
+    pub layer_idx: u32,
+}
+
+impl OvlChain {
+    fn resolve(btf: &Btf) -> Result<OvlChain, crate::btf::BtfError> {
+        let (lower_inline, lower, lowerstack) = match btf.member_offset("ovl_inode", "oe") {
+            Ok(oe) => (false, oe, btf.member_offset("ovl_entry", "__lowerstack")?),
+            Err(_) => (true, btf.member_offset("ovl_inode", "lowerpath")?, 0),
+        };
+        Ok(OvlChain {
+            vfs_inode: btf.member_offset("ovl_inode", "vfs_inode")?,
+            upper: btf.member_offset("ovl_inode", "__upperdentry")?,
+            lower_inline,
+            lower,
+            lowerstack,
+            path_layer: btf.member_offset("ovl_path", "layer")?,
+            layer_idx: btf.member_offset("ovl_layer", "idx")?,
+        })
+    }
 }
 
 pub fn resolve_layout(btf: &Btf) -> Result<Layout> {
@@ -100,17 +134,7 @@ pub fn resolve_layout(btf: &Btf) -> Result<Layout> {
         ])
     })()
     .ok();
-    let ovl_chain = (|| -> Result<[u32; 6], crate::btf::BtfError> {
-        Ok([
-            btf.member_offset("ovl_inode", "vfs_inode")?,
-            btf.member_offset("ovl_inode", "__upperdentry")?,
-            btf.member_offset("ovl_inode", "oe")?,
-            btf.member_offset("ovl_entry", "__lowerstack")?,
-            btf.member_offset("ovl_path", "layer")?,
-            btf.member_offset("ovl_layer", "idx")?,
-        ])
-    })()
-    .ok();
+    let ovl_chain = OvlChain::resolve(btf).ok();
     Ok(Layout {
         ovl_chain,
         nr_off: enter.offset("__syscall_nr")?,
@@ -135,7 +159,7 @@ impl Probes {
         let mut ebpf = load_object(filters)?;
         let (attached, missing) = attach_tracepoints(&mut ebpf)?;
         let fsync_traced = attach_fsync(&mut ebpf)?;
-        attach_copy_up_fn(&mut ebpf, backend)?;
+        let fn_links = attach_copy_up_fn(&mut ebpf, backend)?;
         if vfs {
             attach_vfs(&mut ebpf)?;
         }
@@ -145,6 +169,7 @@ impl Probes {
             attached,
             missing,
             fsync_traced,
+            _fn_links: fn_links,
         })
     }
 }
@@ -154,9 +179,9 @@ fn load_object(filters: Filters) -> Result<Ebpf> {
     let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
     let l = resolve_layout(&btf)?;
     let chain = l.fd_chain.unwrap_or([0; 8]);
-    let ovl = l.ovl_chain.unwrap_or([0; 6]);
+    let ovl = l.ovl_chain.unwrap_or_default();
     let mut loader = EbpfLoader::new();
-    let globals: [(&str, u64); 27] = [
+    let globals: [(&str, u64); 28] = [
         ("filter_tgid", filters.tgid as u64),
         ("filter_cgroup", filters.cgroup_id),
         ("nr_off", l.nr_off as u64),
@@ -178,12 +203,13 @@ fn load_object(filters: Filters) -> Result<Ebpf> {
         ("sb_magic_off", chain[7] as u64),
         ("overlay_magic", OVERLAYFS_SUPER_MAGIC),
         ("ovl_offsets_valid", l.ovl_chain.is_some() as u64),
-        ("ovl_vfs_inode_off", ovl[0] as u64),
-        ("ovl_upper_off", ovl[1] as u64),
-        ("ovl_oe_off", ovl[2] as u64),
-        ("ovl_lowerstack_off", ovl[3] as u64),
-        ("ovl_path_layer_off", ovl[4] as u64),
-        ("ovl_layer_idx_off", ovl[5] as u64),
+        ("ovl_vfs_inode_off", ovl.vfs_inode as u64),
+        ("ovl_upper_off", ovl.upper as u64),
+        ("ovl_lower_inline", ovl.lower_inline as u64),
+        ("ovl_lower_off", ovl.lower as u64),
+        ("ovl_lowerstack_off", ovl.lowerstack as u64),
+        ("ovl_path_layer_off", ovl.path_layer as u64),
+        ("ovl_layer_idx_off", ovl.layer_idx as u64),
     ];
     for (name, v) in &globals {
         loader.override_global(name, v, true);
@@ -303,34 +329,30 @@ fn attach_vfs(ebpf: &mut Ebpf) -> Result<()> {
 }
 
 /// The precise backends' function probes (none for the tracepoint one).
-fn attach_copy_up_fn(ebpf: &mut Ebpf, backend: Backend) -> Result<()> {
+fn attach_copy_up_fn(ebpf: &mut Ebpf, backend: Backend) -> Result<Vec<FnLink>> {
     match backend {
-        Backend::Tracepoint => Ok(()),
+        Backend::Tracepoint => Ok(Vec::new()),
         Backend::Fentry => {
-            let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
-            for prog in ["strata_fentry_copy_up", "strata_fexit_copy_up"] {
-                load_fn_program(ebpf, prog, Some(&btf))?;
-                match ebpf.program_mut(prog).expect("loaded above") {
-                    // The program keeps the link; detached when ebpf drops.
-                    Program::FEntry(p) => {
-                        p.attach()?;
-                    }
-                    Program::FExit(p) => {
-                        p.attach()?;
-                    }
-                    _ => bail!("{prog} is not an fentry/fexit program"),
-                }
-            }
-            Ok(())
+            let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
+            [
+                ("strata_fentry_copy_up", Hook::Entry),
+                ("strata_fexit_copy_up", Hook::Exit),
+            ]
+            .into_iter()
+            .map(|(prog, hook)| {
+                let fd = fentry::load(ebpf, object()?, &btf, prog, hook, COPY_UP_FN)?;
+                fentry::attach(fd).with_context(|| format!("attaching {prog} to {COPY_UP_FN}"))
+            })
+            .collect()
         }
         Backend::Kprobe => {
-            for prog in ["strata_kprobe_copy_up", "strata_kretprobe_copy_up"] {
-                load_fn_program(ebpf, prog, None)?;
+            for prog in KPROBE_PROGRAMS {
+                load_kprobe(ebpf, prog)?;
                 let p: &mut KProbe = ebpf.program_mut(prog).expect("loaded above").try_into()?;
                 p.attach(COPY_UP_FN, 0)
                     .with_context(|| format!("attaching {prog} to {COPY_UP_FN}"))?;
             }
-            Ok(())
+            Ok(Vec::new())
         }
     }
 }
@@ -339,17 +361,14 @@ fn attach_copy_up_fn(ebpf: &mut Ebpf, backend: Backend) -> Result<()> {
 /// goes through, once per request (ancestors included).
 pub const COPY_UP_FN: &str = "ovl_copy_up_flags";
 
-fn load_fn_program(ebpf: &mut Ebpf, prog: &str, btf: Option<&aya::Btf>) -> Result<()> {
-    let p = ebpf
+const KPROBE_PROGRAMS: [&str; 2] = ["strata_kprobe_copy_up", "strata_kretprobe_copy_up"];
+
+fn load_kprobe(ebpf: &mut Ebpf, prog: &str) -> Result<()> {
+    let p: &mut KProbe = ebpf
         .program_mut(prog)
-        .with_context(|| format!("program {prog}"))?;
-    match (p, btf) {
-        (Program::FEntry(p), Some(btf)) => p.load(COPY_UP_FN, btf),
-        (Program::FExit(p), Some(btf)) => p.load(COPY_UP_FN, btf),
-        (Program::KProbe(p), None) => p.load(),
-        _ => bail!("{prog}: unexpected program type"),
-    }
-    .with_context(|| format!("loading {prog}"))
+        .with_context(|| format!("program {prog}"))?
+        .try_into()?;
+    p.load().with_context(|| format!("loading {prog}"))
 }
 
 /// Loads (without attaching) a precise backend's programs: what doctor
@@ -357,11 +376,22 @@ fn load_fn_program(ebpf: &mut Ebpf, prog: &str, btf: Option<&aya::Btf>) -> Resul
 pub fn try_load(backend: Backend) -> Result<(), String> {
     let mut ebpf = load_object(Filters::default()).map_err(|e| format!("{e:#}"))?;
     let r = match backend {
-        Backend::Fentry => aya::Btf::from_sys_fs()
+        Backend::Fentry => Btf::from_sys_fs()
             .map_err(anyhow::Error::from)
-            .and_then(|btf| load_fn_program(&mut ebpf, "strata_fentry_copy_up", Some(&btf))),
-        Backend::Kprobe => load_fn_program(&mut ebpf, "strata_kprobe_copy_up", None)
-            .and_then(|()| load_fn_program(&mut ebpf, "strata_kretprobe_copy_up", None)),
+            .and_then(|btf| {
+                fentry::load(
+                    &ebpf,
+                    object()?,
+                    &btf,
+                    "strata_fentry_copy_up",
+                    Hook::Entry,
+                    COPY_UP_FN,
+                )
+            })
+            .map(drop),
+        Backend::Kprobe => KPROBE_PROGRAMS
+            .iter()
+            .try_for_each(|prog| load_kprobe(&mut ebpf, prog)),
         Backend::Tracepoint => Ok(()),
     };
     r.map_err(|e| format!("{e:#}"))
