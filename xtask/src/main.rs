@@ -5,10 +5,12 @@
 
 mod bpf_toolchain;
 mod setup;
+mod vm;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -34,6 +36,19 @@ enum Task {
     /// Bootstrap, then check formatting and lints, run every test, and run
     /// the benches in quick mode (proves each one runs; no gating).
     Test,
+    /// Boot stock distro kernels under qemu and run the driver's and
+    /// profiler's integration tests in each; report per kernel and test.
+    VmTest {
+        /// Kernels to boot (default: all known).
+        #[arg(long = "kernel", value_parser = clap::builder::PossibleValuesParser::new(vm::KERNELS.iter().map(|k| k.0)))]
+        kernels: Vec<String>,
+        /// Only these test binaries (e.g. `profiler`, `containers`).
+        #[arg(long = "test")]
+        tests: Vec<String>,
+        /// Give up on a guest after this many minutes.
+        #[arg(long, default_value_t = 40)]
+        timeout_minutes: u64,
+    },
     /// Run the performance benches against same-run baselines; results go
     /// to target/bench/ (JSON, markdown, matrix plot).
     Bench {
@@ -73,6 +88,19 @@ fn main() -> Result<()> {
             run(Command::new(prof).arg("sweep").args(args))
         }
         Task::Test => test(),
+        Task::VmTest {
+            kernels,
+            tests,
+            timeout_minutes,
+        } => {
+            setup::setup()?;
+            let kernels = if kernels.is_empty() {
+                vm::KERNELS.iter().map(|k| k.0.to_string()).collect()
+            } else {
+                kernels
+            };
+            vm::vm_test(&kernels, &tests, Duration::from_secs(timeout_minutes * 60))
+        }
         Task::Bench {
             quick,
             save_baseline,

@@ -21,6 +21,13 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("podman", "podman"),
     ("debootstrap", "debootstrap"),
     ("zstd", "zstd"),
+    // The kernel matrix (`vm-test`): a software-emulated guest, a static
+    // busybox for its init, e2fsprogs for its disk.
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("busybox", "busybox-static"),
+    ("mkfs.ext4", "e2fsprogs"),
+    ("xz", "xz-utils"),
+    ("depmod", "kmod"),
 ];
 
 pub fn setup() -> Result<()> {

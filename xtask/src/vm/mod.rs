@@ -1,0 +1,221 @@
+//! `cargo xtask vm-test`: the driver's and profiler's privileged
+//! integration tests on stock distro kernels, booted under qemu.
+//!
+//! The host kernel has neither kprobes nor working fentry, and it has
+//! `lowerdir+`; a stock Debian kernel has the precise profiler backends and,
+//! on 6.1, only the legacy mount path. Each kernel boots once (software
+//! emulation: KVM is not assumed), runs every test binary, and powers off;
+//! the host reads the serial console and reports per kernel and per test.
+
+mod image;
+mod kernel;
+mod results;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::workspace_root;
+use image::PlannedBinary;
+use results::Report;
+
+pub use kernel::KERNELS;
+
+/// Tests the guest cannot run, and why: (binary, test or "" for all).
+const NOT_IN_GUEST: &[(&str, &str, &str)] = &[(
+    "export",
+    "",
+    "needs podman to load the exported image; the guest is a minimal busybox system without it",
+)];
+
+pub fn vm_test(kernels: &[String], only: &[String], timeout: Duration) -> Result<()> {
+    let vm = workspace_root().join("target/vm");
+    std::fs::create_dir_all(&vm)?;
+    let (mut tests, bins) = build_test_binaries()?;
+    if !only.is_empty() {
+        tests.retain(|(name, _)| only.contains(name));
+        if tests.is_empty() {
+            bail!("no test binary is called {}", only.join(" or "));
+        }
+    }
+    let mut plan = Vec::new();
+    let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut not_run: BTreeMap<(String, String), &str> = BTreeMap::new();
+    for (name, path) in &tests {
+        let names = list_tests(path)?;
+        let mut args = Vec::new();
+        for t in &names {
+            if let Some((_, _, why)) = NOT_IN_GUEST
+                .iter()
+                .find(|(b, test, _)| b == name && (test.is_empty() || t == test))
+            {
+                not_run.insert((name.clone(), t.clone()), why);
+                args.extend(["--skip".to_string(), t.clone()]);
+            }
+        }
+        if args.len() < 2 * names.len() {
+            plan.push(PlannedBinary {
+                name: name.clone(),
+                path: path.clone(),
+                args: [args, vec!["--exact".to_string()]].concat(),
+            });
+        }
+        expected.insert(name.clone(), names);
+    }
+    let disk = vm.join("disk.img");
+    image::disk(&plan, &bins, &vm.join("rootfs"), &disk)?;
+
+    let mut reports = Vec::new();
+    for name in kernels {
+        let k = kernel::fetch(name, &vm.join("kernels"))?;
+        let initrd = vm.join(format!("initramfs-{name}.cpio"));
+        image::initramfs(&k, &initrd)?;
+        println!("vm-test: booting {name} ({}) under qemu", k.release);
+        let started = Instant::now();
+        let log = boot(&k, &initrd, &disk, &vm.join(format!("{name}.log")), timeout)?;
+        let report = Report::from_log(name, &log, &expected, &not_run, started.elapsed());
+        report.print();
+        reports.push(report);
+    }
+    results::print_matrix(&reports);
+    let failed: Vec<&str> = reports
+        .iter()
+        .filter(|r| !r.all_passed())
+        .map(|r| r.kernel.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!("vm-test failed on {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// Test binaries by target name, and the program binaries they run.
+type Built = (Vec<(String, PathBuf)>, Vec<PathBuf>);
+
+/// Builds the driver's and profiler's integration tests.
+fn build_test_binaries() -> Result<Built> {
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "test",
+            "--no-run",
+            "--message-format=json-render-diagnostics",
+            "-p",
+            "strata-driver",
+            "-p",
+            "strata-prof",
+            "--test",
+            "*",
+        ])
+        .current_dir(workspace_root())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo test --no-run")?;
+    if !out.status.success() {
+        bail!("building the test binaries failed");
+    }
+    let (mut tests, mut bins) = (Vec::new(), Vec::new());
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(exe) = json_str(line, "executable") else {
+            continue;
+        };
+        if line.contains("\"kind\":[\"test\"]") {
+            let name = json_str(line, "name").context("artifact without a name")?;
+            tests.push((name, PathBuf::from(exe)));
+        } else if line.contains("\"kind\":[\"bin\"]") && line.contains("\"test\":false") {
+            bins.push(PathBuf::from(exe));
+        }
+    }
+    if tests.is_empty() {
+        bail!("cargo built no integration test");
+    }
+    Ok((tests, bins))
+}
+
+/// The first string value of `"key":"…"` in one line of cargo's JSON (its
+/// paths and target names need no unescaping).
+fn json_str(line: &str, key: &str) -> Option<String> {
+    let start = line.find(&format!("\"{key}\":\""))? + key.len() + 4;
+    let len = line[start..].find('"')?;
+    Some(line[start..start + len].to_string())
+}
+
+fn list_tests(bin: &Path) -> Result<Vec<String>> {
+    let out = Command::new(bin)
+        .args(["--list", "--format", "terse"])
+        .output()
+        .with_context(|| format!("listing the tests of {}", bin.display()))?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_suffix(": test"))
+        .map(str::to_string)
+        .collect())
+}
+
+/// Boots `kernel`, streams its console here (prefixed) and to `log_path`,
+/// and returns the console text. Kills the guest after `timeout`.
+fn boot(
+    kernel: &kernel::Kernel,
+    initrd: &Path,
+    disk: &Path,
+    log_path: &Path,
+    timeout: Duration,
+) -> Result<String> {
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2"])
+        .args(["-m", "4096", "-nographic", "-no-reboot", "-kernel"])
+        .arg(&kernel.vmlinuz)
+        .arg("-initrd")
+        .arg(initrd)
+        .args([
+            "-append",
+            "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init",
+            "-drive",
+        ])
+        .arg(format!(
+            "file={},if=virtio,format=raw,snapshot=on",
+            disk.display()
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting qemu-system-x86_64")?;
+    let stdout = child.stdout.take().expect("piped");
+    let prefix = kernel.name.clone();
+    let mut log = std::fs::File::create(log_path)?;
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
+            let line = String::from_utf8_lossy(&line);
+            let line = line.trim_end_matches('\r');
+            println!("[{prefix}] {line}");
+            let _ = writeln!(log, "{line}");
+            text.push_str(line);
+            text.push('\n');
+        }
+        text
+    });
+    let started = Instant::now();
+    let mut timed_out = false;
+    while child.try_wait()?.is_none() {
+        if started.elapsed() > timeout {
+            timed_out = true;
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut text = reader.join().expect("console reader panicked");
+    if timed_out {
+        text.push_str(&format!(
+            "{} timeout after {} s\n",
+            image::MARK,
+            timeout.as_secs()
+        ));
+    }
+    Ok(text)
+}
