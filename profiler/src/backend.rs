@@ -71,7 +71,7 @@ fn check(what: &str, ok: bool, detail: impl Into<String>) -> Check {
 pub fn diagnose(fentry_load: Result<(), String>, kprobe_load: Result<(), String>) -> Doctor {
     let _ = tracefs::ensure_mounted();
     let mut checks = Vec::new();
-    let btf = Btf::from_sys_fs();
+    let btf = Btf::kernel();
     checks.push(check(
         "kernel BTF (/sys/kernel/btf/vmlinux)",
         btf.is_ok(),

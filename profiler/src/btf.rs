@@ -68,6 +68,13 @@ pub struct Btf {
 }
 
 impl Btf {
+    /// The running kernel's BTF, read once per process (it is megabytes,
+    /// and loading probes consults it several times).
+    pub fn kernel() -> Result<&'static Btf, &'static BtfError> {
+        static KERNEL: std::sync::OnceLock<Result<Btf, BtfError>> = std::sync::OnceLock::new();
+        KERNEL.get_or_init(Btf::from_sys_fs).as_ref()
+    }
+
     /// vmlinux's BTF, plus overlay's split BTF where overlay is a module
     /// (its structs and functions are only there).
     pub fn from_sys_fs() -> Result<Btf, BtfError> {

@@ -157,9 +157,13 @@ impl Probes {
     /// the precise backends.
     pub fn attach(filters: Filters, backend: Backend, vfs: bool) -> Result<Probes> {
         let mut ebpf = load_object(filters)?;
+        // The function probes first: where the kernel refuses them, that
+        // is known before dozens of tracepoints are attached and detached
+        // again (each detach waits for an RCU grace period). They only
+        // touch calls the tracepoints track, so the order is harmless.
+        let fn_links = attach_copy_up_fn(&mut ebpf, backend)?;
         let (attached, missing) = attach_tracepoints(&mut ebpf)?;
         let fsync_traced = attach_fsync(&mut ebpf)?;
-        let fn_links = attach_copy_up_fn(&mut ebpf, backend)?;
         if vfs {
             attach_vfs(&mut ebpf)?;
         }
@@ -176,8 +180,8 @@ impl Probes {
 
 fn load_object(filters: Filters) -> Result<Ebpf> {
     tracefs::ensure_mounted()?;
-    let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
-    let l = resolve_layout(&btf)?;
+    let btf = Btf::kernel().context("reading kernel BTF")?;
+    let l = resolve_layout(btf)?;
     let chain = l.fd_chain.unwrap_or([0; 8]);
     let ovl = l.ovl_chain.unwrap_or_default();
     let mut loader = EbpfLoader::new();
@@ -333,14 +337,14 @@ fn attach_copy_up_fn(ebpf: &mut Ebpf, backend: Backend) -> Result<Vec<FnLink>> {
     match backend {
         Backend::Tracepoint => Ok(Vec::new()),
         Backend::Fentry => {
-            let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
+            let btf = Btf::kernel().context("reading kernel BTF")?;
             [
                 ("strata_fentry_copy_up", Hook::Entry),
                 ("strata_fexit_copy_up", Hook::Exit),
             ]
             .into_iter()
             .map(|(prog, hook)| {
-                let fd = fentry::load(ebpf, object()?, &btf, prog, hook, COPY_UP_FN)?;
+                let fd = fentry::load(ebpf, object()?, btf, prog, hook, COPY_UP_FN)?;
                 fentry::attach(fd).with_context(|| format!("attaching {prog} to {COPY_UP_FN}"))
             })
             .collect()
@@ -376,13 +380,13 @@ fn load_kprobe(ebpf: &mut Ebpf, prog: &str) -> Result<()> {
 pub fn try_load(backend: Backend) -> Result<(), String> {
     let mut ebpf = load_object(Filters::default()).map_err(|e| format!("{e:#}"))?;
     let r = match backend {
-        Backend::Fentry => Btf::from_sys_fs()
-            .map_err(anyhow::Error::from)
+        Backend::Fentry => Btf::kernel()
+            .context("reading kernel BTF")
             .and_then(|btf| {
                 fentry::load(
                     &ebpf,
                     object()?,
-                    &btf,
+                    btf,
                     "strata_fentry_copy_up",
                     Hook::Entry,
                     COPY_UP_FN,

@@ -4,14 +4,14 @@
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use aya::maps::{MapData, RingBuf};
 use strata_common::counter;
 
-use crate::backend::{self, Backend};
+use crate::backend::Backend;
 use crate::events::{self, CopyUp};
 use crate::mounts::{self, OverlayMount};
-use crate::probes::{self, Filters, Probes};
+use crate::probes::{Filters, Probes};
 
 pub struct Session {
     probes: Probes,
@@ -45,37 +45,23 @@ impl KernelCounters {
     }
 }
 
-/// Picks the backend: the forced one, or the most precise that works here.
-pub fn choose(forced: Option<Backend>) -> (Backend, String) {
-    if let Some(b) = forced {
-        return (b, format!("{b} backend forced with --backend"));
-    }
-    let doctor = backend::diagnose(
-        probes::try_load(Backend::Fentry),
-        probes::try_load(Backend::Kprobe),
-    );
-    let mut why = Vec::new();
-    for b in &doctor.backends {
-        if b.available {
-            let skipped = if why.is_empty() {
-                String::new()
-            } else {
-                format!("; skipped {}", why.join("; "))
-            };
-            return (
-                b.backend,
-                format!("{} backend: {}{skipped}", b.backend, b.why),
-            );
+/// The most precise backend that loads and attaches here, and why the
+/// more precise ones did not.
+fn attach_most_precise(filters: Filters, vfs: bool) -> Result<(Probes, String)> {
+    let mut skipped = Vec::new();
+    for b in [Backend::Fentry, Backend::Kprobe, Backend::Tracepoint] {
+        match Probes::attach(filters, b, vfs) {
+            Ok(p) => {
+                let mut why = format!("{b} backend: the most precise that attached here");
+                if !skipped.is_empty() {
+                    why.push_str(&format!("; skipped {}", skipped.join("; ")));
+                }
+                return Ok((p, why));
+            }
+            Err(e) => skipped.push(format!("{b} ({e:#})")),
         }
-        why.push(format!("{}: {}", b.backend, b.why));
     }
-    (
-        Backend::Tracepoint,
-        format!(
-            "no backend reported available ({}); trying tracepoint",
-            why.join("; ")
-        ),
-    )
+    bail!("no backend attached here: {}", skipped.join("; "))
 }
 
 impl Session {
@@ -85,8 +71,13 @@ impl Session {
         scope: Option<PathBuf>,
         vfs: bool,
     ) -> Result<Session> {
-        let (backend, reason) = choose(forced);
-        let mut probes = Probes::attach(filters, backend, vfs)?;
+        let (mut probes, reason) = match forced {
+            Some(b) => (
+                Probes::attach(filters, b, vfs)?,
+                format!("{b} backend forced with --backend"),
+            ),
+            None => attach_most_precise(filters, vfs)?,
+        };
         let ring = probes.ring_buffer()?;
         let mut reason = format!("{reason}; {} syscalls watched", probes.attached.len());
         if !probes.missing.is_empty() {

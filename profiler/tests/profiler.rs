@@ -58,8 +58,10 @@ impl Recording {
                 std::io::read_to_string(stdout).unwrap()
             })),
         };
+        // Generous: under software emulation (`cargo xtask vm-test`) a
+        // debug build takes seconds to read BTF and load the programs.
         let ready = rx
-            .recv_timeout(Duration::from_secs(20))
+            .recv_timeout(Duration::from_secs(60))
             .expect("record did not start");
         assert!(
             ready.contains(" backend")
