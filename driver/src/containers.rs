@@ -170,10 +170,11 @@ impl Store {
     fn mount_stack(&self, c: &ContainerRecord) -> Result<MountApi> {
         let mut lowers = Vec::new();
         let mut short = Vec::new();
+        let links = self.links_dir();
         for chain in c.layers.iter().rev() {
             let rec = self.require_layer(chain)?;
             lowers.push(self.layer_diff(chain));
-            short.push(format!("l/{}", rec.link));
+            short.push(rec.link);
         }
         let upper = self.upper_dir(&c.id);
         let work = self.container_dir(&c.id).join("work");
@@ -181,7 +182,7 @@ impl Store {
         let api = mount::mount_overlay(&OverlaySpec {
             lowers,
             short_lowers: short,
-            links_base: self.root(),
+            links_base: &links,
             upper: &upper,
             work: &work,
             target: &merged,

@@ -70,6 +70,22 @@ pub fn syncfs(path: &Path) -> Result<()> {
 
 /// Lowercase hex from the kernel's random pool.
 pub fn random_hex(bytes: usize) -> String {
+    random_bytes(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `len` random characters from [0-9a-z].
+pub fn random_name(len: usize) -> String {
+    const ALPHABET: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    random_bytes(len)
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
+}
+
+fn random_bytes(bytes: usize) -> Vec<u8> {
     let mut buf = vec![0u8; bytes];
     let mut filled = 0;
     while filled < bytes {
@@ -82,7 +98,7 @@ pub fn random_hex(bytes: usize) -> String {
         );
         filled += n as usize;
     }
-    buf.iter().map(|b| format!("{b:02x}")).collect()
+    buf
 }
 
 /// Removes a tree if it exists. Layer trees hold root-owned 0000 files and

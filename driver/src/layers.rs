@@ -19,12 +19,20 @@ pub struct LayerRecord {
     pub parent: Option<Digest>,
     /// Apparent size of the layer's contents (see `sizes`).
     pub size: u64,
-    /// Short name under `l/`, used in legacy mount option strings.
+    /// Short name under `l/`, used in legacy mount option strings (see
+    /// LINK_NAME_LEN).
     pub link: String,
     pub created: u64,
 }
 
 const RECORD: &str = "layer.json";
+
+/// Short link names are this many characters of [0-9a-z] (31 bits).
+/// The legacy mount runs from inside l/, so a layer costs "name:", 7
+/// bytes, and the kernel's 500 layers fit the one-page option string with
+/// room for the upper and work paths. (Docker's 26-character names stop
+/// near 130 layers.)
+pub const LINK_NAME_LEN: usize = 6;
 
 impl Store {
     pub fn layer_dir(&self, chain: &Digest) -> PathBuf {
@@ -92,18 +100,32 @@ impl Store {
             diff_id: diff_id.clone(),
             parent: parent.cloned(),
             size,
-            link: fsutil::random_hex(13),
+            link: self.create_short_link(chain_id)?,
             created: now_secs(),
         };
         fsutil::write_json_atomic(&staged.path().join(RECORD), &record)?;
-        let link = self.links_dir().join(&record.link);
-        symlink(format!("../layers/{}/diff", chain_id.hex()), &link)
-            .ctx(|| format!("creating short link {}", link.display()))?;
         let dest = self.layer_dir(chain_id);
         let from = staged.keep();
         fs::rename(&from, &dest).ctx(|| format!("publishing layer {}", dest.display()))?;
         fsutil::sync_dir(&self.layers_dir())?;
         Ok((record, false))
+    }
+
+    /// Makes l/NAME -> ../layers/CHAIN/diff under a fresh random name and
+    /// returns the name. A name already taken is simply drawn again.
+    fn create_short_link(&self, chain_id: &Digest) -> Result<String> {
+        let target = format!("../layers/{}/diff", chain_id.hex());
+        for _ in 0..16 {
+            let name = fsutil::random_name(LINK_NAME_LEN);
+            let link = self.links_dir().join(&name);
+            match symlink(&target, &link) {
+                Ok(()) => return Ok(name),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e).ctx(|| format!("creating short link {}", link.display())),
+            }
+        }
+        Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists))
+            .ctx(|| "no free short link name in 16 draws".into())
     }
 
     /// Deletes a layer: first out of sight (rename into tmp), then from disk.

@@ -3,9 +3,9 @@
 //! Since Linux 6.7 overlayfs takes one lower layer per `fsconfig` call
 //! (`lowerdir+`) through the new mount API, so a stack is limited only by
 //! the kernel's 500 layers. Older kernels get the legacy `mount(2)` option
-//! string, which must fit in a page: lower layers are named by short links
-//! relative to the store root, resolved from a thread whose working
-//! directory is that root.
+//! string, which must fit in a page: lower layers are named by 6-character
+//! links in the store's l/, resolved from a thread whose working directory
+//! is l/, which leaves room for the kernel's 500 layers too.
 
 use std::ffi::{CStr, CString};
 use std::fs;
@@ -241,10 +241,14 @@ fn mount_legacy(spec: &OverlaySpec<'_>) -> Result<()> {
         opts.push_str(",volatile");
     }
     if opts.len() > LEGACY_OPTIONS_MAX {
-        let per_layer = opts.len() / spec.lowers.len().max(1);
+        // What would fit: the room the rest of the string leaves, in
+        // layers of this stack's average name length.
+        let n = spec.lowers.len().max(1);
+        let lowers_len: usize = spec.short_lowers.iter().map(|s| s.len() + 1).sum();
+        let rest = opts.len() + 1 - lowers_len;
         return Err(Error::TooManyLayers {
             count: spec.lowers.len(),
-            limit: LEGACY_OPTIONS_MAX / per_layer.max(1),
+            limit: LEGACY_OPTIONS_MAX.saturating_sub(rest) * n / lowers_len.max(1),
         });
     }
     let base = spec.links_base.to_path_buf();

@@ -292,7 +292,8 @@ impl Store {
             diff_id: img.diff_ids[i].clone(),
             parent: i.checked_sub(1).map(|p| img.layers[p].clone()),
             size: apparent_size(&self.layer_diff(chain))?,
-            link: existing_link.unwrap_or_else(|| fsutil::random_hex(13)),
+            link: existing_link
+                .unwrap_or_else(|| fsutil::random_name(crate::layers::LINK_NAME_LEN)),
             created: now_secs(),
         };
         fsutil::write_json_atomic(&self.layer_dir(chain).join("layer.json"), &rec)

@@ -60,6 +60,11 @@ impl TestStore {
     /// Builds a docker-archive directory from layer builders (bottom
     /// first) and imports it as `name`.
     pub fn image(&self, name: &str, layers: Vec<LayerFn>) -> String {
+        self.image_into(&self.store, name, layers)
+    }
+
+    /// The same, into another store (one at an odd path, say).
+    pub fn image_into(&self, store: &Store, name: &str, layers: Vec<LayerFn>) -> String {
         let work = self.scratch(&format!("build-{}", name.replace([':', '/'], "_")));
         let mut tars = Vec::new();
         for (i, f) in layers.into_iter().enumerate() {
@@ -70,7 +75,7 @@ impl TestStore {
         let archive = work.join("archive");
         write_docker_archive(&archive, name, &tars).unwrap();
         import(
-            &self.store,
+            store,
             archive.to_str().unwrap(),
             &ImportOptions {
                 name: Some(name.into()),
