@@ -166,7 +166,16 @@ fn boot(
 ) -> Result<String> {
     let mut child = Command::new("qemu-system-x86_64")
         .args(["-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2"])
-        .args(["-m", "4096", "-nographic", "-no-reboot", "-kernel"])
+        // No network in the guest: the tests need none.
+        .args([
+            "-m",
+            "4096",
+            "-nographic",
+            "-nic",
+            "none",
+            "-no-reboot",
+            "-kernel",
+        ])
         .arg(&kernel.vmlinuz)
         .arg("-initrd")
         .arg(initrd)
