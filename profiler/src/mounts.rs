@@ -35,11 +35,12 @@ fn parse_line(line: &str) -> Option<OverlayMount> {
     let mount_point = unescape(pre.split(' ').nth(4)?);
     let options = post.nth(1)?;
     // Legacy mounts may name layers relative to the mounting process's cwd;
-    // strata's are relative to its store root, three levels above merged/.
+    // strata mounts from its store's l/ (the store root is three levels
+    // above merged/), naming each layer by its short link there.
     let base = mount_point
         .ancestors()
         .nth(3)
-        .map(Path::to_path_buf)
+        .map(|root| root.join("l"))
         .unwrap_or_default();
     let abs = |p: &str| {
         let p = unescape(p);
@@ -119,7 +120,7 @@ mod tests {
                 PathBuf::from("/s/layers/b/diff")
             ]
         );
-        let legacy = "51 27 0:43 / /s/containers/c/merged rw - overlay overlay rw,lowerdir=l/AB:l/CD,upperdir=/u,workdir=/w";
+        let legacy = "51 27 0:43 / /s/containers/c/merged rw - overlay overlay rw,lowerdir=AB:CD,upperdir=/u,workdir=/w";
         let m = parse_line(legacy).unwrap();
         assert_eq!(
             m.lowers,

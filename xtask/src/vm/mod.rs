@@ -66,6 +66,26 @@ pub fn vm_test(kernels: &[String], only: &[String], timeout: Duration) -> Result
         }
         expected.insert(name.clone(), names);
     }
+    // doctor first: on these stock kernels every backend must be there.
+    let prof = bins
+        .iter()
+        .find(|b| b.ends_with("strata-prof"))
+        .context("cargo built no strata-prof")?;
+    plan.insert(
+        0,
+        PlannedBinary {
+            name: results::DOCTOR.to_string(),
+            path: prof.clone(),
+            args: vec!["doctor".to_string()],
+        },
+    );
+    expected.insert(
+        results::DOCTOR.to_string(),
+        results::EXPECTED_BACKENDS
+            .iter()
+            .map(|b| format!("{b}_available"))
+            .collect(),
+    );
     let disk = vm.join("disk.img");
     image::disk(&plan, &bins, &vm.join("rootfs"), &disk)?;
 

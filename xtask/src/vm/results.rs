@@ -5,6 +5,13 @@ use std::time::Duration;
 
 use super::image::MARK;
 
+/// The pseudo test binary that runs `strata-prof doctor` in the guest.
+pub const DOCTOR: &str = "doctor";
+
+/// Backends doctor must report available on every kernel of the matrix:
+/// they are stock distro kernels, with BTF, kprobes and trampolines.
+pub const EXPECTED_BACKENDS: &[&str] = &["fentry", "kprobe", "tracepoint"];
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
     Passed,
@@ -73,6 +80,21 @@ impl Report {
                 continue;
             }
             let Some(bin) = current else { continue };
+            if bin == DOCTOR {
+                // "<backend>  available|unavailable  <why>"
+                let mut words = line.split_whitespace();
+                if let (Some(b), Some(state)) = (words.next(), words.next()) {
+                    if EXPECTED_BACKENDS.contains(&b) {
+                        let outcome = if state == "available" {
+                            Outcome::Passed
+                        } else {
+                            Outcome::Failed
+                        };
+                        seen.insert((bin.to_string(), format!("{b}_available")), outcome);
+                    }
+                }
+                continue;
+            }
             // Output of a test's child processes can share the line, so
             // look for the result anywhere in it.
             for t in &expected[bin] {
