@@ -158,17 +158,18 @@ fn try_inode_created(ctx: &TracePointContext) -> Result<(), i64> {
 #[tracepoint]
 pub fn strata_sys_exit(ctx: TracePointContext) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
-    let _ = try_sys_exit(&ctx, tid);
+    // Most exits (a read-only open, a filtered-out process) have no entry:
+    // one lookup, not a lookup and a delete.
+    let Some(call) = INFLIGHT.get_ptr(&tid) else {
+        return 0;
+    };
+    // SAFETY: the entry belongs to this thread; removed only after this.
+    let _ = try_sys_exit(&ctx, unsafe { &*call }, tid);
     let _ = INFLIGHT.remove(&tid);
     0
 }
 
-fn try_sys_exit(ctx: &TracePointContext, tid: u32) -> Result<(), i64> {
-    let Some(call) = INFLIGHT.get_ptr(&tid) else {
-        return Ok(());
-    };
-    // SAFETY: the entry belongs to this thread; removed only after we return.
-    let call = unsafe { &*call };
+fn try_sys_exit(ctx: &TracePointContext, call: &InFlight, tid: u32) -> Result<(), i64> {
     if call.dirs_created == 0 && call.files_created == 0 {
         return Ok(());
     }
