@@ -18,7 +18,9 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::{Map, MapData};
 use aya::Ebpf;
-use aya_obj::generated::{bpf_attach_type, bpf_btf_info, bpf_cmd, bpf_insn, bpf_prog_type};
+use aya_obj::generated::{
+    bpf_attach_type, bpf_btf_info, bpf_cmd, bpf_insn, bpf_prog_info, bpf_prog_type,
+};
 
 use crate::btf::Btf;
 
@@ -30,8 +32,24 @@ pub enum Hook {
 
 /// A loaded and attached program; closing the fds detaches it.
 pub struct FnLink {
-    _prog: OwnedFd,
+    pub name: &'static str,
+    prog: OwnedFd,
     _link: OwnedFd,
+}
+
+impl FnLink {
+    /// (runs, total ns) while kernel BPF run-time stats were on.
+    pub fn run_stats(&self) -> Result<(u64, u64)> {
+        // SAFETY: bpf_prog_info is plain integers; all-zero is valid.
+        let mut info: bpf_prog_info = unsafe { zeroed() };
+        let mut get = InfoAttr {
+            bpf_fd: self.prog.as_raw_fd() as u32,
+            info_len: size_of::<bpf_prog_info>() as u32,
+            info: &mut info as *mut bpf_prog_info as u64,
+        };
+        bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut get).context("reading program info")?;
+        Ok((info.run_cnt, info.run_time_ns))
+    }
 }
 
 /// Loads `prog` from `object` to run at entry or exit of kernel
@@ -95,7 +113,7 @@ pub fn load(
 }
 
 /// Attaches a loaded fentry/fexit program to the function it was loaded for.
-pub fn attach(prog: OwnedFd) -> Result<FnLink> {
+pub fn attach(name: &'static str, prog: OwnedFd) -> Result<FnLink> {
     let mut attr = RawTracepointAttr {
         name: 0,
         prog_fd: prog.as_raw_fd() as u32,
@@ -103,7 +121,8 @@ pub fn attach(prog: OwnedFd) -> Result<FnLink> {
     };
     let link = bpf_fd(bpf_cmd::BPF_RAW_TRACEPOINT_OPEN, &mut attr).context("attaching")?;
     Ok(FnLink {
-        _prog: prog,
+        name,
+        prog,
         _link: link,
     })
 }

@@ -78,6 +78,10 @@ enum Cmd {
         /// how many layers down it lives. Costs more on hot paths.
         #[arg(long)]
         vfs: bool,
+        /// Also measure what each probe costs per run (the kernel's BPF
+        /// run-time stats, on while recording) and print it at the end.
+        #[arg(long)]
+        probe_cost: bool,
     },
     /// Plot latency against file size and depth from `record --json` or
     /// `sweep --json` output.
@@ -150,6 +154,7 @@ fn main() -> Result<()> {
             json,
             hdr_log,
             vfs,
+            probe_cost,
         } => {
             let mount = match container {
                 Some(id) => {
@@ -179,6 +184,7 @@ fn main() -> Result<()> {
                 json,
                 hdr_log,
                 vfs,
+                probe_cost,
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

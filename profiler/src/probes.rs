@@ -53,7 +53,7 @@ pub struct Probes {
     /// Whether the upper filesystem's fsync is traced (copy-up fsync part).
     pub fsync_traced: bool,
     /// The fentry backend's programs, loaded outside aya (see fentry.rs).
-    _fn_links: Vec<FnLink>,
+    fn_links: Vec<FnLink>,
 }
 
 /// Offsets resolved from the running kernel.
@@ -173,7 +173,7 @@ impl Probes {
             attached,
             missing,
             fsync_traced,
-            _fn_links: fn_links,
+            fn_links,
         })
     }
 }
@@ -345,7 +345,8 @@ fn attach_copy_up_fn(ebpf: &mut Ebpf, backend: Backend) -> Result<Vec<FnLink>> {
             .into_iter()
             .map(|(prog, hook)| {
                 let fd = fentry::load(ebpf, object()?, btf, prog, hook, COPY_UP_FN)?;
-                fentry::attach(fd).with_context(|| format!("attaching {prog} to {COPY_UP_FN}"))
+                fentry::attach(prog, fd)
+                    .with_context(|| format!("attaching {prog} to {COPY_UP_FN}"))
             })
             .collect()
         }
@@ -401,7 +402,42 @@ pub fn try_load(backend: Backend) -> Result<(), String> {
     r.map_err(|e| format!("{e:#}"))
 }
 
+/// What one of strata's programs cost while BPF run-time stats were on.
+#[derive(Debug, serde::Serialize)]
+pub struct ProgramCost {
+    pub program: String,
+    pub runs: u64,
+    pub ns_per_run: u64,
+}
+
 impl Probes {
+    /// Run count and mean time per run of every attached program. The
+    /// kernel counts only while stats are enabled (`record --probe-cost`).
+    pub fn program_costs(&self) -> Result<Vec<ProgramCost>> {
+        let mut out = Vec::new();
+        let mut push = |program: &str, runs: u64, ns: u64| {
+            if runs > 0 {
+                out.push(ProgramCost {
+                    program: program.to_string(),
+                    runs,
+                    ns_per_run: ns / runs,
+                });
+            }
+        };
+        for (name, prog) in self.ebpf.programs() {
+            // Programs this backend never loaded have no info.
+            if let Ok(info) = prog.info() {
+                push(name, info.run_count(), info.run_time().as_nanos() as u64);
+            }
+        }
+        for link in &self.fn_links {
+            let (runs, ns) = link.run_stats()?;
+            push(link.name, runs, ns);
+        }
+        out.sort_by(|a, b| a.program.cmp(&b.program));
+        Ok(out)
+    }
+
     pub fn ring_buffer(&mut self) -> Result<RingBuf<MapData>> {
         let map = self
             .ebpf

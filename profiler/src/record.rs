@@ -31,6 +31,9 @@ pub struct RecordArgs {
     pub hdr_log: Option<PathBuf>,
     /// Also time read/write/fsync/open by what backs the file.
     pub vfs: bool,
+    /// Turn on the kernel's BPF run-time stats and report each probe's
+    /// cost per run at the end.
+    pub probe_cost: bool,
 }
 
 struct Fd(RawFd);
@@ -59,6 +62,13 @@ pub async fn record(args: RecordArgs) -> Result<Histograms> {
             bail!("{} is not an overlay mount point", m.display());
         }
     }
+    // Held for the whole recording: the kernel counts runs and time only
+    // while some process holds this (it adds two clock reads per run).
+    let _stats = args
+        .probe_cost
+        .then(|| aya::sys::enable_stats(aya::sys::Stats::RunTime))
+        .transpose()
+        .context("turning on BPF run-time stats")?;
     let mut session = Session::start(filters, args.backend, args.mount.clone(), args.vfs)?;
     let mut vfs_seen = std::collections::HashMap::new();
     eprintln!("strata-prof: {}", session.reason);
@@ -156,6 +166,9 @@ pub async fn record(args: RecordArgs) -> Result<Histograms> {
     total.merge(&interval);
 
     let counters = session.counters()?;
+    if args.probe_cost {
+        emit_probe_costs(&mut out, &args, &session.probes().program_costs()?)?;
+    }
     if args.json {
         writeln!(
             out,
@@ -213,6 +226,30 @@ fn emit_interval(
     output::print_tables(out, h)?;
     output::print_counters(out, &s.counters()?, s.new_files)?;
     out.flush()?;
+    Ok(())
+}
+
+fn emit_probe_costs(
+    out: &mut impl Write,
+    args: &RecordArgs,
+    costs: &[crate::probes::ProgramCost],
+) -> Result<()> {
+    if !args.json {
+        writeln!(out, "\nprobe cost (kernel BPF run-time stats):")?;
+    }
+    for c in costs {
+        if args.json {
+            let mut v = serde_json::to_value(c)?;
+            v["type"] = "probe_cost".into();
+            writeln!(out, "{v}")?;
+        } else {
+            writeln!(
+                out,
+                "  {:<28} {:>10} runs {:>8} ns/run",
+                c.program, c.runs, c.ns_per_run
+            )?;
+        }
+    }
     Ok(())
 }
 

@@ -33,6 +33,8 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 struct Recording {
     child: Child,
     stdout: Option<std::thread::JoinHandle<String>>,
+    /// The line saying which backend record attached, and why.
+    ready: String,
 }
 
 impl Recording {
@@ -52,11 +54,12 @@ impl Recording {
                 let _ = tx.send(line);
             }
         });
-        let recording = Recording {
+        let mut recording = Recording {
             child,
             stdout: Some(std::thread::spawn(move || {
                 std::io::read_to_string(stdout).unwrap()
             })),
+            ready: String::new(),
         };
         // Generous: under software emulation (`cargo xtask vm-test`) a
         // debug build takes seconds to read BTF and load the programs.
@@ -70,6 +73,7 @@ impl Recording {
                     .any(|b| ready.contains(b)),
             "{ready}"
         );
+        recording.ready = ready;
         recording
     }
 
@@ -344,7 +348,15 @@ fn record_streams_one_event_per_copy_up_with_its_trigger() {
         m.as_os_str(),
         "--hdr-log".as_ref(),
         hdr.as_os_str(),
+        "--probe-cost".as_ref(),
     ]);
+    // "strata-prof: <backend> backend: ..."
+    let backend = recording
+        .ready
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
 
     let d = m.join("d");
     let open_w = |p: &Path| {
@@ -434,6 +446,39 @@ fn record_streams_one_event_per_copy_up_with_its_trigger() {
         summary["new_files"], 1,
         "brand-new is a creation, not a copy-up"
     );
+    // What each probe cost, from the kernel's own run-time stats; the
+    // copy-up function probes of a precise backend ran for every copy-up.
+    let costs: Vec<&Value> = lines.iter().filter(|v| v["type"] == "probe_cost").collect();
+    for c in &costs {
+        println!(
+            "probe cost on the {backend} backend: {} ran {} times, {} ns/run",
+            c["program"], c["runs"], c["ns_per_run"]
+        );
+    }
+    let runs = |prog: &str| {
+        costs
+            .iter()
+            .find(|c| c["program"] == prog)
+            .map_or(0, |c| c["runs"].as_u64().unwrap())
+    };
+    let watched = summary["kernel"]["watched_calls"].as_u64().unwrap();
+    assert!(runs("strata_sys_enter") >= watched, "{costs:?}");
+    assert!(runs("strata_sys_exit") >= watched, "{costs:?}");
+    let copy_up_fn = match backend.as_str() {
+        "fentry" => ["strata_fentry_copy_up", "strata_fexit_copy_up"],
+        "kprobe" => ["strata_kprobe_copy_up", "strata_kretprobe_copy_up"],
+        _ => ["", ""],
+    };
+    for prog in copy_up_fn.into_iter().filter(|p| !p.is_empty()) {
+        assert!(
+            runs(prog) >= 8,
+            "{prog} ran {} times: {costs:?}",
+            runs(prog)
+        );
+    }
+    for c in &costs {
+        assert!(c["ns_per_run"].as_u64().unwrap() > 0, "{c}");
+    }
     let hlog = fs::read_to_string(&hdr).unwrap();
     assert!(
         hlog.contains("StartTime") && hlog.contains("Tag=Trigger=open-write"),
