@@ -162,7 +162,7 @@ pub fn print_sweep(r: &crate::sweep::SweepResult, json: bool) -> std::io::Result
         return writeln!(
             out,
             "{}",
-            json!({"type": "sweep", "backend": r.backend, "violations": r.violations})
+            json!({"type": "sweep", "backend": r.backend, "violations": r.violations, "retried": r.retried})
         );
     }
     writeln!(out, "copy-up latency by cell (backend {}):", r.backend)?;
@@ -184,6 +184,9 @@ pub fn print_sweep(r: &crate::sweep::SweepResult, json: bool) -> std::io::Result
             ns(c.stats.max),
             ns(c.user_p50)
         )?;
+    }
+    for why in &r.retried {
+        writeln!(out, "retried a cell after: {why}")?;
     }
     if r.violations.is_empty() {
         let n: usize = r.cells.iter().map(|c| c.triggered).sum();

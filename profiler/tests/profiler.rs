@@ -292,6 +292,9 @@ fn sweep_truth(backend: &str) {
     );
     let summary = lines.iter().find(|v| v["type"] == "sweep").unwrap();
     assert_eq!(summary["violations"], serde_json::json!([]), "{summary}");
+    for why in summary["retried"].as_array().unwrap() {
+        println!("{backend}: a cell was measured again after: {why}");
+    }
     assert_eq!(summary["backend"], backend);
     let plot = fs::read_to_string(&svg).unwrap();
     assert!(
