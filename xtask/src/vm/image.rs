@@ -67,6 +67,8 @@ exec switch_root /newroot /strata-vm/run
 ";
 
 /// What runs in the guest: each line of `plan` is `NAME PATH ARGS...`.
+/// /tmp and /run stay the disk's own directories: the checkout (and so
+/// the binaries' paths) may well be under /tmp, and a tmpfs would hide it.
 const RUNNER: &str = "#!/bin/sh
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root CI=true RUST_BACKTRACE=1
 mount -t proc proc /proc
@@ -74,8 +76,6 @@ mount -t sysfs sysfs /sys
 mount -t tracefs tracefs /sys/kernel/tracing
 mount -t bpf bpf /sys/fs/bpf
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
-mount -t tmpfs tmpfs /tmp
-mount -t tmpfs tmpfs /run
 echo \"@@strata-vm kernel $(uname -r)\"
 while read -r name bin args; do
   echo \"@@strata-vm begin $name\"
