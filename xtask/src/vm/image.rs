@@ -29,6 +29,11 @@ const TOOLS: &[&str] = &["/usr/sbin/mkfs.ext4"];
 /// The initramfs: `/init` loads the modules in order and hands over to the
 /// disk's runner.
 pub fn initramfs(kernel: &Kernel, out: &Path) -> Result<()> {
+    // The initramfs carries no libraries: a dynamic busybox (Debian's
+    // plain `busybox` package) cannot run there.
+    if !shared_libraries(Path::new(BUSYBOX))?.is_empty() {
+        bail!("{BUSYBOX} is dynamically linked; install busybox-static");
+    }
     let mut cpio = Cpio::default();
     for dir in ["bin", "dev", "proc", "sys", "newroot", "modules"] {
         cpio.dir(dir);
