@@ -290,6 +290,34 @@ fn read(path: &Path) -> Result<Vec<u8>, BtfError> {
 mod tests {
     use super::*;
 
+    /// A BTF blob: header, types, strings.
+    fn blob(types: &[u32], strings: &[u8]) -> Vec<u8> {
+        let type_len = types.len() as u32 * 4;
+        let mut b = vec![0x9f, 0xeb, 1, 0];
+        for v in [24, 0, type_len, type_len, strings.len() as u32] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        types
+            .iter()
+            .for_each(|t| b.extend_from_slice(&t.to_le_bytes()));
+        b.extend_from_slice(strings);
+        b
+    }
+
+    /// A module's split BTF numbers its types and strings on from the
+    /// base's: its function gets the ID after the base's last type.
+    #[test]
+    fn split_btf_continues_the_base_numbering() {
+        // Base: void (implicit) + INT "int".
+        let mut btf = Btf::parse(&blob(&[1, KIND_INT << 24, 4, 32], b"\0int\0")).unwrap();
+        assert_eq!(btf.func_id("my_fn"), None);
+        // Split: FUNC "my_fn", its name at the base's string length (5).
+        btf.add_split("mod", &blob(&[5, KIND_FUNC << 24, 1], b"my_fn\0"))
+            .unwrap();
+        assert_eq!(btf.func_id("my_fn"), Some((2, Some("mod"))));
+        assert!(btf.add_split("other", &blob(&[], b"\0")).is_err());
+    }
+
     /// The running kernel's BTF is real input: parse it and check offsets
     /// against invariants every kernel satisfies.
     #[test]
