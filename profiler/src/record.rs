@@ -103,6 +103,9 @@ pub async fn record(args: RecordArgs) -> Result<Histograms> {
     let mut interval = Histograms::default();
     let mut tick =
         tokio::time::interval_at(tokio::time::Instant::now() + args.interval, args.interval);
+    // The kernel side wakes us only per batch of events (a wakeup per
+    // event costs more than the rest of its report), so drain on a timer.
+    let mut drain = tokio::time::interval(DRAIN_EVERY);
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     let mut interval_start = Duration::ZERO;
     let ctrl_c = tokio::signal::ctrl_c();
@@ -117,14 +120,10 @@ pub async fn record(args: RecordArgs) -> Result<Histograms> {
         tokio::select! {
             guard = ring.readable() => {
                 let mut guard = guard?;
-                for e in session.poll() {
-                    if args.json {
-                        writeln!(out, "{}", output::event_json(&e))?;
-                    }
-                    interval.record(&e);
-                }
+                take_events(&mut session, &mut out, &args, &mut interval)?;
                 guard.clear_ready();
             }
+            _ = drain.tick() => take_events(&mut session, &mut out, &args, &mut interval)?,
             _ = tick.tick() => {
                 let elapsed = started.elapsed();
                 emit_interval(&mut out, &args, elapsed, &interval, &session)?;
@@ -145,12 +144,7 @@ pub async fn record(args: RecordArgs) -> Result<Histograms> {
         }
     }
     // Drain what is still queued before the probes go away.
-    for e in session.poll() {
-        if args.json {
-            writeln!(out, "{}", output::event_json(&e))?;
-        }
-        interval.record(&e);
-    }
+    take_events(&mut session, &mut out, &args, &mut interval)?;
     if let Some(log) = hdr_log.as_mut() {
         output::write_hdr_interval(
             log,
@@ -200,6 +194,25 @@ pub async fn record(args: RecordArgs) -> Result<Histograms> {
         );
     }
     Ok(total)
+}
+
+/// How often record drains the ring buffer without being woken.
+const DRAIN_EVERY: Duration = Duration::from_millis(50);
+
+/// Everything in the ring buffer now: printed (with --json) and counted.
+fn take_events(
+    session: &mut Session,
+    out: &mut impl Write,
+    args: &RecordArgs,
+    interval: &mut Histograms,
+) -> Result<()> {
+    for e in session.poll() {
+        if args.json {
+            writeln!(out, "{}", output::event_json(&e))?;
+        }
+        interval.record(&e);
+    }
+    Ok(())
 }
 
 fn emit_interval(
