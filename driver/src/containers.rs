@@ -32,6 +32,9 @@ pub struct ContainerRecord {
 
 const RECORD: &str = "container.json";
 
+/// Options of `create`; the default is an unnamed, durable container
+/// without volumes.
+#[derive(Default)]
 pub struct CreateOptions {
     pub name: Option<String>,
     pub volumes: Vec<VolumeMount>,

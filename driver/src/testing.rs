@@ -89,14 +89,7 @@ impl TestStore {
     pub fn container(&self, image: &str) -> (String, PathBuf) {
         let c = self
             .store
-            .create_container(
-                image,
-                &CreateOptions {
-                    name: None,
-                    volumes: vec![],
-                    volatile: false,
-                },
-            )
+            .create_container(image, &CreateOptions::default())
             .unwrap();
         let merged = self.store.mount_container(&c.id).unwrap();
         (c.id, merged)

@@ -118,14 +118,7 @@ fn more_layers_than_the_kernel_can_mount_is_refused() {
     ts.image("too-deep", layers);
     let err = ts
         .store
-        .create_container(
-            "too-deep",
-            &CreateOptions {
-                name: None,
-                volumes: vec![],
-                volatile: false,
-            },
-        )
+        .create_container("too-deep", &CreateOptions::default())
         .unwrap_err();
     assert!(
         matches!(

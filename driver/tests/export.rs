@@ -102,14 +102,7 @@ fn saved_images_load_in_podman_and_back_into_strata() {
             "{format:?}: the re-imported config differs"
         );
         let c = again
-            .create_container(
-                "back",
-                &strata_driver::containers::CreateOptions {
-                    name: None,
-                    volumes: vec![],
-                    volatile: false,
-                },
-            )
+            .create_container("back", &strata_driver::containers::CreateOptions::default())
             .unwrap();
         let merged = again.mount_container(&c.id).unwrap();
         assert_eq!(

@@ -53,14 +53,7 @@ fn legacy_option_string_mounts_500_layers_and_refuses_what_does_not_fit() {
         .collect();
     ts.image_into(&store, "far", layers);
     let c = store
-        .create_container(
-            "far",
-            &CreateOptions {
-                name: None,
-                volumes: vec![],
-                volatile: false,
-            },
-        )
+        .create_container("far", &CreateOptions::default())
         .unwrap();
     let err = store.mount_container(&c.id).unwrap_err();
     match err {

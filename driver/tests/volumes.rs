@@ -29,9 +29,8 @@ fn volume_io_bypasses_the_writable_layer_and_outlives_containers() {
             .create_container(
                 "img",
                 &CreateOptions {
-                    name: None,
                     volumes,
-                    volatile: false,
+                    ..Default::default()
                 },
             )
             .unwrap();
@@ -115,9 +114,8 @@ fn bad_volume_specs_and_names_are_refused() {
         .create_container(
             "nope",
             &CreateOptions {
-                name: None,
                 volumes: vec!["missing:/x".parse().unwrap()],
-                volatile: false,
+                ..Default::default()
             },
         )
         .unwrap_err();

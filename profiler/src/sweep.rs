@@ -251,14 +251,7 @@ fn run_cell(
     (violations, timing): (&mut Vec<String>, &mut Vec<String>),
 ) -> Result<Cell> {
     let image = build_image(store, key, reps)?;
-    let c = store.create_container(
-        &image,
-        &CreateOptions {
-            name: None,
-            volumes: Vec::new(),
-            volatile: false,
-        },
-    )?;
+    let c = store.create_container(&image, &CreateOptions::default())?;
     let merged = store.mount_container(&c.id)?;
     // One copy-up before the timed ones, so that none of them pays for
     // the mount's first use (cold dentries; under emulation, code seen for

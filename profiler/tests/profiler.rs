@@ -335,9 +335,8 @@ fn record_streams_one_event_per_copy_up_with_its_trigger() {
         .create_container(
             "img",
             &CreateOptions {
-                name: None,
                 volumes: vec!["v:/vol".parse().unwrap()],
-                volatile: false,
+                ..Default::default()
             },
         )
         .unwrap();
@@ -554,9 +553,8 @@ fn vfs_view_splits_by_backing_and_layer_depth() {
         .create_container(
             "three",
             &CreateOptions {
-                name: None,
                 volumes: vec!["vv:/vol".parse().unwrap()],
-                volatile: false,
+                ..Default::default()
             },
         )
         .unwrap();
@@ -631,9 +629,8 @@ fn copy_up_fsync_part_shows_durable_versus_volatile() {
             .create_container(
                 "img",
                 &CreateOptions {
-                    name: None,
-                    volumes: vec![],
                     volatile,
+                    ..Default::default()
                 },
             )
             .unwrap();
