@@ -101,12 +101,8 @@ fn json_lines(text: &str) -> Vec<Value> {
         .collect()
 }
 
-#[test]
-fn doctor_tells_which_backends_work_and_why() {
-    if !privileged() {
-        return;
-    }
-    let _serial = serial();
+/// `strata-prof doctor --json`, which must succeed.
+fn doctor() -> Value {
     let out = Command::new(BIN)
         .args(["doctor", "--json"])
         .output()
@@ -116,7 +112,16 @@ fn doctor_tells_which_backends_work_and_why() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let d: Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn doctor_tells_which_backends_work_and_why() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let d = doctor();
     let backend = |name: &str| {
         d["backends"]
             .as_array()
@@ -170,15 +175,7 @@ fn forcing_a_backend_the_kernel_lacks_fails_clearly() {
         return;
     }
     let _serial = serial();
-    let d: Value = serde_json::from_slice(
-        &Command::new(BIN)
-            .args(["doctor", "--json"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    for b in d["backends"].as_array().unwrap() {
+    for b in doctor()["backends"].as_array().unwrap() {
         if b["available"] == true {
             continue;
         }
@@ -202,12 +199,7 @@ fn forcing_a_backend_the_kernel_lacks_fails_clearly() {
 /// The backends doctor says work on this kernel: the tracepoint one here,
 /// all three on a stock distro kernel (`cargo xtask vm-test`).
 fn available_backends() -> Vec<String> {
-    let out = Command::new(BIN)
-        .args(["doctor", "--json"])
-        .output()
-        .unwrap();
-    let d: Value = serde_json::from_slice(&out.stdout).unwrap();
-    d["backends"]
+    doctor()["backends"]
         .as_array()
         .unwrap()
         .iter()
