@@ -16,7 +16,6 @@ mod syscalls;
 mod tracefs;
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -43,45 +42,14 @@ enum Cmd {
     },
     /// Stream copy-up histograms until Ctrl-C or --duration, then summarise.
     Record {
-        /// Force a backend instead of the most precise that works here.
-        #[arg(long, value_enum)]
-        backend: Option<Backend>,
-        /// Only this process (in-kernel filter).
-        #[arg(long)]
-        pid: Option<u32>,
-        /// Only this cgroup v2 directory (in-kernel filter).
-        #[arg(long)]
-        cgroup: Option<PathBuf>,
+        #[command(flatten)]
+        args: record::RecordArgs,
         /// Only this strata container (must be mounted).
         #[arg(long, conflicts_with = "mount")]
         container: Option<String>,
         /// strata's store root, for --container.
         #[arg(long, env = "STRATA_ROOT", default_value = strata_driver::store::DEFAULT_ROOT)]
         store_root: PathBuf,
-        /// Only this overlay mount point.
-        #[arg(long)]
-        mount: Option<PathBuf>,
-        /// Stop after this long (e.g. 30s, 5m).
-        #[arg(long, value_parser = humantime::parse_duration)]
-        duration: Option<Duration>,
-        /// Refresh the live view this often.
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
-        interval: Duration,
-        /// JSON lines: one per copy-up, one per interval histogram.
-        #[arg(long)]
-        json: bool,
-        /// Also write an HdrHistogram interval log.
-        #[arg(long)]
-        hdr_log: Option<PathBuf>,
-        /// Also time read/write/fsync/open system-wide by what backs the
-        /// file (lower layer, writable layer, not overlay) and, for opens,
-        /// how many layers down it lives. Costs more on hot paths.
-        #[arg(long)]
-        vfs: bool,
-        /// Also measure what each probe costs per run (the kernel's BPF
-        /// run-time stats, on while recording) and print it at the end.
-        #[arg(long)]
-        probe_cost: bool,
     },
     /// Plot latency against file size and depth from `record --json` or
     /// `sweep --json` output.
@@ -143,49 +111,27 @@ fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Doctor { json } => doctor(json),
         Cmd::Record {
-            backend,
-            pid,
-            cgroup,
+            mut args,
             container,
             store_root,
-            mount,
-            duration,
-            interval,
-            json,
-            hdr_log,
-            vfs,
-            probe_cost,
         } => {
-            let mount = match container {
-                Some(id) => {
-                    let store = strata_driver::Store::open(&store_root)?;
-                    let c = store.find_container(&id)?;
-                    let merged = store.merged_dir(&c.id);
-                    if c.mount_count == 0 {
-                        bail!(
-                            "container {} is not mounted (strata mount {})",
-                            c.name,
-                            c.name
-                        );
-                    }
-                    Some(merged)
+            if let Some(id) = container {
+                let store = strata_driver::Store::open(&store_root)?;
+                let c = store.find_container(&id)?;
+                if c.mount_count == 0 {
+                    bail!(
+                        "container {} is not mounted (strata mount {})",
+                        c.name,
+                        c.name
+                    );
                 }
-                None => mount
-                    .map(|m| m.canonicalize().with_context(|| format!("{}", m.display())))
-                    .transpose()?,
-            };
-            let args = record::RecordArgs {
-                backend,
-                pid,
-                cgroup,
-                mount,
-                duration,
-                interval,
-                json,
-                hdr_log,
-                vfs,
-                probe_cost,
-            };
+                args.mount = Some(store.merged_dir(&c.id));
+            } else if let Some(m) = &args.mount {
+                args.mount = Some(
+                    m.canonicalize()
+                        .with_context(|| format!("{}", m.display()))?,
+                );
+            }
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;

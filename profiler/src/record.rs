@@ -19,20 +19,42 @@ use crate::output;
 use crate::probes::Filters;
 use crate::session::Session;
 
+/// `strata-prof record`'s options (`--container` is resolved to `mount`
+/// before recording starts).
+#[derive(clap::Args)]
 pub struct RecordArgs {
+    /// Force a backend instead of the most precise that works here.
+    #[arg(long, value_enum)]
     pub backend: Option<Backend>,
+    /// Only this process (in-kernel filter).
+    #[arg(long)]
     pub pid: Option<u32>,
+    /// Only this cgroup v2 directory (in-kernel filter).
+    #[arg(long)]
     pub cgroup: Option<PathBuf>,
     /// Only this overlay mount point.
+    #[arg(long)]
     pub mount: Option<PathBuf>,
+    /// Stop after this long (e.g. 30s, 5m).
+    #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
+    /// Refresh the live view this often.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
     pub interval: Duration,
+    /// JSON lines: one per copy-up, one per interval histogram.
+    #[arg(long)]
     pub json: bool,
+    /// Also write an HdrHistogram interval log.
+    #[arg(long)]
     pub hdr_log: Option<PathBuf>,
-    /// Also time read/write/fsync/open by what backs the file.
+    /// Also time read/write/fsync/open system-wide by what backs the
+    /// file (lower layer, writable layer, not overlay) and, for opens,
+    /// how many layers down it lives. Costs more on hot paths.
+    #[arg(long)]
     pub vfs: bool,
-    /// Turn on the kernel's BPF run-time stats and report each probe's
-    /// cost per run at the end.
+    /// Also measure what each probe costs per run (the kernel's BPF
+    /// run-time stats, on while recording) and print it at the end.
+    #[arg(long)]
     pub probe_cost: bool,
 }
 
