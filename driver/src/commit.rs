@@ -7,7 +7,7 @@ use std::io::{BufReader, BufWriter};
 
 use crate::archive::{apply_layer, write_layer_tar};
 use crate::digest::{Digest, HashingWriter};
-use crate::error::{IoContext, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{self, StagingDir, Txn};
 use crate::image::config;
 use crate::images::{normalize_name, ImageRecord};
@@ -17,7 +17,11 @@ use crate::store::Store;
 pub fn commit(store: &Store, container: &str, name: &str) -> Result<ImageRecord> {
     let name = normalize_name(name)?;
     let c = store.find_container(container)?;
-    let base = store.find_image(c.image.as_str())?;
+    c.refuse_if_snapshot("commit")?;
+    let image = c.image.as_ref().ok_or_else(|| {
+        Error::Invalid(format!("container {} has no image to commit onto", c.name))
+    })?;
+    let base = store.find_image(image.as_str())?;
     let base_config = store.image_config(&base.id)?;
 
     // The layer tar is the canonical form: its digest is the diffID, and

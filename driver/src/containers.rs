@@ -1,4 +1,7 @@
-//! Containers: one writable layer (upper + work) over an image's layers.
+//! Containers: one writable layer (upper + work) over a chain of read-only
+//! layers: an image's (`strata create`), or a containerd snapshot's parents
+//! (`strata snapshotter`), so both front doors share one kind of writable
+//! layer that `ps`, `diff`, `system df` and `check` all see.
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
@@ -20,9 +23,14 @@ use crate::volumes::VolumeMount;
 pub struct ContainerRecord {
     pub id: String,
     pub name: String,
-    pub image: Digest,
-    /// The image's chain IDs, bottom first, fixed at create time.
+    /// The image it was created from; None for a containerd snapshot.
+    pub image: Option<Digest>,
+    /// The layers beneath it, bottom first, fixed at create time.
     pub layers: Vec<Digest>,
+    /// The containerd snapshot key that owns this writable layer. Such a
+    /// container is mounted, committed and removed through containerd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
     pub volumes: Vec<VolumeMount>,
     pub volatile: bool,
     /// Outstanding `strata mount`s; unmounted when it drops to zero.
@@ -30,7 +38,21 @@ pub struct ContainerRecord {
     pub created: u64,
 }
 
-const RECORD: &str = "container.json";
+pub(crate) const RECORD: &str = "container.json";
+
+impl ContainerRecord {
+    /// containerd mounts, commits and removes its snapshots' writable
+    /// layers itself; the CLI doing so behind its back would break them.
+    pub fn refuse_if_snapshot(&self, what: &str) -> Result<()> {
+        match &self.snapshot {
+            Some(key) => Err(Error::InUse(format!(
+                "container {} is containerd snapshot {key:?}: {what} it through containerd",
+                self.name
+            ))),
+            None => Ok(()),
+        }
+    }
+}
 
 /// Options of `create`; the default is an unnamed, durable container
 /// without volumes.
@@ -106,15 +128,6 @@ impl Store {
     ) -> Result<ContainerRecord> {
         let _lock = self.lock()?;
         let image = self.find_image(image_ref)?;
-        for l in &image.layers {
-            self.require_layer(l)?;
-        }
-        if image.layers.len() > mount::MAX_LAYERS {
-            return Err(Error::TooManyLayers {
-                count: image.layers.len(),
-                limit: mount::MAX_LAYERS,
-            });
-        }
         for v in &opts.volumes {
             self.volume(&v.volume)?;
         }
@@ -129,23 +142,38 @@ impl Store {
         if self.containers()?.iter().any(|c| c.name == name) {
             return Err(Error::AlreadyExists(format!("container {name}")));
         }
-        let record = ContainerRecord {
-            id: id.clone(),
+        self.publish_container(ContainerRecord {
+            id,
             name,
-            image: image.id.clone(),
+            image: Some(image.id.clone()),
             layers: image.layers.clone(),
+            snapshot: None,
             volumes: opts.volumes.clone(),
             volatile: opts.volatile,
             mount_count: 0,
             created: now_secs(),
-        };
+        })
+    }
+
+    /// Makes `record` (its layers checked, its id fresh) visible with an
+    /// empty upper, work and merged directory. Call with the store lock held.
+    pub(crate) fn publish_container(&self, record: ContainerRecord) -> Result<ContainerRecord> {
+        for l in &record.layers {
+            self.require_layer(l)?;
+        }
+        if record.layers.len() > mount::MAX_LAYERS {
+            return Err(Error::TooManyLayers {
+                count: record.layers.len(),
+                limit: mount::MAX_LAYERS,
+            });
+        }
         let staged = StagingDir::create(&self.tmp_dir(), "container")?;
         for d in ["upper", "work", "merged"] {
             fs::create_dir(staged.path().join(d)).ctx(|| format!("creating {d}"))?;
         }
         fsutil::write_json_atomic(&staged.path().join(RECORD), &record)?;
         let from = staged.keep();
-        let dest = self.container_dir(&id);
+        let dest = self.container_dir(&record.id);
         fs::rename(&from, &dest).ctx(|| format!("publishing container {}", dest.display()))?;
         fsutil::sync_dir(&self.containers_dir())?;
         Ok(record)
@@ -155,6 +183,7 @@ impl Store {
     pub fn mount_container(&self, reference: &str) -> Result<PathBuf> {
         let _lock = self.lock()?;
         let mut c = self.find_container(reference)?;
+        c.refuse_if_snapshot("mount")?;
         let merged = self.merged_dir(&c.id);
         // After a reboot the count outlives the mount: remount then.
         // Mount table and record change in two steps: if this process dies
@@ -242,6 +271,7 @@ impl Store {
     pub fn unmount_container(&self, reference: &str) -> Result<()> {
         let _lock = self.lock()?;
         let mut c = self.find_container(reference)?;
+        c.refuse_if_snapshot("umount")?;
         if c.mount_count == 0 {
             return Err(Error::Invalid(format!(
                 "container {} is not mounted",
@@ -263,6 +293,7 @@ impl Store {
     pub fn remove_container(&self, reference: &str, force: bool) -> Result<()> {
         let _lock = self.lock()?;
         let c = self.find_container(reference)?;
+        c.refuse_if_snapshot("rm")?;
         let merged = self.merged_dir(&c.id);
         let mounted = c.mount_count > 0 || mount::is_mountpoint(&merged);
         if mounted && !force {

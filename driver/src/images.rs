@@ -148,7 +148,7 @@ impl Store {
         let users: Vec<String> = self
             .containers()?
             .into_iter()
-            .filter(|c| c.image == image.id)
+            .filter(|c| c.image.as_ref() == Some(&image.id))
             .map(|c| c.name)
             .collect();
         if !users.is_empty() {
@@ -177,12 +177,7 @@ impl Store {
         // orphans, which recovery (triggered by this txn) deletes.
         let txn = Txn::begin(&self.tmp_dir(), "image-rm")?;
         self.delete_image_record(&image.id)?;
-        let still_used: HashSet<Digest> = self
-            .images()?
-            .into_iter()
-            .flat_map(|i| i.layers)
-            .chain(self.containers()?.into_iter().flat_map(|c| c.layers))
-            .collect();
+        let still_used = self.referenced_layers()?;
         let mut freed = Vec::new();
         for chain in image.layers.iter().rev() {
             if still_used.contains(chain) || freed.contains(chain) {

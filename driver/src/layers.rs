@@ -1,6 +1,7 @@
 //! The layer store: read-only, content-addressed by chain ID, shared by
 //! every image whose stack contains them.
 
+use std::collections::HashSet;
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::PathBuf;
@@ -23,6 +24,13 @@ pub struct LayerRecord {
     /// LINK_NAME_LEN).
     pub link: String,
     pub created: u64,
+    /// Set on a layer made by committing a containerd snapshot: the
+    /// writable layer whose upper directory became this layer's diff. Its
+    /// IDs are then not content digests (containerd has applied the
+    /// changes itself), and an interrupted commit can be rolled back by
+    /// moving the diff back (see recovery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_container: Option<String>,
 }
 
 const RECORD: &str = "layer.json";
@@ -102,6 +110,7 @@ impl Store {
             size,
             link: self.create_short_link(chain_id)?,
             created: now_secs(),
+            from_container: None,
         };
         fsutil::write_json_atomic(&staged.path().join(RECORD), &record)?;
         let dest = self.layer_dir(chain_id);
@@ -109,6 +118,50 @@ impl Store {
         fs::rename(&from, &dest).ctx(|| format!("publishing layer {}", dest.display()))?;
         fsutil::sync_dir(&self.layers_dir())?;
         Ok((record, false))
+    }
+
+    /// Turns a container's upper directory into layer `chain_id`, by
+    /// rename: record first, then the diff, so that recovery can tell an
+    /// interrupted commit (a layer nothing references whose container
+    /// still exists without its upper) and move the diff back. Call with
+    /// the store lock held and a transaction open.
+    pub(crate) fn publish_snapshot_layer(
+        &self,
+        container: &str,
+        chain_id: &Digest,
+        parent: Option<&Digest>,
+        size: u64,
+    ) -> Result<LayerRecord> {
+        let dir = self.layer_dir(chain_id);
+        fs::create_dir(&dir).ctx(|| format!("creating {}", dir.display()))?;
+        let record = LayerRecord {
+            chain_id: chain_id.clone(),
+            diff_id: chain_id.clone(),
+            parent: parent.cloned(),
+            size,
+            link: self.create_short_link(chain_id)?,
+            created: now_secs(),
+            from_container: Some(container.to_string()),
+        };
+        fsutil::write_json_atomic(&dir.join(RECORD), &record)?;
+        let upper = self.upper_dir(container);
+        fs::rename(&upper, dir.join("diff"))
+            .ctx(|| format!("moving {} into layer {chain_id}", upper.display()))?;
+        fsutil::sync_dir(&dir)?;
+        fsutil::sync_dir(&self.container_dir(container))?;
+        fsutil::sync_dir(&self.layers_dir())?;
+        Ok(record)
+    }
+
+    /// Every layer something still stands on: an image, a container (its
+    /// writable layer's lowers, whichever front door made it) or a
+    /// committed containerd snapshot. The one answer to "may this layer
+    /// go?" for image rm, snapshot remove and recovery alike.
+    pub fn referenced_layers(&self) -> Result<HashSet<Digest>> {
+        let mut used: HashSet<Digest> = self.images()?.into_iter().flat_map(|i| i.layers).collect();
+        used.extend(self.containers()?.into_iter().flat_map(|c| c.layers));
+        used.extend(self.snapshot_db()?.committed_layers());
+        Ok(used)
     }
 
     /// Makes l/NAME -> ../layers/CHAIN/diff under a fresh random name and

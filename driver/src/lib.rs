@@ -20,6 +20,8 @@ pub mod layers;
 pub mod mount;
 pub mod recovery;
 pub mod sizes;
+pub mod snapshots;
+pub mod snapshotter;
 pub mod store;
 pub mod testing;
 pub mod volumes;

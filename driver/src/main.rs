@@ -11,6 +11,7 @@ use strata_driver::containers::CreateOptions;
 use strata_driver::export::{self, SaveFormat};
 use strata_driver::image::config;
 use strata_driver::import::{import, ImportOptions};
+use strata_driver::snapshotter::{self, ServeOptions};
 use strata_driver::store::DEFAULT_ROOT;
 use strata_driver::volumes::VolumeMount;
 use strata_driver::{commit, Store};
@@ -98,6 +99,17 @@ enum Cmd {
     /// Disk usage.
     #[command(subcommand)]
     System(SystemCmd),
+    /// Serve containerd's snapshots API on a unix socket (a containerd
+    /// proxy plugin of type "snapshot"), in the foreground until SIGTERM
+    /// or SIGINT.
+    Snapshotter {
+        /// The unix socket (created mode 0600; a stale one is replaced).
+        #[arg(long)]
+        address: PathBuf,
+        /// Open the socket to this group (mode 0660).
+        #[arg(long)]
+        group: Option<String>,
+    },
     /// Find (and with --repair fix) what a crash or a hand-made change
     /// left wrong; exits non-zero while a problem remains.
     Check {
@@ -214,6 +226,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Image(cmd) => image_cmd(&store, cmd),
+        Cmd::Snapshotter { address, group } => serve_snapshotter(store, address, group),
         Cmd::Create {
             image,
             name,
@@ -282,6 +295,39 @@ fn main() -> Result<()> {
             })
         }
     }
+}
+
+fn serve_snapshotter(store: Store, address: PathBuf, group: Option<String>) -> Result<()> {
+    let group = group
+        .map(|g| {
+            nix::unistd::Group::from_name(&g)
+                .with_context(|| format!("looking up group {g}"))?
+                .map(|g| g.gid)
+                .with_context(|| format!("no such group: {g}"))
+        })
+        .transpose()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        let stop = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        };
+        eprintln!(
+            "strata: serving containerd snapshots on {}",
+            address.display()
+        );
+        let opts = ServeOptions { address, group };
+        snapshotter::serve(store, opts, stop)
+            .await
+            .context("strata snapshotter")
+    })
 }
 
 fn image_cmd(store: &Store, cmd: ImageCmd) -> Result<()> {
@@ -404,7 +450,10 @@ fn ps(store: &Store, all: bool, size: bool, out: Output) -> Result<()> {
                 .iter()
                 .find(|i| i.id.as_str() == image_id)
                 .and_then(|i| i.names.first().cloned())
-                .unwrap_or_else(|| short(image_id.trim_start_matches("sha256:")));
+                .unwrap_or_else(|| match c["snapshot"].as_str() {
+                    Some(_) => "(containerd)".into(),
+                    None => short(image_id.trim_start_matches("sha256:")),
+                });
             let mut cells = vec![
                 short(c["id"].as_str().unwrap_or("")),
                 c["name"].as_str().unwrap_or("").to_string(),

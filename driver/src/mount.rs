@@ -62,6 +62,34 @@ impl MountApi {
     }
 }
 
+/// A mount described, not made: what the snapshotter hands containerd,
+/// which mounts it itself (fstab-style type, source and options).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct MountSpec {
+    pub fstype: String,
+    pub source: String,
+    pub options: Vec<String>,
+}
+
+impl MountSpec {
+    /// A recursive bind of `source`, read-only or read-write.
+    pub fn bind(source: String, readonly: bool) -> MountSpec {
+        MountSpec {
+            fstype: "bind".into(),
+            source,
+            options: vec![if readonly { "ro" } else { "rw" }.into(), "rbind".into()],
+        }
+    }
+
+    pub fn overlay(options: Vec<String>) -> MountSpec {
+        MountSpec {
+            fstype: "overlay".into(),
+            source: "overlay".into(),
+            options,
+        }
+    }
+}
+
 pub struct OverlaySpec<'a> {
     /// Lower directories, top (nearest the container) first.
     pub lowers: Vec<PathBuf>,
@@ -203,7 +231,7 @@ fn mount_new_api(spec: &OverlaySpec<'_>) -> Result<()> {
 /// Options strata always sets, so copy-up and export behave the same on
 /// every kernel whatever its build defaults: no inode index, no
 /// metadata-only copy-up, no redirected directories.
-fn fixed_options() -> [(&'static CStr, &'static str); 3] {
+pub(crate) fn fixed_options() -> [(&'static CStr, &'static str); 3] {
     [
         (c"index", "off"),
         (c"metacopy", "off"),

@@ -28,6 +28,7 @@ use crate::fsutil;
 use crate::layers::{now_secs, LayerRecord};
 use crate::mount;
 use crate::sizes::apparent_size;
+use crate::snapshots::SnapshotState;
 use crate::store::Store;
 
 /// Problems found so far; with `repair`, each is fixed as it is found.
@@ -132,11 +133,7 @@ impl Store {
 
         let images = self.images()?;
         let containers = self.containers()?;
-        let referenced: HashSet<Digest> = images
-            .iter()
-            .flat_map(|i| i.layers.iter().cloned())
-            .chain(containers.iter().flat_map(|c| c.layers.iter().cloned()))
-            .collect();
+        let referenced = self.referenced_layers()?;
         let mut present = HashSet::new();
         for e in fs::read_dir(self.layers_dir())
             .ctx(|| "reading layers".into())?
@@ -154,9 +151,12 @@ impl Store {
             };
             if !referenced.contains(&chain) {
                 found.add(
-                    format!("orphan layer {chain}: no image or container uses it"),
+                    format!("orphan layer {chain}: no image, container or snapshot uses it"),
                     true,
-                    || self.remove_layer_dir(&path),
+                    || {
+                        self.undo_snapshot_commit(&path)?;
+                        self.remove_layer_dir(&path)
+                    },
                 );
                 continue;
             }
@@ -213,6 +213,7 @@ impl Store {
             }
         }
 
+        self.check_snapshot_containers(&containers, &mut found)?;
         for c in &containers {
             self.check_mounts(c, &mut found);
         }
@@ -256,6 +257,65 @@ impl Store {
         }
     }
 
+    /// A containerd snapshot's writable layer that no snapshot names was
+    /// left by a Prepare or Commit interrupted after its first step (or a
+    /// Remove after its metadata change): nothing can reach it.
+    fn check_snapshot_containers(
+        &self,
+        containers: &[ContainerRecord],
+        found: &mut Findings,
+    ) -> Result<()> {
+        let db = self.snapshot_db()?;
+        for c in containers {
+            let Some(key) = &c.snapshot else { continue };
+            if db.key_of_container(&c.id) != Some(key.as_str()) {
+                found.add(
+                    format!("writable layer of removed containerd snapshot {key:?}"),
+                    true,
+                    || {
+                        mount::unmount_beneath(&self.container_dir(&c.id));
+                        self.move_to_trash(&self.container_dir(&c.id))
+                    },
+                );
+            }
+        }
+        for (key, rec) in &db.snapshots {
+            let missing = match &rec.state {
+                SnapshotState::Active { container } => !self.upper_dir(container).is_dir(),
+                SnapshotState::Committed { layer, .. } => {
+                    self.layer(layer).ok().flatten().is_none()
+                }
+                SnapshotState::View => false,
+            };
+            if missing {
+                found.add(
+                    format!("containerd snapshot {key:?} has lost its data"),
+                    false,
+                    || Ok(()),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// An unreferenced layer made from a snapshot whose container still
+    /// lacks its upper is a commit cut short: the diff goes back.
+    fn undo_snapshot_commit(&self, layer_dir: &Path) -> Result<()> {
+        let Ok(rec) = fsutil::read_json::<LayerRecord>(&layer_dir.join("layer.json")) else {
+            return Ok(());
+        };
+        let Some(container) = rec.from_container else {
+            return Ok(());
+        };
+        let upper = self.upper_dir(&container);
+        let diff = layer_dir.join("diff");
+        if self.container_dir(&container).is_dir() && !upper.exists() && diff.is_dir() {
+            fs::rename(&diff, &upper).ctx(|| format!("moving {} back", diff.display()))?;
+            fsutil::sync_dir(&self.container_dir(&container))?;
+        }
+        Ok(())
+    }
+
     fn remove_layer_dir(&self, path: &Path) -> Result<()> {
         let doomed = self
             .tmp_dir()
@@ -295,6 +355,7 @@ impl Store {
             link: existing_link
                 .unwrap_or_else(|| fsutil::random_name(crate::layers::LINK_NAME_LEN)),
             created: now_secs(),
+            from_container: None,
         };
         fsutil::write_json_atomic(&self.layer_dir(chain).join("layer.json"), &rec)
     }

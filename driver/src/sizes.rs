@@ -20,23 +20,39 @@ use crate::images::ImageRecord;
 use crate::store::Store;
 
 pub fn apparent_size(dir: &Path) -> Result<u64> {
+    dir_usage(dir).map(|u| u.bytes)
+}
+
+/// Apparent bytes as above, and inodes (every entry below `dir`, each
+/// hardlinked inode once): containerd's usage of a snapshot.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DirUsage {
+    pub bytes: u64,
+    pub inodes: u64,
+}
+
+pub fn dir_usage(dir: &Path) -> Result<DirUsage> {
     let mut seen = HashSet::new();
-    let mut total = 0;
+    let mut total = DirUsage::default();
     walk(dir, &mut seen, &mut total)?;
     Ok(total)
 }
 
-fn walk(dir: &Path, seen: &mut HashSet<(u64, u64)>, total: &mut u64) -> Result<()> {
+fn walk(dir: &Path, seen: &mut HashSet<(u64, u64)>, total: &mut DirUsage) -> Result<()> {
     for entry in fs::read_dir(dir).ctx(|| format!("reading {}", dir.display()))? {
         let entry = entry.ctx(|| format!("reading {}", dir.display()))?;
         // DirEntry::metadata is an fstatat on the open directory: no path walk.
         let md = entry
             .metadata()
             .ctx(|| format!("stat {}", entry.path().display()))?;
+        let first_link = md.nlink() == 1 || md.is_dir() || seen.insert((md.dev(), md.ino()));
+        if first_link {
+            total.inodes += 1;
+        }
         if md.is_dir() {
             walk(&entry.path(), seen, total)?;
-        } else if md.len() > 0 && (md.nlink() == 1 || seen.insert((md.dev(), md.ino()))) {
-            *total += md.len();
+        } else if first_link {
+            total.bytes += md.len();
         }
     }
     Ok(())
@@ -116,7 +132,10 @@ impl Store {
                     size,
                     shared,
                     unique: size - shared,
-                    containers: containers.iter().filter(|c| c.image == img.id).count(),
+                    containers: containers
+                        .iter()
+                        .filter(|c| c.image.as_ref() == Some(&img.id))
+                        .count(),
                 }
             })
             .collect())

@@ -10,6 +10,9 @@
 //!   images/<id>/image.json, images/<id>/config.json
 //!   containers/<id>/{upper,work,merged}, container.json
 //!   volumes/<name>/_data   outside the layer area; bind-mounted
+//!   snapshots/metadata.json  containerd's snapshots (see snapshots/)
+//!   snapshots/trash/       removed snapshots' data, until Cleanup
+//!   snapshots/empty/       what a view with no parent shows
 //!   tmp/                   staging; everything becomes visible by rename
 //! ```
 
@@ -36,7 +39,16 @@ impl Store {
     pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
         let root = root.into();
         let store = Store { root };
-        for dir in ["layers", "l", "images", "containers", "volumes", "tmp"] {
+        for dir in [
+            "layers",
+            "l",
+            "images",
+            "containers",
+            "volumes",
+            "tmp",
+            "snapshots/trash",
+            "snapshots/empty",
+        ] {
             let p = store.root.join(dir);
             fs::create_dir_all(&p).ctx(|| format!("creating {}", p.display()))?;
         }
@@ -63,6 +75,17 @@ impl Store {
     }
     pub fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
+    }
+    pub fn snapshots_dir(&self) -> PathBuf {
+        self.root.join("snapshots")
+    }
+    /// Data of removed snapshots, deleted by the next Cleanup.
+    pub fn trash_dir(&self) -> PathBuf {
+        self.root.join("snapshots/trash")
+    }
+    /// Always empty: the read-only view of no parent.
+    pub fn empty_dir(&self) -> PathBuf {
+        self.root.join("snapshots/empty")
     }
 
     /// Exclusive lock for any change to metadata.

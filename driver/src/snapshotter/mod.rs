@@ -1,0 +1,114 @@
+//! `strata snapshotter`: containerd's snapshots gRPC service on a unix
+//! socket, over the same store as the CLI (a proxy plugin of type
+//! `snapshot` in containerd's config).
+
+mod service;
+
+use std::fs::{self, File};
+use std::future::Future;
+use std::io::ErrorKind;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use containerd_snapshots::tonic::transport::Server;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+pub use service::{status_of, StrataSnapshotter};
+
+use crate::error::{Error, IoContext, Result};
+use crate::store::Store;
+
+pub struct ServeOptions {
+    /// The unix socket to serve on.
+    pub address: PathBuf,
+    /// Opens the socket to this group (mode 0660); otherwise root only.
+    pub group: Option<nix::unistd::Gid>,
+}
+
+/// Held while a snapshotter serves a store: a second one is refused.
+fn lock_store(store: &Store) -> Result<File> {
+    let path = store.root().join("snapshotter.lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .ctx(|| format!("opening {}", path.display()))?;
+    // SAFETY: valid fd; flock has no memory-safety preconditions.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(Error::InUse(format!(
+            "another strata snapshotter is serving store {}",
+            store.root().display()
+        )));
+    }
+    Ok(file)
+}
+
+/// A socket file left by a crash is replaced; a live one is refused, and
+/// so is anything that is not a socket.
+fn clear_stale_socket(address: &Path) -> Result<()> {
+    let md = match fs::symlink_metadata(address) {
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        other => other.ctx(|| format!("stat {}", address.display()))?,
+    };
+    if !md.file_type().is_socket() {
+        return Err(Error::Invalid(format!(
+            "{} exists and is not a socket",
+            address.display()
+        )));
+    }
+    if UnixStream::connect(address).is_ok() {
+        return Err(Error::InUse(format!(
+            "{} is being served by another process",
+            address.display()
+        )));
+    }
+    fs::remove_file(address).ctx(|| format!("removing stale socket {}", address.display()))
+}
+
+fn bind(opts: &ServeOptions) -> Result<UnixListener> {
+    // The socket is born 0600: no window in which others may connect.
+    // SAFETY: umask only swaps the process's file-creation mask.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(&opts.address);
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old) };
+    let listener = bound.ctx(|| format!("binding {}", opts.address.display()))?;
+    if let Some(gid) = opts.group {
+        nix::unistd::chown(&opts.address, None, Some(gid))
+            .ctx(|| format!("giving {} to group {gid}", opts.address.display()))?;
+        fs::set_permissions(&opts.address, fs::Permissions::from_mode(0o660))
+            .ctx(|| format!("chmod {}", opts.address.display()))?;
+    }
+    Ok(listener)
+}
+
+/// Serves until `shutdown` resolves, then stops taking calls, lets those
+/// under way finish and removes the socket.
+pub async fn serve(
+    store: Store,
+    opts: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let _serving = lock_store(&store)?;
+    clear_stale_socket(&opts.address)?;
+    // Whatever a killed predecessor left half done is finished first.
+    store.recover_if_needed()?;
+    let listener = bind(&opts)?;
+    let svc = Arc::new(StrataSnapshotter::new(store));
+    let served = Server::builder()
+        .add_service(containerd_snapshots::server(svc))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await;
+    let removed = fs::remove_file(&opts.address);
+    served.map_err(|e| Error::Io {
+        context: format!("serving {}", opts.address.display()),
+        source: std::io::Error::other(e),
+    })?;
+    removed.ctx(|| format!("removing {}", opts.address.display()))
+}

@@ -1,0 +1,176 @@
+//! containerd's snapshots service over the store: each RPC is one store
+//! call on a blocking thread, its error turned into the gRPC code that
+//! containerd's errdefs reads back.
+
+// The trait fixes tonic::Status, a large type, as every call's error.
+#![allow(clippy::result_large_err)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use containerd_snapshots::api::types::Mount;
+use containerd_snapshots::tonic::{self, Code, Status};
+use containerd_snapshots::{Info, Kind as ApiKind, Snapshotter, Usage as ApiUsage};
+
+use crate::error::Error;
+use crate::mount::MountSpec;
+use crate::snapshots::{Kind, SnapshotInfo};
+use crate::store::Store;
+
+pub struct StrataSnapshotter {
+    store: Arc<Store>,
+}
+
+impl StrataSnapshotter {
+    pub fn new(store: Store) -> StrataSnapshotter {
+        StrataSnapshotter {
+            store: Arc::new(store),
+        }
+    }
+
+    async fn blocking<T, F>(&self, f: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> crate::Result<T> + Send + 'static,
+    {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| Status::internal(format!("store call failed: {e}")))?
+            .map_err(status_of)
+    }
+}
+
+/// The codes containerd's errdefs.FromGRPC understands.
+pub fn status_of(e: Error) -> Status {
+    let code = match &e {
+        Error::NotFound { .. } => Code::NotFound,
+        Error::AlreadyExists(_) => Code::AlreadyExists,
+        Error::Invalid(_) | Error::TooManyLayers { .. } => Code::InvalidArgument,
+        Error::InUse(_) => Code::FailedPrecondition,
+        Error::Conflict(_) => Code::Aborted,
+        _ => Code::Internal,
+    };
+    Status::new(code, e.to_string())
+}
+
+fn mounts(specs: Vec<MountSpec>) -> Vec<Mount> {
+    specs
+        .into_iter()
+        .map(|m| Mount {
+            r#type: m.fstype,
+            source: m.source,
+            target: String::new(),
+            options: m.options,
+        })
+        .collect()
+}
+
+fn api_info(i: SnapshotInfo) -> Info {
+    Info {
+        kind: match i.kind {
+            Kind::Active => ApiKind::Active,
+            Kind::View => ApiKind::View,
+            Kind::Committed => ApiKind::Committed,
+        },
+        name: i.name,
+        parent: i.parent.unwrap_or_default(),
+        labels: i.labels.into_iter().collect(),
+        created_at: i.created,
+        updated_at: i.updated,
+    }
+}
+
+fn sorted(labels: HashMap<String, String>) -> BTreeMap<String, String> {
+    labels.into_iter().collect()
+}
+
+#[tonic::async_trait]
+impl Snapshotter for StrataSnapshotter {
+    type Error = Status;
+
+    async fn stat(&self, key: String) -> Result<Info, Status> {
+        self.blocking(move |s| s.stat_snapshot(&key))
+            .await
+            .map(api_info)
+    }
+
+    async fn update(&self, info: Info, fieldpaths: Option<Vec<String>>) -> Result<Info, Status> {
+        let paths = fieldpaths.unwrap_or_default();
+        self.blocking(move |s| s.update_snapshot(&info.name, sorted(info.labels), &paths))
+            .await
+            .map(api_info)
+    }
+
+    async fn usage(&self, key: String) -> Result<ApiUsage, Status> {
+        let u = self.blocking(move |s| s.snapshot_usage(&key)).await?;
+        Ok(ApiUsage {
+            size: u.size as i64,
+            inodes: u.inodes as i64,
+        })
+    }
+
+    async fn mounts(&self, key: String) -> Result<Vec<Mount>, Status> {
+        self.blocking(move |s| s.snapshot_mounts(&key))
+            .await
+            .map(mounts)
+    }
+
+    async fn prepare(
+        &self,
+        key: String,
+        parent: String,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>, Status> {
+        self.blocking(move |s| s.create_snapshot(false, &key, &parent, sorted(labels)))
+            .await
+            .map(mounts)
+    }
+
+    async fn view(
+        &self,
+        key: String,
+        parent: String,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>, Status> {
+        self.blocking(move |s| s.create_snapshot(true, &key, &parent, sorted(labels)))
+            .await
+            .map(mounts)
+    }
+
+    async fn commit(
+        &self,
+        name: String,
+        key: String,
+        labels: HashMap<String, String>,
+    ) -> Result<(), Status> {
+        self.blocking(move |s| s.commit_snapshot(&name, &key, sorted(labels)))
+            .await
+    }
+
+    async fn remove(&self, key: String) -> Result<(), Status> {
+        self.blocking(move |s| s.remove_snapshot(&key)).await
+    }
+
+    async fn clear(&self) -> Result<(), Status> {
+        self.blocking(|s| s.cleanup_snapshots().map(drop)).await
+    }
+
+    type InfoStream = futures::stream::Iter<std::vec::IntoIter<Result<Info, Status>>>;
+
+    /// Read whole under the lock, then streamed with no lock held: the
+    /// garbage collector lists while holding its own lock.
+    async fn list(
+        &self,
+        _snapshotter: String,
+        filters: Vec<String>,
+    ) -> Result<Self::InfoStream, Status> {
+        let infos = self.blocking(move |s| s.list_snapshots(&filters)).await?;
+        Ok(futures::stream::iter(
+            infos
+                .into_iter()
+                .map(|i| Ok(api_info(i)))
+                .collect::<Vec<_>>(),
+        ))
+    }
+}
