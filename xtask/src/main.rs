@@ -4,6 +4,7 @@
 //! machine on its own.
 
 mod bpf_toolchain;
+mod containerd_suite;
 mod setup;
 mod vm;
 
@@ -37,6 +38,9 @@ enum Task {
     /// integration tests again on a stock Debian kernel under qemu, and run
     /// the benches in quick mode (proves each one runs; no gating).
     Test,
+    /// containerd's snapshotter suite against `strata snapshotter`
+    /// (part of `test`).
+    ContainerdSuite,
     /// Boot stock distro kernels under qemu and run the driver's and
     /// profiler's integration tests in each; report per kernel and test.
     VmTest {
@@ -89,6 +93,11 @@ fn main() -> Result<()> {
             run(Command::new(prof).arg("sweep").args(args))
         }
         Task::Test => test(),
+        Task::ContainerdSuite => {
+            setup::setup()?;
+            cargo(&["build", "-p", "strata-driver"])?;
+            containerd_suite::run_suite(&workspace_root().join("target/debug/strata"))
+        }
         Task::VmTest {
             kernels,
             tests,
@@ -182,6 +191,8 @@ fn test() -> Result<()> {
         "warnings",
     ])?;
     cargo_test(&["test", "--workspace"])?;
+    cargo(&["build", "-p", "strata-driver"])?;
+    containerd_suite::run_suite(&workspace_root().join("target/debug/strata"))?;
     // The same integration tests on a stock kernel: the precise profiler
     // backends and the pre-6.7 mount path exist only there.
     // A normal run takes about 5 minutes; a hung guest must not eat the

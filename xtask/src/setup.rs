@@ -28,6 +28,11 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("mkfs.ext4", "e2fsprogs"),
     ("xz", "xz-utils"),
     ("depmod", "kmod"),
+    // containerd's proxy snapshotter: containerd and runc for the real
+    // engine tests and benches, protoc for containerd-snapshots' build.
+    ("containerd", "containerd"),
+    ("runc", "runc"),
+    ("protoc", "protobuf-compiler"),
 ];
 
 pub fn setup() -> Result<()> {
