@@ -13,6 +13,8 @@ use crate::image::build::{write_docker_archive, LayerTar};
 use crate::import::{import, ImportOptions};
 use crate::{fsutil, Store};
 
+pub mod containerd;
+
 /// Privileged tests run as root. In CI (CI=true) not being root is a
 /// failure, never a skip.
 pub fn privileged() -> bool {

@@ -1,0 +1,202 @@
+//! A private containerd (Debian's 1.6, installed by `cargo xtask setup`)
+//! whose proxy snapshotter `strata` is a `strata snapshotter` process on a
+//! store of its own: for the engine tests and the benches. Everything
+//! lives under one directory; dropping it (on panic too) kills containerd,
+//! the snapshotter and every shim they started, and unmounts what they
+//! left beneath it.
+
+use std::fs;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::Store;
+
+pub const SNAPSHOTTER: &str = "strata";
+pub const NAMESPACE: &str = "strata-test";
+
+pub struct Containerd {
+    pub dir: PathBuf,
+    strata: PathBuf,
+    snapshotter: Option<Child>,
+    containerd: Option<Child>,
+}
+
+fn wait_for_socket(path: &Path, what: &str, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while UnixStream::connect(path).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "{what} exited before listening on {}: {status}",
+                path.display()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on {}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Containerd {
+    /// Starts both under `dir` (on a disk filesystem), `strata` being the
+    /// CLI binary.
+    pub fn start(dir: &Path, strata: &Path) -> Containerd {
+        fs::create_dir_all(dir).unwrap();
+        let mut c = Containerd {
+            dir: dir.to_path_buf(),
+            strata: strata.to_path_buf(),
+            snapshotter: None,
+            containerd: None,
+        };
+        c.start_snapshotter();
+        let config = c.dir.join("containerd.toml");
+        fs::write(&config, c.config()).unwrap();
+        let log = fs::File::create(c.dir.join("containerd.log")).unwrap();
+        let mut child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("containerd is installed by `cargo xtask setup`");
+        wait_for_socket(&c.address(), "containerd", &mut child);
+        c.containerd = Some(child);
+        c
+    }
+
+    fn config(&self) -> String {
+        let d = self.dir.display();
+        format!(
+            r#"version = 2
+root = "{d}/containerd/root"
+state = "{d}/containerd/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+
+[grpc]
+  address = "{d}/containerd.sock"
+
+[ttrpc]
+  address = "{d}/containerd.sock.ttrpc"
+
+[proxy_plugins]
+  [proxy_plugins.{SNAPSHOTTER}]
+    type = "snapshot"
+    address = "{}"
+"#,
+            self.snapshotter_socket().display()
+        )
+    }
+
+    pub fn address(&self) -> PathBuf {
+        self.dir.join("containerd.sock")
+    }
+    pub fn snapshotter_socket(&self) -> PathBuf {
+        self.dir.join("strata.sock")
+    }
+    pub fn store_root(&self) -> PathBuf {
+        self.dir.join("store")
+    }
+    pub fn store(&self) -> Store {
+        Store::open(self.store_root()).unwrap()
+    }
+
+    pub fn start_snapshotter(&mut self) {
+        assert!(self.snapshotter.is_none(), "snapshotter already running");
+        let log = fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("snapshotter.log"))
+            .unwrap();
+        let mut child = Command::new(&self.strata)
+            .arg("--root")
+            .arg(self.store_root())
+            .arg("snapshotter")
+            .arg("--address")
+            .arg(self.snapshotter_socket())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        wait_for_socket(&self.snapshotter_socket(), "strata snapshotter", &mut child);
+        self.snapshotter = Some(child);
+    }
+
+    /// kill -9: no chance to clean anything up.
+    pub fn kill_snapshotter(&mut self) {
+        if let Some(mut child) = self.snapshotter.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, and how it exited.
+    pub fn stop_snapshotter(&mut self) -> std::process::ExitStatus {
+        let mut child = self.snapshotter.take().expect("snapshotter running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        child.wait().unwrap()
+    }
+
+    /// A `ctr` command against this containerd, in the test namespace.
+    pub fn ctr_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address")
+            .arg(self.address())
+            .args(["--namespace", NAMESPACE])
+            .args(args);
+        cmd
+    }
+
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        self.ctr_command(args)
+            .output()
+            .expect("ctr is installed with containerd")
+    }
+
+    /// Runs `ctr`, panicking with its stderr unless it succeeds.
+    pub fn ctr_ok(&self, args: &[&str]) -> String {
+        let out = self.ctr(args);
+        assert!(
+            out.status.success(),
+            "ctr {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Kills every process whose command line names this directory:
+    /// containerd's shims outlive containerd itself.
+    fn kill_leftovers(&self) {
+        let needle = self.dir.to_string_lossy().into_owned();
+        for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = fs::read(e.path().join("cmdline")).unwrap_or_default();
+            if pid as u32 != std::process::id()
+                && String::from_utf8_lossy(&cmdline).contains(&needle)
+            {
+                let pid = nix::unistd::Pid::from_raw(pid);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.containerd.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.kill_snapshotter();
+        self.kill_leftovers();
+        crate::mount::unmount_beneath(&self.dir);
+    }
+}
