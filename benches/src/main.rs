@@ -1,6 +1,7 @@
 //! `strata-bench`: strata's operations against baselines measured in the
 //! same run. Run it through `cargo xtask bench`.
 
+mod containerd;
 mod cow;
 mod fixtures;
 mod gate;
@@ -60,6 +61,10 @@ fn main() -> Result<()> {
         if wanted("ops") {
             eprintln!("driver operations:");
             results.extend(ops::all(&env, &cli.out.join("cache"))?);
+        }
+        if wanted("containerd") {
+            eprintln!("containerd, strata snapshotter vs overlayfs:");
+            results.extend(containerd::all(&env, &cli.out.join("cache"))?);
         }
         if wanted("cow") {
             eprintln!("copy-up matrix (durable vs --volatile):");

@@ -5,17 +5,13 @@
 //! garbage collector empties the store again.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use strata_driver::image::build::{write_docker_archive, LayerTar};
-use strata_driver::testing::containerd::{Containerd, SNAPSHOTTER};
-use strata_driver::testing::{layer, privileged, LayerFn, TestStore};
-
-const IMAGE: &str = "docker.io/library/strata-engine-test:latest";
-const BOTTOM: &[u8] = b"written in the bottom layer\n";
+use strata_driver::testing::containerd::{busybox_image, Containerd, IMAGE, SNAPSHOTTER};
+use strata_driver::testing::{privileged, TestStore};
 
 fn strata(root: &Path, args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_strata"))
@@ -36,58 +32,6 @@ fn strata_json(root: &Path, args: &[&str]) -> Value {
     let (ok, out) = strata(root, &[args, &["--format", "json"]].concat());
     assert!(ok, "strata {args:?}: {out}");
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
-}
-
-/// Three layers: a static busybox and files; a whiteout and an opaque
-/// directory over them; one more file. Returns the `docker save` tar.
-fn engine_image(work: &Path, pad_files: usize) -> PathBuf {
-    let busybox = fs::read("/bin/busybox").expect("busybox-static is installed by setup");
-    let layers: Vec<LayerFn> = vec![
-        layer(move |t| {
-            t.dir("bin", 0o755, 0, 0).unwrap();
-            t.file("bin/busybox", &busybox, 0o755).unwrap();
-            t.symlink("bin/sh", "busybox").unwrap();
-            for d in ["data", "etc", "opq", "proc", "sys", "dev", "pad"] {
-                t.dir(d, 0o755, 0, 0).unwrap();
-            }
-            t.file("data/file", BOTTOM, 0o644).unwrap();
-            t.file("etc/gone", b"deleted above\n", 0o644).unwrap();
-            t.file("opq/old", b"hidden by an opaque dir\n", 0o644)
-                .unwrap();
-            for i in 0..pad_files {
-                t.pattern_file(&format!("pad/{i}"), 16 << 10, i as u8)
-                    .unwrap();
-            }
-        }),
-        layer(|t| {
-            t.whiteout("etc/gone").unwrap();
-            t.dir("opq", 0o755, 0, 0).unwrap();
-            t.opaque("opq").unwrap();
-            t.file("opq/new", b"new\n", 0o644).unwrap();
-        }),
-        layer(|t| {
-            t.file("top", b"top layer\n", 0o644).unwrap();
-        }),
-    ];
-    let mut tars = Vec::new();
-    for (i, f) in layers.into_iter().enumerate() {
-        let mut t = LayerTar::create(&work.join(format!("{i}.tar"))).unwrap();
-        f(&mut t);
-        tars.push(t.finish().unwrap());
-    }
-    let archive = work.join("archive");
-    write_docker_archive(&archive, IMAGE, &tars).unwrap();
-    let tar = work.join("image.tar");
-    let ok = Command::new("tar")
-        .arg("-C")
-        .arg(&archive)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    tar
 }
 
 fn import(ctrd: &Containerd, tar: &Path) -> std::process::Output {
@@ -140,7 +84,7 @@ fn containerd_imports_runs_and_collects_on_strata() {
         return;
     }
     let ts = TestStore::new();
-    let tar = engine_image(&ts.scratch("image"), 8);
+    let tar = busybox_image(&ts.scratch("image"), 8);
     let ctrd = Containerd::start(
         &ts.dir.join("engine"),
         Path::new(env!("CARGO_BIN_EXE_strata")),
@@ -227,7 +171,7 @@ fn import_survives_kill_9_of_the_snapshotter() {
     }
     let ts = TestStore::new();
     // Enough files that the kill lands inside the extraction.
-    let tar = engine_image(&ts.scratch("image"), 1500);
+    let tar = busybox_image(&ts.scratch("image"), 1500);
     let mut ctrd = Containerd::start(
         &ts.dir.join("engine"),
         Path::new(env!("CARGO_BIN_EXE_strata")),

@@ -11,10 +11,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::image::build::{write_docker_archive, LayerTar};
+use crate::testing::{layer, LayerFn};
 use crate::Store;
 
 pub const SNAPSHOTTER: &str = "strata";
 pub const NAMESPACE: &str = "strata-test";
+/// The name `busybox_image` is tagged with.
+pub const IMAGE: &str = "docker.io/library/strata-engine-test:latest";
+/// The bottom layer's /data/file.
+pub const BOTTOM: &[u8] = b"written in the bottom layer\n";
 
 pub struct Containerd {
     pub dir: PathBuf,
@@ -199,4 +205,58 @@ impl Drop for Containerd {
         self.kill_leftovers();
         crate::mount::unmount_beneath(&self.dir);
     }
+}
+
+/// Three layers: a static busybox (Debian's busybox-static, installed by
+/// setup) and files, `pad_files` 16 KiB files among them; a whiteout and
+/// an opaque directory over them; one more file. Tagged IMAGE; returns
+/// the `docker save` tar.
+pub fn busybox_image(work: &Path, pad_files: usize) -> PathBuf {
+    let busybox = fs::read("/bin/busybox").expect("busybox-static is installed by setup");
+    let layers: Vec<LayerFn> = vec![
+        layer(move |t| {
+            t.dir("bin", 0o755, 0, 0).unwrap();
+            t.file("bin/busybox", &busybox, 0o755).unwrap();
+            t.symlink("bin/sh", "busybox").unwrap();
+            for d in ["data", "etc", "opq", "proc", "sys", "dev", "pad"] {
+                t.dir(d, 0o755, 0, 0).unwrap();
+            }
+            t.file("data/file", BOTTOM, 0o644).unwrap();
+            t.file("etc/gone", b"deleted above\n", 0o644).unwrap();
+            t.file("opq/old", b"hidden by an opaque dir\n", 0o644)
+                .unwrap();
+            for i in 0..pad_files {
+                t.pattern_file(&format!("pad/{i}"), 16 << 10, i as u8)
+                    .unwrap();
+            }
+        }),
+        layer(|t| {
+            t.whiteout("etc/gone").unwrap();
+            t.dir("opq", 0o755, 0, 0).unwrap();
+            t.opaque("opq").unwrap();
+            t.file("opq/new", b"new\n", 0o644).unwrap();
+        }),
+        layer(|t| {
+            t.file("top", b"top layer\n", 0o644).unwrap();
+        }),
+    ];
+    let mut tars = Vec::new();
+    for (i, f) in layers.into_iter().enumerate() {
+        let mut t = LayerTar::create(&work.join(format!("{i}.tar"))).unwrap();
+        f(&mut t);
+        tars.push(t.finish().unwrap());
+    }
+    let archive = work.join("archive");
+    write_docker_archive(&archive, IMAGE, &tars).unwrap();
+    let tar = work.join("image.tar");
+    let ok = Command::new("tar")
+        .arg("-C")
+        .arg(&archive)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    tar
 }
