@@ -26,11 +26,18 @@ use results::Report;
 pub use kernel::KERNELS;
 
 /// Tests the guest cannot run, and why: (binary, test or "" for all).
-const NOT_IN_GUEST: &[(&str, &str, &str)] = &[(
-    "export",
-    "",
-    "needs podman to load the exported image; the guest is a minimal busybox system without it",
-)];
+const NOT_IN_GUEST: &[(&str, &str, &str)] = &[
+    (
+        "export",
+        "",
+        "needs podman to load the exported image; the guest is a minimal busybox system without it",
+    ),
+    (
+        "containerd",
+        "",
+        "needs containerd, ctr and runc; the guest is a minimal busybox system without them",
+    ),
+];
 
 pub fn vm_test(kernels: &[String], only: &[String], timeout: Duration) -> Result<()> {
     let vm = workspace_root().join("target/vm");
