@@ -306,7 +306,9 @@ fn serve_snapshotter(store: Store, address: PathBuf, group: Option<String>) -> R
                 .with_context(|| format!("no such group: {g}"))
         })
         .transpose()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    // One thread serves the socket and answers metadata calls itself;
+    // writes go to blocking threads (see snapshotter::service).
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;

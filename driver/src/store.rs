@@ -27,6 +27,9 @@ pub const DEFAULT_ROOT: &str = "/var/lib/strata";
 #[derive(Clone, Debug)]
 pub struct Store {
     root: PathBuf,
+    /// The snapshot metadata as last read, shared by clones (see
+    /// snapshots::metadata).
+    pub(crate) snapshot_cache: crate::snapshots::MetadataCache,
 }
 
 /// A held store lock; released on drop.
@@ -38,7 +41,10 @@ impl Store {
     /// Opens (creating if needed) the store at `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
         let root = root.into();
-        let store = Store { root };
+        let store = Store {
+            root,
+            snapshot_cache: Default::default(),
+        };
         for dir in [
             "layers",
             "l",
@@ -100,18 +106,23 @@ impl Store {
 
     fn flock(&self, op: libc::c_int) -> Result<StoreLock> {
         let path = self.root.join("lock");
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .ctx(|| format!("opening {}", path.display()))?;
-        // SAFETY: valid fd; flock has no memory-safety preconditions.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error())
-                .ctx(|| format!("locking {}", path.display()));
-        }
+        let file = lock_file(&path, op)?.ctx(|| format!("locking {}", path.display()))?;
         Ok(StoreLock { _file: file })
     }
+}
+
+/// Opens (creating) `path` and flocks it with `op`. The outer error is
+/// opening; the inner one the lock (EWOULDBLOCK with LOCK_NB when held).
+pub(crate) fn lock_file(path: &Path, op: libc::c_int) -> Result<std::io::Result<File>> {
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .ctx(|| format!("opening {}", path.display()))?;
+    // SAFETY: valid fd; flock has no memory-safety preconditions.
+    if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
+        return Ok(Err(std::io::Error::last_os_error()));
+    }
+    Ok(Ok(file))
 }

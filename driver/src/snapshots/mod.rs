@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-pub use metadata::{SnapshotDb, SnapshotRecord, SnapshotState};
+pub use metadata::{MetadataCache, SnapshotDb, SnapshotRecord, SnapshotState};
 
 use crate::containers::ContainerRecord;
 use crate::digest::Digest;
@@ -155,7 +155,7 @@ impl Store {
         validate_labels(&labels)?;
         let parent = (!parent.is_empty()).then(|| parent.to_string());
         let _lock = self.lock()?;
-        let mut db = self.snapshot_db()?;
+        let mut db = (*self.snapshot_db()?).clone();
         if db.get(key).is_some() {
             return Err(Error::AlreadyExists(format!("snapshot {key:?}")));
         }
@@ -186,9 +186,12 @@ impl Store {
             updated_ns: now,
         };
         db.snapshots.insert(key.to_string(), rec.clone());
-        self.save_snapshot_db(&db)?;
+        // Described before anything is recorded: a failure leaves only an
+        // orphan writable layer and the open transaction, for recovery.
+        let mounts = self.mounts_of(&db, key, &rec)?;
+        self.save_snapshot_db(db)?;
         txn.done();
-        self.mounts_of(&db, key, &rec)
+        Ok(mounts)
     }
 
     /// The writable layer's name in `strata ps`: the key itself where it
@@ -241,7 +244,7 @@ impl Store {
     ) -> Result<SnapshotInfo> {
         validate_labels(&labels)?;
         let _lock = self.lock()?;
-        let mut db = self.snapshot_db()?;
+        let mut db = (*self.snapshot_db()?).clone();
         let rec = db.snapshots.get_mut(key).ok_or_else(|| Error::NotFound {
             kind: "snapshot",
             name: key.to_string(),
@@ -266,7 +269,7 @@ impl Store {
         }
         rec.updated_ns = now_ns().max(rec.created_ns);
         let info = info_of(key, rec);
-        self.save_snapshot_db(&db)?;
+        self.save_snapshot_db(db)?;
         Ok(info)
     }
 
@@ -303,7 +306,7 @@ impl Store {
     ) -> Result<()> {
         validate_key("snapshot name", name)?;
         validate_labels(&labels)?;
-        let container = self.active_container(&self.snapshot_db()?, key)?;
+        let container = self.active_container(&*self.snapshot_db()?, key)?;
         // Measured and flushed before the lock: the layer is durable
         // before it is named, without holding up other clients.
         let upper = self.upper_dir(&container);
@@ -311,7 +314,7 @@ impl Store {
         fsutil::syncfs(&upper)?;
 
         let _lock = self.lock()?;
-        let mut db = self.snapshot_db()?;
+        let mut db = (*self.snapshot_db()?).clone();
         if self.active_container(&db, key)? != container {
             return Err(Error::Conflict(format!("snapshot {key:?}")));
         }
@@ -339,7 +342,7 @@ impl Store {
                 updated_ns: now,
             },
         );
-        self.save_snapshot_db(&db)?;
+        self.save_snapshot_db(db)?;
         self.move_to_trash(&self.container_dir(&container))?;
         txn.done();
         Ok(())
@@ -359,7 +362,7 @@ impl Store {
     /// layer only if nothing else stands on it.
     pub fn remove_snapshot(&self, key: &str) -> Result<()> {
         let _lock = self.lock()?;
-        let mut db = self.snapshot_db()?;
+        let mut db = (*self.snapshot_db()?).clone();
         let rec = db.require(key)?.clone();
         if let Some(child) = db.first_child(key) {
             return Err(Error::InUse(format!(
@@ -368,7 +371,7 @@ impl Store {
         }
         let txn = Txn::begin(&self.tmp_dir(), "snapshot-rm")?;
         db.snapshots.remove(key);
-        self.save_snapshot_db(&db)?;
+        self.save_snapshot_db(db)?;
         match rec.state {
             SnapshotState::Active { container } => {
                 self.move_to_trash(&self.container_dir(&container))?

@@ -7,7 +7,6 @@ mod service;
 use std::fs::{self, File};
 use std::future::Future;
 use std::io::ErrorKind;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -32,21 +31,12 @@ pub struct ServeOptions {
 /// Held while a snapshotter serves a store: a second one is refused.
 fn lock_store(store: &Store) -> Result<File> {
     let path = store.root().join("snapshotter.lock");
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .ctx(|| format!("opening {}", path.display()))?;
-    // SAFETY: valid fd; flock has no memory-safety preconditions.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        return Err(Error::InUse(format!(
+    crate::store::lock_file(&path, libc::LOCK_EX | libc::LOCK_NB)?.map_err(|_| {
+        Error::InUse(format!(
             "another strata snapshotter is serving store {}",
             store.root().display()
-        )));
-    }
-    Ok(file)
+        ))
+    })
 }
 
 /// A socket file left by a crash is replaced; a live one is refused, and

@@ -28,6 +28,8 @@ impl StrataSnapshotter {
         }
     }
 
+    /// For calls that write durably or delete trees (fsyncs, syncfs):
+    /// on a thread of their own, so they never hold up the others.
     async fn blocking<T, F>(&self, f: F) -> Result<T, Status>
     where
         T: Send + 'static,
@@ -38,6 +40,14 @@ impl StrataSnapshotter {
             .await
             .map_err(|e| Status::internal(format!("store call failed: {e}")))?
             .map_err(status_of)
+    }
+
+    /// For reads of the (cached) metadata and walks of one writable
+    /// layer: right on the thread that took the request. A hop to another
+    /// thread and back cost more than the call itself (0.7 ms against
+    /// 0.37 ms per Usage for containerd's in-process overlayfs, here).
+    fn inline<T>(&self, f: impl FnOnce(&Store) -> crate::Result<T>) -> Result<T, Status> {
+        f(&self.store).map_err(status_of)
     }
 }
 
@@ -90,9 +100,7 @@ impl Snapshotter for StrataSnapshotter {
     type Error = Status;
 
     async fn stat(&self, key: String) -> Result<Info, Status> {
-        self.blocking(move |s| s.stat_snapshot(&key))
-            .await
-            .map(api_info)
+        self.inline(|s| s.stat_snapshot(&key)).map(api_info)
     }
 
     async fn update(&self, info: Info, fieldpaths: Option<Vec<String>>) -> Result<Info, Status> {
@@ -103,7 +111,7 @@ impl Snapshotter for StrataSnapshotter {
     }
 
     async fn usage(&self, key: String) -> Result<ApiUsage, Status> {
-        let u = self.blocking(move |s| s.snapshot_usage(&key)).await?;
+        let u = self.inline(|s| s.snapshot_usage(&key))?;
         Ok(ApiUsage {
             size: u.size as i64,
             inodes: u.inodes as i64,
@@ -111,9 +119,7 @@ impl Snapshotter for StrataSnapshotter {
     }
 
     async fn mounts(&self, key: String) -> Result<Vec<Mount>, Status> {
-        self.blocking(move |s| s.snapshot_mounts(&key))
-            .await
-            .map(mounts)
+        self.inline(|s| s.snapshot_mounts(&key)).map(mounts)
     }
 
     async fn prepare(
@@ -165,7 +171,7 @@ impl Snapshotter for StrataSnapshotter {
         _snapshotter: String,
         filters: Vec<String>,
     ) -> Result<Self::InfoStream, Status> {
-        let infos = self.blocking(move |s| s.list_snapshots(&filters)).await?;
+        let infos = self.inline(|s| s.list_snapshots(&filters))?;
         Ok(futures::stream::iter(
             infos
                 .into_iter()

@@ -11,8 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::image::build::{write_docker_archive, LayerTar};
-use crate::testing::{layer, LayerFn};
+use crate::testing::{docker_archive_dir, layer, LayerFn};
 use crate::Store;
 
 pub const SNAPSHOTTER: &str = "strata";
@@ -240,14 +239,7 @@ pub fn busybox_image(work: &Path, pad_files: usize) -> PathBuf {
             t.file("top", b"top layer\n", 0o644).unwrap();
         }),
     ];
-    let mut tars = Vec::new();
-    for (i, f) in layers.into_iter().enumerate() {
-        let mut t = LayerTar::create(&work.join(format!("{i}.tar"))).unwrap();
-        f(&mut t);
-        tars.push(t.finish().unwrap());
-    }
-    let archive = work.join("archive");
-    write_docker_archive(&archive, IMAGE, &tars).unwrap();
+    let archive = docker_archive_dir(work, IMAGE, layers);
     let tar = work.join("image.tar");
     let ok = Command::new("tar")
         .arg("-C")

@@ -68,14 +68,7 @@ impl TestStore {
     /// The same, into another store (one at an odd path, say).
     pub fn image_into(&self, store: &Store, name: &str, layers: Vec<LayerFn>) -> String {
         let work = self.scratch(&format!("build-{}", name.replace([':', '/'], "_")));
-        let mut tars = Vec::new();
-        for (i, f) in layers.into_iter().enumerate() {
-            let mut t = LayerTar::create(&work.join(format!("{i}.tar"))).unwrap();
-            f(&mut t);
-            tars.push(t.finish().unwrap());
-        }
-        let archive = work.join("archive");
-        write_docker_archive(&archive, name, &tars).unwrap();
+        let archive = docker_archive_dir(&work, name, layers);
         import(
             store,
             archive.to_str().unwrap(),
@@ -106,6 +99,20 @@ impl Drop for TestStore {
 }
 
 pub use crate::mount::unmount_beneath;
+
+/// Builds the layers (bottom first) as tars in `work` and a `docker
+/// save` directory tagged `tag` from them, `work`/archive, returned.
+pub fn docker_archive_dir(work: &Path, tag: &str, layers: Vec<LayerFn>) -> PathBuf {
+    let mut tars = Vec::new();
+    for (i, f) in layers.into_iter().enumerate() {
+        let mut t = LayerTar::create(&work.join(format!("{i}.tar"))).unwrap();
+        f(&mut t);
+        tars.push(t.finish().unwrap());
+    }
+    let archive = work.join("archive");
+    write_docker_archive(&archive, tag, &tars).unwrap();
+    archive
+}
 
 /// Writes one layer's entries.
 pub type LayerFn = Box<dyn FnOnce(&mut LayerTar)>;
