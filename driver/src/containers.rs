@@ -142,22 +142,34 @@ impl Store {
         if self.containers()?.iter().any(|c| c.name == name) {
             return Err(Error::AlreadyExists(format!("container {name}")));
         }
-        self.publish_container(ContainerRecord {
-            id,
-            name,
-            image: Some(image.id.clone()),
-            layers: image.layers.clone(),
-            snapshot: None,
-            volumes: opts.volumes.clone(),
-            volatile: opts.volatile,
-            mount_count: 0,
-            created: now_secs(),
-        })
+        self.publish_container(
+            ContainerRecord {
+                id,
+                name,
+                image: Some(image.id.clone()),
+                layers: image.layers.clone(),
+                snapshot: None,
+                volumes: opts.volumes.clone(),
+                volatile: opts.volatile,
+                mount_count: 0,
+                created: now_secs(),
+            },
+            true,
+        )
     }
 
     /// Makes `record` (its layers checked, its id fresh) visible with an
     /// empty upper, work and merged directory. Call with the store lock held.
-    pub(crate) fn publish_container(&self, record: ContainerRecord) -> Result<ContainerRecord> {
+    ///
+    /// `durable` syncs the record and the rename. A containerd snapshot's
+    /// writable layer skips that: containerd never syncs what it writes
+    /// there either, and the snapshot metadata (which is synced) is what
+    /// recovery reconciles against.
+    pub(crate) fn publish_container(
+        &self,
+        record: ContainerRecord,
+        durable: bool,
+    ) -> Result<ContainerRecord> {
         for l in &record.layers {
             self.require_layer(l)?;
         }
@@ -171,11 +183,18 @@ impl Store {
         for d in ["upper", "work", "merged"] {
             fs::create_dir(staged.path().join(d)).ctx(|| format!("creating {d}"))?;
         }
-        fsutil::write_json_atomic(&staged.path().join(RECORD), &record)?;
+        let json = staged.path().join(RECORD);
+        if durable {
+            fsutil::write_json_atomic(&json, &record)?;
+        } else {
+            fsutil::replace_json(&json, &record)?;
+        }
         let from = staged.keep();
         let dest = self.container_dir(&record.id);
         fs::rename(&from, &dest).ctx(|| format!("publishing container {}", dest.display()))?;
-        fsutil::sync_dir(&self.containers_dir())?;
+        if durable {
+            fsutil::sync_dir(&self.containers_dir())?;
+        }
         Ok(record)
     }
 

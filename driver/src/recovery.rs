@@ -280,22 +280,35 @@ impl Store {
             }
         }
         for (key, rec) in &db.snapshots {
-            let missing = match &rec.state {
-                SnapshotState::Active { container } => !self.upper_dir(container).is_dir(),
-                SnapshotState::Committed { layer, .. } => {
-                    self.layer(layer).ok().flatten().is_none()
+            match &rec.state {
+                // Unsynced by design (see publish_container): after a
+                // power loss it may be gone, and the snapshot with it.
+                SnapshotState::Active { container } if !self.upper_dir(container).is_dir() => found
+                    .add(
+                        format!("active containerd snapshot {key:?} lost its writable layer"),
+                        true,
+                        || self.forget_snapshot(key),
+                    ),
+                SnapshotState::Committed { layer, .. }
+                    if self.layer(layer).ok().flatten().is_none() =>
+                {
+                    found.add(
+                        format!("committed containerd snapshot {key:?} has lost its layer"),
+                        false,
+                        || Ok(()),
+                    )
                 }
-                SnapshotState::View => false,
-            };
-            if missing {
-                found.add(
-                    format!("containerd snapshot {key:?} has lost its data"),
-                    false,
-                    || Ok(()),
-                );
+                _ => {}
             }
         }
         Ok(())
+    }
+
+    /// Drops a snapshot record whose data is gone. Call with the lock held.
+    fn forget_snapshot(&self, key: &str) -> Result<()> {
+        let mut db = (*self.snapshot_db()?).clone();
+        db.snapshots.remove(key);
+        self.save_snapshot_db(db)
     }
 
     /// An unreferenced layer made from a snapshot whose container still

@@ -164,17 +164,20 @@ impl Store {
         let state = if view {
             SnapshotState::View
         } else {
-            let c = self.publish_container(ContainerRecord {
-                id: fsutil::random_hex(32),
-                name: self.snapshot_container_name(key)?,
-                image: None,
-                layers,
-                snapshot: Some(key.to_string()),
-                volumes: Vec::new(),
-                volatile: false,
-                mount_count: 0,
-                created: now_secs(),
-            })?;
+            let c = self.publish_container(
+                ContainerRecord {
+                    id: fsutil::random_hex(32),
+                    name: self.snapshot_container_name(key)?,
+                    image: None,
+                    layers,
+                    snapshot: Some(key.to_string()),
+                    volumes: Vec::new(),
+                    volatile: false,
+                    mount_count: 0,
+                    created: now_secs(),
+                },
+                false,
+            )?;
             SnapshotState::Active { container: c.id }
         };
         let now = now_ns();
