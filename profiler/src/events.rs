@@ -56,8 +56,10 @@ pub fn attribute(ev: &CopyUpEvent, mounts: &[OverlayMount], fsync_traced: bool) 
         .iter()
         .position(|b| *b == 0)
         .unwrap_or(ev.path.len())];
-    let path =
-        (!raw.is_empty()).then(|| absolute(Path::new(OsStr::from_bytes(raw)), ev.pid, ev.dfd));
+    let path = (!raw.is_empty()).then(|| {
+        let p = absolute(Path::new(OsStr::from_bytes(raw)), ev.pid, ev.dfd);
+        in_host_view(p, ev.pid, mounts)
+    });
     let mut out = CopyUp {
         trigger: Trigger::from_u8(ev.trigger)
             .map(Trigger::name)
@@ -96,6 +98,25 @@ pub fn attribute(ev: &CopyUpEvent, mounts: &[OverlayMount], fsync_traced: bool) 
         }
     }
     out
+}
+
+/// A containerised task names files from its own root (containerd's
+/// runc pivots into the rootfs mount): where that root is one of the
+/// overlay mounts, the path is re-rooted at that mount's host mount point.
+/// Identity decides (the root's device and inode), not path strings.
+fn in_host_view(p: PathBuf, pid: u32, mounts: &[OverlayMount]) -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let id = |path: &Path| std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+    let Some(root) = id(Path::new(&format!("/proc/{pid}/root"))) else {
+        return p; // the task is gone: its path stays as it named it
+    };
+    if Some(root) == id(Path::new("/")) {
+        return p;
+    }
+    match mounts.iter().find(|m| id(&m.mount_point) == Some(root)) {
+        Some(m) => m.mount_point.join(p.strip_prefix("/").unwrap_or(&p)),
+        None => p,
+    }
 }
 
 /// Makes a syscall's path absolute: relative to its dirfd, or the cwd.

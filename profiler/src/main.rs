@@ -44,7 +44,8 @@ enum Cmd {
     Record {
         #[command(flatten)]
         args: record::RecordArgs,
-        /// Only this strata container (must be mounted).
+        /// Only this strata container, wherever it is mounted (by strata
+        /// or by containerd through `strata snapshotter`): ID or name.
         #[arg(long, conflicts_with = "mount")]
         container: Option<String>,
         /// strata's store root, for --container.
@@ -118,14 +119,22 @@ fn main() -> Result<()> {
             if let Some(id) = container {
                 let store = strata_driver::Store::open(&store_root)?;
                 let c = store.find_container(&id)?;
-                if c.mount_count == 0 {
-                    bail!(
-                        "container {} is not mounted (strata mount {})",
-                        c.name,
-                        c.name
-                    );
-                }
-                args.mount = Some(store.merged_dir(&c.id));
+                let Some(m) = mounts::mount_with_upper(&store.upper_dir(&c.id)) else {
+                    match &c.snapshot {
+                        Some(key) => bail!(
+                            "container {} (containerd snapshot {key:?}) has no overlay mount: \
+                             containerd has not mounted it, or it has no parent layers \
+                             (a plain bind, where nothing is copied up)",
+                            c.name
+                        ),
+                        None => bail!(
+                            "container {} is not mounted (strata mount {})",
+                            c.name,
+                            c.name
+                        ),
+                    }
+                };
+                args.mount = Some(m.mount_point);
             } else if let Some(m) = &args.mount {
                 args.mount = Some(
                     m.canonicalize()

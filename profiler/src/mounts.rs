@@ -8,6 +8,8 @@ pub struct OverlayMount {
     pub mount_point: PathBuf,
     /// Lower directories, top (nearest the upper) first.
     pub lowers: Vec<PathBuf>,
+    /// The writable layer, if the mount has one.
+    pub upper: Option<PathBuf>,
 }
 
 impl OverlayMount {
@@ -34,10 +36,17 @@ fn parse_line(line: &str) -> Option<OverlayMount> {
     }
     let mount_point = unescape(pre.split(' ').nth(4)?);
     let options = post.nth(1)?;
-    // Legacy mounts may name layers relative to the mounting process's cwd;
-    // strata mounts from its store's l/ (the store root is three levels
-    // above merged/), naming each layer by its short link there.
-    let base = mount_point
+    let upper = split_unescaped(options, ',')
+        .iter()
+        .find_map(|o| o.strip_prefix("upperdir=").map(unescape));
+    // Long layer lists may be named relative to the mounting process's
+    // cwd: strata's legacy mounts run from its store's l/, and containerd
+    // moves into the common parent of the l/ links strata hands it. The
+    // store root is three levels above the container's upper/ (or, for a
+    // CLI mount, its merged/).
+    let base = upper
+        .as_deref()
+        .unwrap_or(&mount_point)
         .ancestors()
         .nth(3)
         .map(|root| root.join("l"))
@@ -61,6 +70,7 @@ fn parse_line(line: &str) -> Option<OverlayMount> {
     Some(OverlayMount {
         mount_point,
         lowers,
+        upper,
     })
 }
 
@@ -93,6 +103,16 @@ fn unescape(s: &str) -> PathBuf {
     ))
 }
 
+/// The overlay mount whose writable layer is `upper`: how a container is
+/// found wherever its engine mounted it (strata's CLI under the store,
+/// containerd under its own state directory).
+pub fn mount_with_upper(upper: &Path) -> Option<OverlayMount> {
+    let want = upper.canonicalize().ok()?;
+    overlay_mounts()
+        .into_iter()
+        .find(|m| m.upper.as_deref().and_then(|u| u.canonicalize().ok()) == Some(want.clone()))
+}
+
 /// The overlay mount whose mount point is the longest prefix of `path`.
 pub fn mount_of<'a>(
     mounts: &'a [OverlayMount],
@@ -120,8 +140,17 @@ mod tests {
                 PathBuf::from("/s/layers/b/diff")
             ]
         );
-        let legacy = "51 27 0:43 / /s/containers/c/merged rw - overlay overlay rw,lowerdir=AB:CD,upperdir=/u,workdir=/w";
+        let legacy = "51 27 0:43 / /s/containers/c/merged rw - overlay overlay rw,lowerdir=AB:CD,upperdir=/s/containers/c/upper,workdir=/w";
         let m = parse_line(legacy).unwrap();
+        assert_eq!(
+            m.lowers,
+            vec![PathBuf::from("/s/l/AB"), PathBuf::from("/s/l/CD")]
+        );
+        // containerd mounts strata's snapshots under its own state dir,
+        // from the common parent of the l/ links when the list is long.
+        let containerd = "52 27 0:44 / /run/ctrd/t/ns/c1/rootfs rw - overlay overlay rw,index=off,workdir=/s/containers/c/work,upperdir=/s/containers/c/upper,lowerdir=AB:CD";
+        let m = parse_line(containerd).unwrap();
+        assert_eq!(m.upper, Some(PathBuf::from("/s/containers/c/upper")));
         assert_eq!(
             m.lowers,
             vec![PathBuf::from("/s/l/AB"), PathBuf::from("/s/l/CD")]

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use strata_driver::containers::CreateOptions;
+use strata_driver::testing::containerd::{busybox_image, Containerd, BOTTOM, IMAGE, SNAPSHOTTER};
 use strata_driver::testing::{layer, privileged, TestStore};
 
 const BIN: &str = env!("CARGO_BIN_EXE_strata-prof");
@@ -668,4 +669,90 @@ fn copy_up_fsync_part_shows_durable_versus_volatile() {
     let v = fsync_of(&volatile).as_u64().expect("measured");
     assert!(d > 0, "a durable copy-up fsyncs the copy");
     assert_eq!(v, 0, "a volatile mount skips the fsync");
+}
+
+/// A containerd container on strata (`strata snapshotter`, runc): record
+/// finds it by its strata name, wherever containerd mounted it, and sees
+/// the one copy-up the container makes, attributed to the bottom layer.
+#[test]
+fn record_follows_a_containerd_container() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let ts = TestStore::new();
+    let strata = Path::new(BIN).with_file_name("strata");
+    assert!(
+        strata.exists(),
+        "{} is built by cargo test --workspace",
+        strata.display()
+    );
+    let ctrd = Containerd::start(&ts.dir.join("engine"), &strata);
+    let tar = busybox_image(&ts.scratch("image"), 0);
+    ctrd.ctr_ok(&[
+        "images",
+        "import",
+        "--snapshotter",
+        SNAPSHOTTER,
+        tar.to_str().unwrap(),
+    ]);
+    // Waits for /go, then appends to a bottom-layer file (one copy-up).
+    let script = "while [ ! -e /go ]; do sleep 0.05; done; \
+                  echo more >> /data/file; touch /done; sleep 600";
+    ctrd.ctr_ok(&[
+        "run",
+        "-d",
+        "--snapshotter",
+        SNAPSHOTTER,
+        IMAGE,
+        "c1",
+        "/bin/sh",
+        "-c",
+        script,
+    ]);
+    let store = ctrd.store();
+    let c = store
+        .containers()
+        .unwrap()
+        .into_iter()
+        .find(|c| c.snapshot.as_deref().is_some_and(|k| k.ends_with("/c1")))
+        .expect("c1's writable layer is a strata container");
+    let upper = store.upper_dir(&c.id);
+    let rootfs = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .find(|l| l.contains(&format!("upperdir={}", upper.display())))
+        .and_then(|l| l.split(' ').nth(4).map(std::path::PathBuf::from))
+        .expect("containerd mounted c1's rootfs");
+
+    let root = ctrd.store_root();
+    let recording = Recording::start(&[
+        "--json".as_ref(),
+        "--interval".as_ref(),
+        "500ms".as_ref(),
+        "--container".as_ref(),
+        c.name.as_ref(),
+        "--store-root".as_ref(),
+        root.as_os_str(),
+    ]);
+    fs::write(rootfs.join("go"), b"").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !rootfs.join("done").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the container did not run"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    let stdout = recording.stop();
+    ctrd.ctr(&["tasks", "kill", "-s", "SIGKILL", "c1"]);
+
+    let lines = json_lines(&stdout);
+    let events: Vec<&Value> = lines.iter().filter(|v| v["type"] == "copy_up").collect();
+    assert_eq!(events.len(), 1, "{stdout}");
+    let e = events[0];
+    assert!(e["path"].as_str().unwrap().ends_with("data/file"), "{e}");
+    assert_eq!(e["layer_depth"], 3, "the bottom of three layers: {e}");
+    assert_eq!(e["file_size"], BOTTOM.len(), "{e}");
 }

@@ -15,7 +15,6 @@ use crate::testing::{docker_archive_dir, layer, LayerFn};
 use crate::Store;
 
 pub const SNAPSHOTTER: &str = "strata";
-pub const NAMESPACE: &str = "strata-test";
 /// The name `busybox_image` is tagged with.
 pub const IMAGE: &str = "docker.io/library/strata-engine-test:latest";
 /// The bottom layer's /data/file.
@@ -23,6 +22,10 @@ pub const BOTTOM: &[u8] = b"written in the bottom layer\n";
 
 pub struct Containerd {
     pub dir: PathBuf,
+    /// containerd namespace of this instance's images and containers. runc
+    /// keeps its state per namespace under one global directory, so each
+    /// instance has its own and deletes it when dropped.
+    pub namespace: String,
     strata: PathBuf,
     snapshotter: Option<Child>,
     containerd: Option<Child>,
@@ -53,6 +56,7 @@ impl Containerd {
         fs::create_dir_all(dir).unwrap();
         let mut c = Containerd {
             dir: dir.to_path_buf(),
+            namespace: format!("strata-test-{}", crate::fsutil::random_hex(4)),
             strata: strata.to_path_buf(),
             snapshotter: None,
             containerd: None,
@@ -152,7 +156,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         let mut cmd = Command::new("ctr");
         cmd.arg("--address")
             .arg(self.address())
-            .args(["--namespace", NAMESPACE])
+            .args(["--namespace", &self.namespace])
             .args(args);
         cmd
     }
@@ -194,6 +198,23 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     }
 }
 
+impl Containerd {
+    /// runc's record of this namespace's containers (their processes die
+    /// with it), which would otherwise outlive the test under /run.
+    fn delete_runc_state(&self) {
+        let root = Path::new("/run/containerd/runc").join(&self.namespace);
+        for e in fs::read_dir(&root).into_iter().flatten().flatten() {
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(&root)
+                .args(["delete", "--force"])
+                .arg(e.file_name())
+                .output();
+        }
+        let _ = fs::remove_dir_all(&root);
+    }
+}
+
 impl Drop for Containerd {
     fn drop(&mut self) {
         if let Some(mut child) = self.containerd.take() {
@@ -202,6 +223,7 @@ impl Drop for Containerd {
         }
         self.kill_snapshotter();
         self.kill_leftovers();
+        self.delete_runc_state();
         crate::mount::unmount_beneath(&self.dir);
     }
 }

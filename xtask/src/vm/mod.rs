@@ -37,6 +37,11 @@ const NOT_IN_GUEST: &[(&str, &str, &str)] = &[
         "",
         "needs containerd, ctr and runc; the guest is a minimal busybox system without them",
     ),
+    (
+        "profiler",
+        "record_follows_a_containerd_container",
+        "needs containerd, ctr and runc; the guest is a minimal busybox system without them",
+    ),
 ];
 
 pub fn vm_test(kernels: &[String], only: &[String], timeout: Duration) -> Result<()> {
