@@ -49,7 +49,12 @@ pub fn commit(store: &Store, container: &str, name: &str) -> Result<ImageRecord>
         .rev()
         .map(|l| store.layer_diff(l))
         .collect();
-    let applied = apply_layer(BufReader::new(tar), &staged.path().join("diff"), &lowers)?;
+    let applied = apply_layer(
+        BufReader::new(tar),
+        &staged.path().join("diff"),
+        &lowers,
+        store.options().sync,
+    )?;
     fsutil::syncfs(&store.tmp_dir())?;
 
     let parent = base.layers.last().cloned();

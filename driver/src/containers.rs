@@ -230,15 +230,22 @@ impl Store {
         let upper = self.upper_dir(&c.id);
         let work = self.container_dir(&c.id).join("work");
         let merged = self.merged_dir(&c.id);
-        let api = mount::mount_overlay(&OverlaySpec {
-            lowers,
-            short_lowers: short,
-            links_base: &links,
-            upper: &upper,
-            work: &work,
-            target: &merged,
-            volatile: c.volatile,
-        })?;
+        let api = self
+            .options()
+            .mount_api
+            .unwrap_or_else(mount::MountApi::for_kernel);
+        let api = mount::mount_overlay(
+            &OverlaySpec {
+                lowers,
+                short_lowers: short,
+                links_base: &links,
+                upper: &upper,
+                work: &work,
+                target: &merged,
+                volatile: c.volatile,
+            },
+            api,
+        )?;
         if let Err(e) = self.mount_volumes(c, &merged) {
             let _ = self.unmount_all(c, true);
             return Err(e);

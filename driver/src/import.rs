@@ -18,7 +18,7 @@ use crate::fsutil::{self, StagingDir, Txn};
 use crate::image::{self, config, SourceImage, SourceKind};
 use crate::images::{normalize_name, ImageRecord};
 use crate::layers::now_secs;
-use crate::store::Store;
+use crate::store::{Store, SyncMode};
 
 #[derive(Debug, Default)]
 pub struct ImportOptions {
@@ -60,7 +60,9 @@ pub fn import(store: &Store, src: &str, opts: &ImportOptions) -> Result<ImportRe
             let f = File::open(&path).ctx(|| format!("opening {}", path.display()))?;
             let (_, reader) =
                 compression::decompress(f).ctx(|| format!("reading {}", path.display()))?;
-            apply_layer(reader, &dir, &[]).map_err(|e| image::invalid(&path, e.to_string()))?;
+            // Scratch, read once and deleted: never synced file by file.
+            apply_layer(reader, &dir, &[], SyncMode::Filesystem)
+                .map_err(|e| image::invalid(&path, e.to_string()))?;
             unpacked = Some(staged);
             dir
         }
@@ -183,7 +185,8 @@ fn import_source(
             compression::decompress(progress.wrap(f)).ctx(|| format!("reading {what}"))?;
         let mut diff_hash = HashingReader::new(decompressed);
         let lowers: Vec<PathBuf> = staged.iter().rev().map(|s| s.diff_dir(store)).collect();
-        let applied = apply_layer(&mut diff_hash, &dir.path().join("diff"), &lowers)
+        let sync = store.options().sync;
+        let applied = apply_layer(&mut diff_hash, &dir.path().join("diff"), &lowers, sync)
             .map_err(|e| image::invalid(src, format!("{what}: {e}")))?;
         let (diff_id, _) = diff_hash
             .finish()

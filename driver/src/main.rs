@@ -11,8 +11,9 @@ use strata_driver::containers::CreateOptions;
 use strata_driver::export::{self, SaveFormat};
 use strata_driver::image::config;
 use strata_driver::import::{import, ImportOptions};
+use strata_driver::mount::MountApi;
 use strata_driver::snapshotter::{self, ServeOptions};
-use strata_driver::store::DEFAULT_ROOT;
+use strata_driver::store::{StoreOptions, SyncMode, DEFAULT_ROOT};
 use strata_driver::volumes::VolumeMount;
 use strata_driver::{commit, Store};
 
@@ -22,6 +23,14 @@ struct Cli {
     /// Store root.
     #[arg(long, env = "STRATA_ROOT", default_value = DEFAULT_ROOT, global = true)]
     root: PathBuf,
+    /// Mount interface for strata's own mounts: `new` (lowerdir+, Linux
+    /// >= 6.7) or `legacy` (one-page option string); default: by kernel.
+    #[arg(long, env = "STRATA_MOUNT_API", global = true)]
+    mount_api: Option<MountApi>,
+    /// How extracted layers reach the disk: one syncfs per layer, or an
+    /// fsync per file (slower; for filesystems whose syncfs is unreliable).
+    #[arg(long, env = "STRATA_SYNC", value_enum, default_value_t = Sync::Filesystem, global = true)]
+    sync: Sync,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -31,6 +40,12 @@ struct Output {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
+}
+
+#[derive(ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum Sync {
+    Filesystem,
+    PerFile,
 }
 
 #[derive(ValueEnum, Clone, Copy, PartialEq, Eq)]
@@ -181,8 +196,15 @@ enum SystemCmd {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let store =
-        Store::open(&cli.root).with_context(|| format!("opening store {}", cli.root.display()))?;
+    let options = StoreOptions {
+        mount_api: cli.mount_api,
+        sync: match cli.sync {
+            Sync::Filesystem => SyncMode::Filesystem,
+            Sync::PerFile => SyncMode::PerFile,
+        },
+    };
+    let store = Store::open_with(&cli.root, options)
+        .with_context(|| format!("opening store {}", cli.root.display()))?;
     // Like any command, check first finishes what a crash interrupted.
     let recovered = store
         .recover_if_needed()

@@ -39,14 +39,8 @@ pub enum MountApi {
 }
 
 impl MountApi {
-    /// `STRATA_MOUNT_API=legacy|new` forces one (tests use it to cover the
-    /// older kernels' path here); otherwise the kernel version decides.
-    pub fn detect() -> MountApi {
-        match std::env::var("STRATA_MOUNT_API").as_deref() {
-            Ok("legacy") => return MountApi::Legacy,
-            Ok("new") => return MountApi::LowerdirPlus,
-            _ => {}
-        }
+    /// `lowerdir+` where the kernel has it (Linux >= 6.7), else legacy.
+    pub fn for_kernel() -> MountApi {
         let release = nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_default();
@@ -58,6 +52,17 @@ impl MountApi {
             MountApi::LowerdirPlus
         } else {
             MountApi::Legacy
+        }
+    }
+}
+
+impl std::str::FromStr for MountApi {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<MountApi, String> {
+        match s {
+            "legacy" => Ok(MountApi::Legacy),
+            "new" => Ok(MountApi::LowerdirPlus),
+            _ => Err(format!("{s:?} is not a mount API: legacy or new")),
         }
     }
 }
@@ -104,14 +109,13 @@ pub struct OverlaySpec<'a> {
     pub volatile: bool,
 }
 
-pub fn mount_overlay(spec: &OverlaySpec<'_>) -> Result<MountApi> {
+pub fn mount_overlay(spec: &OverlaySpec<'_>, api: MountApi) -> Result<MountApi> {
     if spec.lowers.len() > MAX_LAYERS {
         return Err(Error::TooManyLayers {
             count: spec.lowers.len(),
             limit: MAX_LAYERS,
         });
     }
-    let api = MountApi::detect();
     match api {
         MountApi::LowerdirPlus => mount_new_api(spec),
         MountApi::Legacy => mount_legacy(spec),

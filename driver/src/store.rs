@@ -24,9 +24,31 @@ use crate::error::{IoContext, Result};
 
 pub const DEFAULT_ROOT: &str = "/var/lib/strata";
 
+/// How layer files reach the disk when a layer is extracted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SyncMode {
+    /// One syncfs per layer before it is published.
+    #[default]
+    Filesystem,
+    /// fsync every extracted file (much slower; for filesystems whose
+    /// syncfs cannot be trusted).
+    PerFile,
+}
+
+/// Settings a store is opened with. The library reads no environment:
+/// front doors decide (the CLI from its flags and STRATA_* variables).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StoreOptions {
+    /// Which mount interface the CLI's own mounts use; None: the kernel
+    /// version decides (see MountApi::for_kernel).
+    pub mount_api: Option<crate::mount::MountApi>,
+    pub sync: SyncMode,
+}
+
 #[derive(Clone, Debug)]
 pub struct Store {
     root: PathBuf,
+    options: StoreOptions,
     /// The snapshot metadata as last read, shared by clones (see
     /// snapshots::metadata).
     pub(crate) snapshot_cache: crate::snapshots::MetadataCache,
@@ -38,11 +60,16 @@ pub struct StoreLock {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store at `root`.
+    /// Opens (creating if needed) the store at `root`, with default options.
     pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
+        Store::open_with(root, StoreOptions::default())
+    }
+
+    pub fn open_with(root: impl Into<PathBuf>, options: StoreOptions) -> Result<Store> {
         let root = root.into();
         let store = Store {
             root,
+            options,
             snapshot_cache: Default::default(),
         };
         for dir in [
@@ -63,6 +90,9 @@ impl Store {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+    pub fn options(&self) -> &StoreOptions {
+        &self.options
     }
     pub fn layers_dir(&self) -> PathBuf {
         self.root.join("layers")

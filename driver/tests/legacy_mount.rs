@@ -1,11 +1,11 @@
 //! The mount path of kernels before 6.7 (no `lowerdir+`): the legacy
-//! option string with short link names, forced here with
-//! STRATA_MOUNT_API=legacy. Its own test binary, so the variable touches
-//! no other test.
+//! option string with short link names, forced here by the store option.
 
 use std::fs;
 
 use strata_driver::containers::CreateOptions;
+use strata_driver::mount::MountApi;
+use strata_driver::store::StoreOptions;
 use strata_driver::testing::{layer, privileged, TestStore};
 use strata_driver::{Error, Store};
 
@@ -14,8 +14,10 @@ fn legacy_option_string_mounts_500_layers_and_refuses_what_does_not_fit() {
     if !privileged() {
         return;
     }
-    std::env::set_var("STRATA_MOUNT_API", "legacy");
-    let ts = TestStore::new();
+    let ts = TestStore::with_options(StoreOptions {
+        mount_api: Some(MountApi::Legacy),
+        ..Default::default()
+    });
     // The kernel's own maximum, through one page of options: 6-character
     // link names, mounted from inside l/.
     let layers = (0..500)
@@ -43,7 +45,7 @@ fn legacy_option_string_mounts_500_layers_and_refuses_what_does_not_fit() {
     // A store so deep in the tree that its upper and work paths leave
     // room for fewer layers than the stack has: refused, nothing mounted.
     let deep_root = ts.dir.join(vec!["p".repeat(250); 7].join("/"));
-    let store = Store::open(&deep_root).unwrap();
+    let store = Store::open_with(&deep_root, *ts.store.options()).unwrap();
     let layers = (0..100)
         .map(|i| {
             layer(move |t| {

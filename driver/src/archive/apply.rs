@@ -16,6 +16,7 @@ use tar::{EntryType, Header};
 use super::beneath::{cstr, cvt, join, open_beneath, open_or_create_dirs};
 use super::{OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, OVERLAY_XATTR_PREFIX, WHITEOUT_PREFIX};
 use crate::error::{entry_error, Error, IoContext, Result};
+use crate::store::SyncMode;
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct AppliedLayer {
@@ -32,7 +33,12 @@ pub struct AppliedLayer {
 /// owner and mtime from the first of them that has it, as
 /// containers/storage does: otherwise a layer that just deletes `/etc/x`
 /// would reset `/etc` to 0755 root in every container above it.
-pub fn apply_layer(reader: impl Read, dest: &Path, lowers: &[PathBuf]) -> Result<AppliedLayer> {
+pub fn apply_layer(
+    reader: impl Read,
+    dest: &Path,
+    lowers: &[PathBuf],
+    sync: SyncMode,
+) -> Result<AppliedLayer> {
     let root = File::open(dest)
         .map(OwnedFd::from)
         .ctx(|| format!("opening layer directory {}", dest.display()))?;
@@ -43,7 +49,7 @@ pub fn apply_layer(reader: impl Read, dest: &Path, lowers: &[PathBuf]) -> Result
         parent_cache: None,
         stats: AppliedLayer::default(),
         lowers: lowers.to_vec(),
-        sync_each_file: std::env::var(SYNC_ENV).as_deref() == Ok("per-file"),
+        sync_each_file: sync == SyncMode::PerFile,
     };
     let mut archive = tar::Archive::new(reader);
     let entries = archive.entries().ctx(|| "reading tar stream".to_string())?;
@@ -92,15 +98,10 @@ struct Applier {
     parent_cache: Option<(OsString, OwnedFd)>,
     stats: AppliedLayer,
     lowers: Vec<PathBuf>,
-    /// fsync every file as it is written (`STRATA_SYNC=per-file`) instead
-    /// of the one syncfs the importer does before publishing.
+    /// fsync every file as it is written (SyncMode::PerFile) instead of
+    /// the one syncfs the importer does before publishing.
     sync_each_file: bool,
 }
-
-/// `STRATA_SYNC=per-file`: fsync each extracted file. Much slower; for
-/// filesystems whose syncfs is unreliable, and to show the bench gate
-/// catching a regression.
-pub const SYNC_ENV: &str = "STRATA_SYNC";
 
 /// Splits a tar path into safe components: no absolute paths, no `..`.
 pub fn clean_path(raw: &[u8]) -> std::result::Result<Vec<&OsStr>, String> {

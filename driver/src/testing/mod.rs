@@ -11,6 +11,7 @@ use crate::archive::write::read_xattrs;
 use crate::containers::CreateOptions;
 use crate::image::build::{write_docker_archive, LayerTar};
 use crate::import::{import, ImportOptions};
+use crate::store::StoreOptions;
 use crate::{fsutil, Store};
 
 pub mod containerd;
@@ -45,11 +46,15 @@ impl Default for TestStore {
 
 impl TestStore {
     pub fn new() -> TestStore {
+        TestStore::with_options(StoreOptions::default())
+    }
+
+    pub fn with_options(options: StoreOptions) -> TestStore {
         let base = PathBuf::from("/var/tmp/strata-tests");
         fs::create_dir_all(&base).unwrap();
         let dir = base.join(format!("t{}", fsutil::random_hex(6)));
         fs::create_dir(&dir).unwrap();
-        let store = Store::open(dir.join("root")).unwrap();
+        let store = Store::open_with(dir.join("root"), options).unwrap();
         TestStore { dir, store }
     }
 
