@@ -173,8 +173,17 @@ fn usage(env: &Env, c: &Containerd) -> Result<BenchResult> {
             }
         }
     }
+    // containerd's collector would skip (and so not time) any snapshot it
+    // no longer tracks: every sample must list all 50.
     let timed = |sn: &'static str| {
-        Timed::just(move || ctr(c, &["snapshots", "--snapshotter", sn, "usage"]).map(drop))
+        Timed::just(move || {
+            let out = ctr(c, &["snapshots", "--snapshotter", sn, "usage"])?;
+            let listed = out.lines().filter(|l| l.starts_with("usage-")).count();
+            if listed != 50 {
+                bail!("{sn}: usage listed {listed} of the 50 active snapshots");
+            }
+            Ok(())
+        })
     };
     compare(
         "ctr snapshots usage (50 active)",
