@@ -337,22 +337,39 @@ impl Store {
         fsutil::remove_tree(&doomed)
     }
 
-    /// Rebuilds layer.json from the images that use the layer: its diffID
-    /// and parent are in their configs; its size is measured again.
-    fn rebuild_layer_record(&self, chain: &Digest) -> Result<()> {
-        let img = self
+    /// Rebuilds layer.json from what uses the layer (see layer_lineage);
+    /// its size is measured again.
+    /// A layer's diffID and parent, from an image that uses it (its config
+    /// has them) or else the committed snapshot it is (its parent
+    /// snapshot's layer; snapshot layers carry their chain ID as diffID).
+    fn layer_lineage(&self, chain: &Digest) -> Result<(Digest, Option<Digest>)> {
+        if let Some(img) = self
             .images()?
             .into_iter()
             .find(|i| i.layers.contains(chain))
-            .ok_or_else(|| crate::Error::NotFound {
-                kind: "image using layer",
+        {
+            let i = img.layers.iter().position(|l| l == chain).expect("found");
+            return Ok((
+                img.diff_ids[i].clone(),
+                i.checked_sub(1).map(|p| img.layers[p].clone()),
+            ));
+        }
+        let db = self.snapshot_db()?;
+        let snapshot = db
+            .snapshots
+            .values()
+            .find(|r| matches!(&r.state, SnapshotState::Committed { layer, .. } if layer == chain));
+        match snapshot {
+            Some(rec) => Ok((chain.clone(), db.layer_chain(rec.parent.as_deref())?.pop())),
+            None => Err(crate::Error::NotFound {
+                kind: "image or snapshot using layer",
                 name: chain.to_string(),
-            })?;
-        let i = img
-            .layers
-            .iter()
-            .position(|l| l == chain)
-            .expect("found above");
+            }),
+        }
+    }
+
+    fn rebuild_layer_record(&self, chain: &Digest) -> Result<()> {
+        let (diff_id, parent) = self.layer_lineage(chain)?;
         let existing_link = fs::read_dir(self.links_dir())
             .ctx(|| "reading l/".into())?
             .flatten()
@@ -362,8 +379,8 @@ impl Store {
             .map(|e| e.file_name().to_string_lossy().into_owned());
         let rec = LayerRecord {
             chain_id: chain.clone(),
-            diff_id: img.diff_ids[i].clone(),
-            parent: i.checked_sub(1).map(|p| img.layers[p].clone()),
+            diff_id,
+            parent,
             size: apparent_size(&self.layer_diff(chain))?,
             link: existing_link
                 .unwrap_or_else(|| fsutil::random_name(crate::layers::LINK_NAME_LEN)),

@@ -90,3 +90,45 @@ fn an_active_snapshot_whose_writable_layer_vanished_is_dropped_by_repair() {
     );
     assert!(s.check(false).unwrap().is_empty());
 }
+
+#[test]
+fn a_committed_snapshot_layer_that_lost_its_record_is_rebuilt() {
+    if !privileged() {
+        return;
+    }
+    let ts = TestStore::new();
+    let s = &ts.store;
+    for (key, name, parent) in [("k1", "one", ""), ("k2", "two", "one")] {
+        s.create_snapshot(false, key, parent, BTreeMap::new())
+            .unwrap();
+        let c = active_container(&ts, key);
+        fs::write(s.upper_dir(&c).join(name), name.as_bytes()).unwrap();
+        s.commit_snapshot(name, key, BTreeMap::new()).unwrap();
+    }
+    let layer = |name: &str| match &s.snapshot_db().unwrap().require(name).unwrap().state {
+        SnapshotState::Committed { layer, .. } => layer.clone(),
+        other => panic!("{other:?}"),
+    };
+    let (one, two) = (layer("one"), layer("two"));
+    let before = s.require_layer(&two).unwrap();
+    fs::remove_file(s.layer_dir(&two).join("layer.json")).unwrap();
+
+    let found = s.check(false).unwrap();
+    assert!(
+        found
+            .iter()
+            .any(|p| p.what.contains("lost its metadata") && p.repairable),
+        "{found:?}"
+    );
+    assert!(s.check(true).unwrap().iter().all(|p| p.repaired));
+    let rebuilt = s.require_layer(&two).unwrap();
+    assert_eq!(rebuilt.parent, Some(one), "the parent snapshot's layer");
+    assert_eq!(rebuilt.size, before.size);
+    assert_eq!(rebuilt.link, before.link, "the short link is kept");
+    assert!(s.check(false).unwrap().is_empty());
+    // And a child still mounts through it.
+    let mounts = s
+        .create_snapshot(false, "k3", "two", BTreeMap::new())
+        .unwrap();
+    assert!(mounts[0].options.iter().any(|o| o.starts_with("lowerdir=")));
+}
