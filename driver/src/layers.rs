@@ -124,10 +124,9 @@ impl Store {
     /// rename: record first, then the diff, so that recovery can tell an
     /// interrupted commit (a layer nothing references whose container
     /// still exists without its upper) and move the diff back. Call with
-    /// the store lock held and a transaction open, once the upper's data
-    /// is flushed: the one syncfs here then only commits these few
-    /// metadata changes, where a sync per file and directory cost a
-    /// journal commit each.
+    /// the store lock held and a transaction open. Nothing is synced here:
+    /// the committed snapshot records that it is unflushed until
+    /// flush_snapshots has flushed the whole filesystem.
     pub(crate) fn publish_snapshot_layer(
         &self,
         container: &str,
@@ -150,7 +149,6 @@ impl Store {
         let upper = self.upper_dir(container);
         fs::rename(&upper, dir.join("diff"))
             .ctx(|| format!("moving {} into layer {chain_id}", upper.display()))?;
-        fsutil::syncfs(&dir)?;
         Ok(record)
     }
 

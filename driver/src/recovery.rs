@@ -131,6 +131,10 @@ impl Store {
             }
         }
 
+        // Before the layers are judged: dropping a torn snapshot orphans
+        // its layer and writable layers, which the rest of this scan removes.
+        self.check_torn_snapshots(&mut found)?;
+        self.check_snapshot_containers(&mut found)?;
         let images = self.images()?;
         let containers = self.containers()?;
         let referenced = self.referenced_layers()?;
@@ -213,7 +217,7 @@ impl Store {
             }
         }
 
-        self.check_snapshot_containers(&containers, &mut found)?;
+        self.check_snapshot_data(&mut found)?;
         for c in &containers {
             self.check_mounts(c, &mut found);
         }
@@ -260,13 +264,12 @@ impl Store {
     /// A containerd snapshot's writable layer that no snapshot names was
     /// left by a Prepare or Commit interrupted after its first step (or a
     /// Remove after its metadata change): nothing can reach it.
-    fn check_snapshot_containers(
-        &self,
-        containers: &[ContainerRecord],
-        found: &mut Findings,
-    ) -> Result<()> {
+    ///
+    /// Runs before the layers are judged: a writable layer removed here no
+    /// longer holds its lower layers.
+    fn check_snapshot_containers(&self, found: &mut Findings) -> Result<()> {
         let db = self.snapshot_db()?;
-        for c in containers {
+        for c in &self.containers()? {
             let Some(key) = &c.snapshot else { continue };
             if db.key_of_container(&c.id) != Some(key.as_str()) {
                 found.add(
@@ -279,7 +282,14 @@ impl Store {
                 );
             }
         }
-        for (key, rec) in &db.snapshots {
+        Ok(())
+    }
+
+    /// Snapshots whose data is gone. Runs after the layers are judged:
+    /// that is where a half-committed diff goes back and a lost layer
+    /// record is rebuilt.
+    fn check_snapshot_data(&self, found: &mut Findings) -> Result<()> {
+        for (key, rec) in &self.snapshot_db()?.snapshots {
             match &rec.state {
                 // Unsynced by design (see publish_container): after a
                 // power loss it may be gone, and the snapshot with it.
@@ -301,6 +311,31 @@ impl Store {
                 _ => {}
             }
         }
+        Ok(())
+    }
+
+    /// Snapshots committed unflushed in an earlier boot (see
+    /// snapshots::flush) are dropped with their descendants.
+    fn check_torn_snapshots(&self, found: &mut Findings) -> Result<()> {
+        let boot = crate::snapshots::boot_id()?;
+        let torn = self.snapshot_db()?.torn_snapshots(&boot);
+        if torn.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = torn.iter().map(|k| format!("{k:?}")).collect();
+        found.add(
+            format!(
+                "containerd snapshots not yet flushed when the machine went down, \
+                 dropped for containerd to extract again: {}",
+                names.join(", ")
+            ),
+            true,
+            || {
+                let mut db = (*self.snapshot_db()?).clone();
+                db.snapshots.retain(|k, _| !torn.contains(k));
+                self.save_snapshot_db(db)
+            },
+        );
         Ok(())
     }
 

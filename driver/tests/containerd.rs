@@ -104,6 +104,16 @@ fn containerd_imports_runs_and_collects_on_strata() {
     let df = strata_json(&root, &["system", "df"]);
     let layer_bytes: u64 = layers.iter().map(|l| l.size).sum();
     assert_eq!(df["layers_size"].as_u64(), Some(layer_bytes), "{df}");
+    // The snapshotter makes the committed layers durable on its own,
+    // shortly after containerd commits them.
+    wait_until("the committed layers to be flushed", || {
+        store
+            .snapshot_db()
+            .unwrap()
+            .snapshots
+            .values()
+            .all(|r| r.unflushed_boot.is_none())
+    });
     let busybox = fs::metadata("/bin/busybox").unwrap().len();
     assert!(layer_bytes >= busybox + 8 * (16 << 10), "{layer_bytes}");
 

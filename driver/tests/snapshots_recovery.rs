@@ -132,3 +132,80 @@ fn a_committed_snapshot_layer_that_lost_its_record_is_rebuilt() {
         .unwrap();
     assert!(mounts[0].options.iter().any(|o| o.starts_with("lowerdir=")));
 }
+
+fn unflushed(ts: &TestStore, key: &str) -> Option<String> {
+    ts.store
+        .snapshot_db()
+        .unwrap()
+        .require(key)
+        .unwrap()
+        .unflushed_boot
+        .clone()
+}
+
+#[test]
+fn a_commit_is_durable_once_flushed_and_not_a_problem_before() {
+    if !privileged() {
+        return;
+    }
+    let ts = TestStore::new();
+    let s = &ts.store;
+    s.create_snapshot(false, "k", "", BTreeMap::new()).unwrap();
+    s.commit_snapshot("layer", "k", BTreeMap::new()).unwrap();
+    let boot = strata_driver::snapshots::boot_id().unwrap();
+    assert_eq!(unflushed(&ts, "layer"), Some(boot), "marked until flushed");
+    assert!(
+        s.check(false).unwrap().is_empty(),
+        "pending in this boot is fine"
+    );
+    assert_eq!(s.flush_snapshots().unwrap(), 1);
+    assert_eq!(unflushed(&ts, "layer"), None);
+    assert_eq!(s.flush_snapshots().unwrap(), 0, "nothing left to flush");
+}
+
+#[test]
+fn snapshots_unflushed_in_an_earlier_boot_are_dropped_with_their_descendants() {
+    if !privileged() {
+        return;
+    }
+    let ts = TestStore::new();
+    let s = &ts.store;
+    s.create_snapshot(false, "k1", "", BTreeMap::new()).unwrap();
+    s.commit_snapshot("durable", "k1", BTreeMap::new()).unwrap();
+    s.flush_snapshots().unwrap();
+    s.create_snapshot(false, "k2", "durable", BTreeMap::new())
+        .unwrap();
+    s.commit_snapshot("torn", "k2", BTreeMap::new()).unwrap();
+    s.create_snapshot(false, "ctr", "torn", BTreeMap::new())
+        .unwrap();
+    s.create_snapshot(true, "view", "torn", BTreeMap::new())
+        .unwrap();
+    // The machine went down before the flush: rewrite the mark as if
+    // written in an earlier boot.
+    let path = s.snapshots_dir().join("metadata.json");
+    let mut db: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    db["snapshots"]["torn"]["unflushed_boot"] = "an-earlier-boot".into();
+    fs::write(&path, serde_json::to_vec(&db).unwrap()).unwrap();
+
+    let found = s.check(false).unwrap();
+    assert!(
+        found.iter().any(|p| p.what.contains("\"torn\"")
+            && p.what.contains("\"ctr\"")
+            && p.what.contains("\"view\"")),
+        "{found:?}"
+    );
+    assert!(s.check(true).unwrap().iter().all(|p| p.repaired));
+    let left: Vec<String> = s
+        .list_snapshots(&[])
+        .unwrap()
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    assert_eq!(left, vec!["durable".to_string()]);
+    assert_eq!(s.layers().unwrap().len(), 1, "the torn layer is gone");
+    assert!(
+        s.containers().unwrap().is_empty(),
+        "so is ctr's writable layer"
+    );
+    assert!(s.check(false).unwrap().is_empty());
+}

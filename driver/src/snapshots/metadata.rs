@@ -41,6 +41,10 @@ pub struct SnapshotRecord {
     /// Nanoseconds since the epoch: containerd compares them exactly.
     pub created_ns: u64,
     pub updated_ns: u64,
+    /// A committed snapshot whose data is not flushed yet: the boot
+    /// (kernel boot_id) it was written in. None once durable (see flush).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unflushed_boot: Option<String>,
 }
 
 /// Every snapshot by key (active, view) or name (committed).

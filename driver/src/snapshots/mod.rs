@@ -17,6 +17,7 @@
 //! its own lock.
 
 pub mod filter;
+mod flush;
 mod metadata;
 mod mounts;
 
@@ -26,6 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+pub use flush::boot_id;
 pub use metadata::{MetadataCache, SnapshotDb, SnapshotRecord, SnapshotState};
 
 use crate::containers::ContainerRecord;
@@ -187,6 +189,7 @@ impl Store {
             labels,
             created_ns: now,
             updated_ns: now,
+            unflushed_boot: None,
         };
         db.snapshots.insert(key.to_string(), rec.clone());
         // Described before anything is recorded: a failure leaves only an
@@ -300,7 +303,8 @@ impl Store {
     }
 
     /// containerd's Commit: the active snapshot `key` becomes the
-    /// committed snapshot `name`, its upper directory a read-only layer.
+    /// committed snapshot `name`, its upper directory a read-only layer,
+    /// durable once flush_snapshots has run.
     pub fn commit_snapshot(
         &self,
         name: &str,
@@ -310,11 +314,12 @@ impl Store {
         validate_key("snapshot name", name)?;
         validate_labels(&labels)?;
         let container = self.active_container(&*self.snapshot_db()?, key)?;
-        // Measured and flushed before the lock: the layer is durable
-        // before it is named, without holding up other clients.
-        let upper = self.upper_dir(&container);
-        let usage = sizes::dir_usage(&upper)?;
-        fsutil::syncfs(&upper)?;
+        // Measured before the lock, without holding up other clients. Not
+        // flushed here: flush_snapshots does that shortly after, for many
+        // commits at once, and until then the record says which boot the
+        // data is unflushed in (a later boot's recovery drops it).
+        let usage = sizes::dir_usage(&self.upper_dir(&container))?;
+        let boot = flush::boot_id()?;
 
         let _lock = self.lock()?;
         let mut db = (*self.snapshot_db()?).clone();
@@ -343,6 +348,7 @@ impl Store {
                 labels,
                 created_ns: now,
                 updated_ns: now,
+                unflushed_boot: Some(boot),
             },
         );
         self.save_snapshot_db(db)?;

@@ -78,6 +78,25 @@ fn bind(opts: &ServeOptions) -> Result<UnixListener> {
     Ok(listener)
 }
 
+/// How long the flusher waits after a commit for more: containerd
+/// commits an image's layers one after another.
+const FLUSH_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Makes committed layers durable off the RPC path (see
+/// snapshots::flush): one syncfs for whatever was committed meanwhile.
+async fn flush_after_commits(store: Store, committed: Arc<tokio::sync::Notify>) {
+    loop {
+        committed.notified().await;
+        tokio::time::sleep(FLUSH_DELAY).await;
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.flush_snapshots()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => eprintln!("strata snapshotter: flushing committed layers: {e}"),
+            Err(e) => eprintln!("strata snapshotter: flusher failed: {e}"),
+        }
+    }
+}
+
 /// Serves until `shutdown` resolves, then stops taking calls, lets those
 /// under way finish and removes the socket.
 pub async fn serve(
@@ -87,15 +106,22 @@ pub async fn serve(
 ) -> Result<()> {
     let _serving = lock_store(&store)?;
     clear_stale_socket(&opts.address)?;
-    // Whatever a killed predecessor left half done is finished first.
+    // Whatever a killed predecessor left half done is finished first,
+    // and what it committed in this boot made durable.
     store.recover_if_needed()?;
+    store.flush_snapshots()?;
     let listener = bind(&opts)?;
-    let svc = Arc::new(StrataSnapshotter::new(store));
+    let committed = Arc::new(tokio::sync::Notify::new());
+    let flusher = tokio::spawn(flush_after_commits(store.clone(), committed.clone()));
+    let svc = Arc::new(StrataSnapshotter::new(store.clone(), committed));
     let served = Server::builder()
         .add_service(containerd_snapshots::server(svc))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;
+    flusher.abort();
+    let flushed = store.flush_snapshots();
     let removed = fs::remove_file(&opts.address);
+    flushed?;
     served.map_err(|e| Error::Io {
         context: format!("serving {}", opts.address.display()),
         source: std::io::Error::other(e),

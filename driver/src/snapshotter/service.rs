@@ -19,12 +19,15 @@ use crate::store::Store;
 
 pub struct StrataSnapshotter {
     store: Arc<Store>,
+    /// Woken after each Commit: the flusher makes committed layers durable.
+    committed: Arc<tokio::sync::Notify>,
 }
 
 impl StrataSnapshotter {
-    pub fn new(store: Store) -> StrataSnapshotter {
+    pub fn new(store: Store, committed: Arc<tokio::sync::Notify>) -> StrataSnapshotter {
         StrataSnapshotter {
             store: Arc::new(store),
+            committed,
         }
     }
 
@@ -151,7 +154,9 @@ impl Snapshotter for StrataSnapshotter {
         labels: HashMap<String, String>,
     ) -> Result<(), Status> {
         self.blocking(move |s| s.commit_snapshot(&name, &key, sorted(labels)))
-            .await
+            .await?;
+        self.committed.notify_one();
+        Ok(())
     }
 
     async fn remove(&self, key: String) -> Result<(), Status> {
