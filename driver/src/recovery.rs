@@ -60,15 +60,23 @@ pub struct Problem {
 impl Store {
     /// Runs the full recovery if an operation was interrupted (an abandoned
     /// entry in tmp/). Returns what it did; empty when nothing was needed.
+    /// After a reboot, containerd snapshots left unflushed (see
+    /// snapshots::flush) need it too, though nothing was interrupted.
     pub fn recover_if_needed(&self) -> Result<Vec<Problem>> {
-        if !self.abandoned_tmp()?.is_empty() {
+        if self.needs_recovery()? {
             let _lock = self.lock()?;
             // Re-checked under the lock: another process may have recovered.
-            if !self.abandoned_tmp()?.is_empty() {
+            if self.needs_recovery()? {
                 return self.scan(true);
             }
         }
         Ok(Vec::new())
+    }
+
+    fn needs_recovery(&self) -> Result<bool> {
+        let boot = crate::snapshots::boot_id()?;
+        Ok(!self.abandoned_tmp()?.is_empty()
+            || !self.snapshot_db()?.torn_snapshots(&boot).is_empty())
     }
 
     /// `strata check`: every problem found, fixed too with `repair`.
