@@ -122,16 +122,7 @@ fn containerd_imports_runs_and_collects_on_strata() {
     let script = "test \"$(cat /data/file)\" = 'written in the bottom layer' \
                   && test ! -e /etc/gone && test ! -e /opq/old && test -e /opq/new \
                   && test -e /top && echo rewritten > /data/file";
-    ctrd.ctr_ok(&[
-        "run",
-        "--snapshotter",
-        SNAPSHOTTER,
-        IMAGE,
-        "c1",
-        "/bin/sh",
-        "-c",
-        script,
-    ]);
+    ctrd.run_sh("c1", script, false);
 
     let ps = strata_json(&root, &["ps", "-a", "-s"]);
     let rows = ps.as_array().unwrap();

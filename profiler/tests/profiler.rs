@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use strata_driver::containers::CreateOptions;
-use strata_driver::testing::containerd::{busybox_image, Containerd, BOTTOM, IMAGE, SNAPSHOTTER};
+use strata_driver::testing::containerd::{busybox_image, Containerd, BOTTOM, SNAPSHOTTER};
 use strata_driver::testing::{layer, privileged, TestStore};
 
 const BIN: &str = env!("CARGO_BIN_EXE_strata-prof");
@@ -699,17 +699,7 @@ fn record_follows_a_containerd_container() {
     // Waits for /go, then appends to a bottom-layer file (one copy-up).
     let script = "while [ ! -e /go ]; do sleep 0.05; done; \
                   echo more >> /data/file; touch /done; sleep 600";
-    ctrd.ctr_ok(&[
-        "run",
-        "-d",
-        "--snapshotter",
-        SNAPSHOTTER,
-        IMAGE,
-        "c1",
-        "/bin/sh",
-        "-c",
-        script,
-    ]);
+    ctrd.run_sh("c1", script, true);
     let store = ctrd.store();
     let c = store
         .containers()

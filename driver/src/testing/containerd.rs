@@ -179,6 +179,25 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `ctr run` of `/bin/sh -c script` as container `id`, on strata, from
+    /// IMAGE (see busybox_image); `detach` returns once it started.
+    pub fn run_sh(&self, id: &str, script: &str, detach: bool) -> String {
+        let mut args = vec!["run"];
+        if detach {
+            args.push("-d");
+        }
+        args.extend([
+            "--snapshotter",
+            SNAPSHOTTER,
+            IMAGE,
+            id,
+            "/bin/sh",
+            "-c",
+            script,
+        ]);
+        self.ctr_ok(&args)
+    }
+
     /// Kills every process whose command line names this directory:
     /// containerd's shims outlive containerd itself.
     fn kill_leftovers(&self) {
