@@ -83,6 +83,49 @@ fn assert_refused(ts: &TestStore, name: &str, tar: &[u8], expect: &[&str], outsi
     );
 }
 
+/// `/etc/x` in a layer tar is `etc/x` of the layer, as docker, containerd
+/// and GNU tar extract it; so is a hardlink to `/etc/x`.
+#[test]
+fn absolute_member_names_land_inside_the_layer() {
+    if !privileged() {
+        return;
+    }
+    let ts = TestStore::new();
+    use EntryType::*;
+    let tar = case(&[
+        ("/etc/", Directory, "", b""),
+        ("/etc/x", Regular, "", b"inside"),
+        ("//twice", Regular, "", b"2"),
+        ("/etc/hl", Link, "/etc/x", b""),
+    ]);
+    let path = ts.dir.join("absolute.tar");
+    fs::write(&path, tar).unwrap();
+    let report = import(
+        &ts.store,
+        path.to_str().unwrap(),
+        &ImportOptions {
+            name: Some("absolute".into()),
+            progress: false,
+        },
+    )
+    .unwrap();
+    let diff = ts.store.layer_diff(&report.image.layers[0]);
+    assert_eq!(fs::read(diff.join("etc/x")).unwrap(), b"inside");
+    assert_eq!(fs::read(diff.join("twice")).unwrap(), b"2");
+    let (x, hl) = (
+        fs::metadata(diff.join("etc/x")).unwrap(),
+        fs::metadata(diff.join("etc/hl")).unwrap(),
+    );
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::ino(&x),
+        std::os::unix::fs::MetadataExt::ino(&hl)
+    );
+    assert!(
+        !Path::new("/twice").exists(),
+        "written at the host's root, not the layer's"
+    );
+}
+
 #[test]
 fn hostile_archives_are_refused_with_the_entry_named() {
     if !privileged() {
@@ -99,9 +142,9 @@ fn hostile_archives_are_refused_with_the_entry_named() {
             vec!["../../escape", "`..`"],
         ),
         (
-            "absolute",
-            case(&[("/abs-file", Regular, "", b"x")]),
-            vec!["/abs-file", "absolute"],
+            "absolute-dotdot",
+            case(&[("/../../escape", Regular, "", b"x")]),
+            vec!["/../../escape", "`..`"],
         ),
         (
             "symlink-escape",

@@ -103,6 +103,14 @@ struct Applier {
     sync_each_file: bool,
 }
 
+/// A layer member's name (or hardlink target) as components inside the
+/// layer. Leading `/`s are dropped, as docker, containerd and GNU tar do
+/// (`/etc/x` is `etc/x` of the layer); everything else as clean_path.
+pub fn clean_entry_path(raw: &[u8]) -> std::result::Result<Vec<&OsStr>, String> {
+    let start = raw.iter().position(|b| *b != b'/').unwrap_or(raw.len());
+    clean_path(&raw[start..])
+}
+
 /// Splits a tar path into safe components: no absolute paths, no `..`.
 pub fn clean_path(raw: &[u8]) -> std::result::Result<Vec<&OsStr>, String> {
     if raw.starts_with(b"/") {
@@ -124,7 +132,8 @@ pub fn clean_path(raw: &[u8]) -> std::result::Result<Vec<&OsStr>, String> {
 
 impl Applier {
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, raw: &[u8]) -> Result<()> {
-        let comps = clean_path(raw).map_err(|r| entry_error(String::from_utf8_lossy(raw), r))?;
+        let comps =
+            clean_entry_path(raw).map_err(|r| entry_error(String::from_utf8_lossy(raw), r))?;
         let kind = entry.header().entry_type();
         let xattrs = pax_xattrs(entry)?;
         let Some((name, parent)) = comps.split_last() else {
@@ -186,7 +195,7 @@ impl Applier {
             }
             EntryType::Link => {
                 let target = link_target(entry)?;
-                let tcomps = clean_path(target.as_bytes())
+                let tcomps = clean_entry_path(target.as_bytes())
                     .map_err(|r| Error::Invalid(format!("hardlink target: {r}")))?;
                 if self.seen.get(&join(&tcomps)) != Some(&Seen::Other) {
                     return Err(Error::Invalid(format!(
