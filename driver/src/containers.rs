@@ -38,7 +38,7 @@ pub struct ContainerRecord {
     pub created: u64,
 }
 
-pub(crate) const RECORD: &str = "container.json";
+const RECORD: &str = "container.json";
 
 impl ContainerRecord {
     /// containerd mounts, commits and removes its snapshots' writable

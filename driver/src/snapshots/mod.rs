@@ -201,10 +201,12 @@ impl Store {
     }
 
     /// The writable layer's name in `strata ps`: the key itself where it
-    /// is a usable, unclaimed container name.
+    /// is a usable, unclaimed container name. containerd's keys
+    /// (`namespace/N/key`) contain a `/`, which CLI names never do, so
+    /// only other keys cost a look at the containers.
     fn snapshot_container_name(&self, key: &str) -> Result<String> {
         let usable = key.len() <= 255 && !key.chars().any(char::is_control);
-        if usable && !self.containers()?.iter().any(|c| c.name == key) {
+        if usable && (key.contains('/') || !self.containers()?.iter().any(|c| c.name == key)) {
             return Ok(key.to_string());
         }
         Ok(format!("snapshot-{}", fsutil::random_hex(6)))
