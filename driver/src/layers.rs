@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::fs;
 use std::os::unix::fs::symlink;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -182,13 +182,20 @@ impl Store {
 
     /// Deletes a layer: first out of sight (rename into tmp), then from disk.
     pub fn remove_layer(&self, record: &LayerRecord) -> Result<()> {
-        let dir = self.layer_dir(&record.chain_id);
         let doomed = self
             .tmp_dir()
             .join(format!("rm-layer-{}", fsutil::random_hex(8)));
-        fs::rename(&dir, &doomed).ctx(|| format!("removing layer {}", dir.display()))?;
-        let _ = fs::remove_file(self.links_dir().join(&record.link));
+        self.retire_layer(record, &doomed)?;
         fsutil::remove_tree(&doomed)
+    }
+
+    /// Takes a layer out of sight: its directory renamed to `to` (to be
+    /// deleted now, or by a later Cleanup), its short link gone.
+    pub(crate) fn retire_layer(&self, record: &LayerRecord, to: &Path) -> Result<()> {
+        let dir = self.layer_dir(&record.chain_id);
+        fs::rename(&dir, to).ctx(|| format!("removing layer {}", dir.display()))?;
+        let _ = fs::remove_file(self.links_dir().join(&record.link));
+        Ok(())
     }
 }
 

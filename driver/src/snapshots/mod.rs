@@ -390,10 +390,10 @@ impl Store {
             SnapshotState::View => {}
             SnapshotState::Committed { layer, .. } => {
                 if !self.referenced_layers()?.contains(&layer) {
-                    if let Some(l) = self.layer(&layer)? {
-                        let _ = fs::remove_file(self.links_dir().join(&l.link));
+                    match self.layer(&layer)? {
+                        Some(record) => self.retire_layer(&record, &self.trash_path())?,
+                        None => self.move_to_trash(&self.layer_dir(&layer))?,
                     }
-                    self.move_to_trash(&self.layer_dir(&layer))?;
                 }
             }
         }
@@ -403,8 +403,13 @@ impl Store {
 
     /// Out of sight by one rename; Cleanup deletes it.
     pub(crate) fn move_to_trash(&self, path: &std::path::Path) -> Result<()> {
-        let dest = self.trash_dir().join(fsutil::random_hex(8));
-        fs::rename(path, &dest).ctx(|| format!("moving {} to the trash", path.display()))
+        fs::rename(path, self.trash_path())
+            .ctx(|| format!("moving {} to the trash", path.display()))
+    }
+
+    /// A fresh name in the trash.
+    fn trash_path(&self) -> std::path::PathBuf {
+        self.trash_dir().join(fsutil::random_hex(8))
     }
 
     /// containerd's Cleanup: deletes what Remove set aside. Nothing in the
