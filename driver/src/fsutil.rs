@@ -48,7 +48,12 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let data = fs::read(path).ctx(|| format!("reading {}", path.display()))?;
-    serde_json::from_slice(&data).map_err(|e| Error::Corrupt {
+    parse_json(path, &data)
+}
+
+/// `data`, read from `path`, as JSON; a parse error names the file.
+pub fn parse_json<T: DeserializeOwned>(path: &Path, data: &[u8]) -> Result<T> {
+    serde_json::from_slice(data).map_err(|e| Error::Corrupt {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })

@@ -127,11 +127,7 @@ impl Store {
         let mut data = Vec::new();
         f.read_to_end(&mut data)
             .ctx(|| format!("reading {}", path.display()))?;
-        let db: SnapshotDb = serde_json::from_slice(&data).map_err(|e| Error::Corrupt {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        let db = Arc::new(db);
+        let db: Arc<SnapshotDb> = Arc::new(fsutil::parse_json(path, &data)?);
         self.snapshot_cache.put(id, db.clone());
         Ok(db)
     }
