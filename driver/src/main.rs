@@ -29,8 +29,9 @@ struct Cli {
     mount_api: Option<MountApi>,
     /// How extracted layers reach the disk: one syncfs per layer, or an
     /// fsync per file (slower; for filesystems whose syncfs is unreliable).
-    #[arg(long, env = "STRATA_SYNC", value_enum, default_value_t = Sync::Filesystem, global = true)]
-    sync: Sync,
+    /// `filesystem` or `per-file`.
+    #[arg(long, env = "STRATA_SYNC", default_value = "filesystem", global = true)]
+    sync: SyncMode,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -40,12 +41,6 @@ struct Output {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
-}
-
-#[derive(ValueEnum, Clone, Copy, PartialEq, Eq)]
-enum Sync {
-    Filesystem,
-    PerFile,
 }
 
 #[derive(ValueEnum, Clone, Copy, PartialEq, Eq)]
@@ -198,10 +193,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let options = StoreOptions {
         mount_api: cli.mount_api,
-        sync: match cli.sync {
-            Sync::Filesystem => SyncMode::Filesystem,
-            Sync::PerFile => SyncMode::PerFile,
-        },
+        sync: cli.sync,
     };
     let store = Store::open_with(&cli.root, options)
         .with_context(|| format!("opening store {}", cli.root.display()))?;

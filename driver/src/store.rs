@@ -35,6 +35,17 @@ pub enum SyncMode {
     PerFile,
 }
 
+impl std::str::FromStr for SyncMode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<SyncMode, String> {
+        match s {
+            "filesystem" => Ok(SyncMode::Filesystem),
+            "per-file" => Ok(SyncMode::PerFile),
+            _ => Err(format!("{s:?} is not a sync mode: filesystem or per-file")),
+        }
+    }
+}
+
 /// Settings a store is opened with. The library reads no environment:
 /// front doors decide (the CLI from its flags and STRATA_* variables).
 #[derive(Clone, Copy, Debug, Default)]
