@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use strata_driver::testing::containerd::{busybox_image, Containerd, IMAGE, SNAPSHOTTER};
+use strata_driver::testing::containerd::{busybox_image, Containerd, IMAGE};
 use strata_driver::testing::{privileged, TestStore};
 
 fn strata(root: &Path, args: &[&str]) -> (bool, String) {
@@ -34,23 +34,13 @@ fn strata_json(root: &Path, args: &[&str]) -> Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
-fn import(ctrd: &Containerd, tar: &Path) -> std::process::Output {
-    ctrd.ctr(&[
-        "images",
-        "import",
-        "--snapshotter",
-        SNAPSHOTTER,
-        tar.to_str().unwrap(),
-    ])
-}
-
 /// Imports, retrying while containerd's client has not yet reconnected
 /// to a restarted snapshotter (gRPC backs off between dials): what a
 /// user retrying the import sees.
 fn import_retrying(ctrd: &Containerd, tar: &Path) -> std::process::Output {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let out = import(ctrd, tar);
+        let out = ctrd.import(tar);
         let unavailable = String::from_utf8_lossy(&out.stderr).contains("unavailable");
         if out.status.success() || !unavailable || Instant::now() > deadline {
             return out;
@@ -91,13 +81,12 @@ fn containerd_imports_runs_and_collects_on_strata() {
     );
     let root = ctrd.store_root();
 
-    ctrd.ctr_ok(&[
-        "images",
-        "import",
-        "--snapshotter",
-        SNAPSHOTTER,
-        tar.to_str().unwrap(),
-    ]);
+    let out = ctrd.import(&tar);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let store = ctrd.store();
     let layers = store.layers().unwrap();
     assert_eq!(layers.len(), 3, "one stored layer per image layer");
@@ -181,13 +170,7 @@ fn import_survives_kill_9_of_the_snapshotter() {
     let mut interrupted = 0;
     for delay_ms in [30u64, 120, 300, 600] {
         let mut child = ctrd
-            .ctr_command(&[
-                "images",
-                "import",
-                "--snapshotter",
-                SNAPSHOTTER,
-                tar.to_str().unwrap(),
-            ])
+            .import_command(&tar)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

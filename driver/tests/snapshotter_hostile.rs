@@ -4,47 +4,19 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::Command;
 
 use containerd_snapshots::api::snapshots::v1::snapshots_client::SnapshotsClient;
 use containerd_snapshots::api::snapshots::v1::*;
 use containerd_snapshots::tonic::transport::{Channel, Endpoint};
 use containerd_snapshots::tonic::{Code, Status};
+use strata_driver::testing::containerd::SnapshotterProcess;
 use strata_driver::testing::{privileged, snapshot, TestStore};
 
-struct Server {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Server {
-    fn start(root: &Path, socket: &Path) -> Server {
-        let child = Command::new(env!("CARGO_BIN_EXE_strata"))
-            .arg("--root")
-            .arg(root)
-            .args(["snapshotter", "--address"])
-            .arg(socket)
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::os::unix::net::UnixStream::connect(socket).is_err() {
-            assert!(Instant::now() < deadline, "snapshotter did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Server {
-            child,
-            socket: socket.to_path_buf(),
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn snapshotter(root: &Path, socket: &Path) -> SnapshotterProcess {
+    SnapshotterProcess::start(Path::new(env!("CARGO_BIN_EXE_strata")), root, socket, None)
 }
 
 async fn client(socket: &Path) -> SnapshotsClient<Channel> {
@@ -100,7 +72,7 @@ async fn hostile_requests_get_the_right_grpc_errors() {
     let dir = ts.scratch("hostile");
     std::fs::write(dir.join("canary"), b"outside the store").unwrap();
     let socket = dir.join("strata.sock");
-    let _server = Server::start(&dir.join("store"), &socket);
+    let _server = snapshotter(&dir.join("store"), &socket);
     let before = outside_store(&dir);
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "socket mode {mode:o}");
@@ -231,7 +203,7 @@ fn a_live_socket_or_store_is_refused_and_a_stale_one_replaced() {
     let ts = TestStore::new();
     let dir = ts.scratch("sockets");
     let socket = dir.join("s.sock");
-    let mut first = Server::start(&dir.join("store"), &socket);
+    let first = snapshotter(&dir.join("store"), &socket);
     for (store, sock) in [
         ("store", "s.sock"),
         ("store", "other.sock"),
@@ -251,11 +223,10 @@ fn a_live_socket_or_store_is_refused_and_a_stale_one_replaced() {
         );
     }
     // kill -9 leaves the socket file behind; the next start replaces it.
-    let _ = first.child.kill();
-    let _ = first.child.wait();
+    first.kill();
     assert!(socket.exists());
-    let second = Server::start(&dir.join("store"), &socket);
-    assert_eq!(second.socket, socket);
+    let _second = snapshotter(&dir.join("store"), &socket);
+    assert!(UnixStream::connect(&socket).is_ok(), "served again");
     std::fs::write(dir.join("plain"), b"").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_strata"))
         .arg("--root")

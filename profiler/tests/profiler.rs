@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use strata_driver::containers::CreateOptions;
-use strata_driver::testing::containerd::{busybox_image, Containerd, BOTTOM, SNAPSHOTTER};
+use strata_driver::testing::containerd::{busybox_image, Containerd, BOTTOM};
 use strata_driver::testing::{layer, privileged, TestStore};
 
 const BIN: &str = env!("CARGO_BIN_EXE_strata-prof");
@@ -689,13 +689,12 @@ fn record_follows_a_containerd_container() {
     );
     let ctrd = Containerd::start(&ts.dir.join("engine"), &strata);
     let tar = busybox_image(&ts.scratch("image"), 0);
-    ctrd.ctr_ok(&[
-        "images",
-        "import",
-        "--snapshotter",
-        SNAPSHOTTER,
-        tar.to_str().unwrap(),
-    ]);
+    let out = ctrd.import(&tar);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Waits for /go, then appends to a bottom-layer file (one copy-up).
     let script = "while [ ! -e /go ]; do sleep 0.05; done; \
                   echo more >> /data/file; touch /done; sleep 600";

@@ -27,12 +27,61 @@ pub struct Containerd {
     /// instance has its own and deletes it when dropped.
     pub namespace: String,
     strata: PathBuf,
-    snapshotter: Option<Child>,
+    snapshotter: Option<SnapshotterProcess>,
     containerd: Option<Child>,
 }
 
+/// A running `strata snapshotter`; killed (-9) on drop, on panic too.
+pub struct SnapshotterProcess {
+    child: Child,
+}
+
+impl SnapshotterProcess {
+    /// Serves the store at `root` on `socket`, once it listens. Its output
+    /// is appended to `log`, or shown with the test's.
+    pub fn start(strata: &Path, root: &Path, socket: &Path, log: Option<&Path>) -> Self {
+        let mut cmd = Command::new(strata);
+        cmd.arg("--root")
+            .arg(root)
+            .args(["snapshotter", "--address"])
+            .arg(socket)
+            .stdin(Stdio::null());
+        if let Some(log) = log {
+            let f = fs::File::options()
+                .create(true)
+                .append(true)
+                .open(log)
+                .unwrap();
+            cmd.stdout(f.try_clone().unwrap()).stderr(f);
+        }
+        let mut child = cmd.spawn().unwrap();
+        wait_for_socket(socket, "strata snapshotter", &mut child);
+        SnapshotterProcess { child }
+    }
+
+    /// kill -9: no chance to clean anything up.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, and how it exited.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for SnapshotterProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn wait_for_socket(path: &Path, what: &str, child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(20);
     while UnixStream::connect(path).is_err() {
         if let Ok(Some(status)) = child.try_wait() {
             panic!(
@@ -115,42 +164,43 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     pub fn start_snapshotter(&mut self) {
         assert!(self.snapshotter.is_none(), "snapshotter already running");
-        let log = fs::File::options()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("snapshotter.log"))
-            .unwrap();
-        let mut child = Command::new(&self.strata)
-            .arg("--root")
-            .arg(self.store_root())
-            .arg("snapshotter")
-            .arg("--address")
-            .arg(self.snapshotter_socket())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        wait_for_socket(&self.snapshotter_socket(), "strata snapshotter", &mut child);
-        self.snapshotter = Some(child);
+        self.snapshotter = Some(SnapshotterProcess::start(
+            &self.strata,
+            &self.store_root(),
+            &self.snapshotter_socket(),
+            Some(&self.dir.join("snapshotter.log")),
+        ));
     }
 
     /// kill -9: no chance to clean anything up.
     pub fn kill_snapshotter(&mut self) {
-        if let Some(mut child) = self.snapshotter.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(p) = self.snapshotter.take() {
+            p.kill();
         }
     }
 
     /// SIGTERM, and how it exited.
     pub fn stop_snapshotter(&mut self) -> std::process::ExitStatus {
-        let mut child = self.snapshotter.take().expect("snapshotter running");
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        child.wait().unwrap()
+        self.snapshotter.take().expect("snapshotter running").stop()
     }
 
+    /// `ctr images import` of `tar` onto strata, to run or spawn.
+    pub fn import_command(&self, tar: &Path) -> Command {
+        self.ctr_command(&[
+            "images",
+            "import",
+            "--snapshotter",
+            SNAPSHOTTER,
+            tar.to_str().unwrap(),
+        ])
+    }
+
+    /// `ctr images import` of `tar` onto strata.
+    pub fn import(&self, tar: &Path) -> Output {
+        self.import_command(tar)
+            .output()
+            .expect("ctr is installed with containerd")
+    }
     /// A `ctr` command against this containerd, in the test namespace.
     pub fn ctr_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("ctr");
