@@ -73,10 +73,17 @@ impl Store {
         Ok(Vec::new())
     }
 
+    /// Asked at every command's start: the boot id is read only when some
+    /// snapshot is still unflushed.
     fn needs_recovery(&self) -> Result<bool> {
-        let boot = crate::snapshots::boot_id()?;
-        Ok(!self.abandoned_tmp()?.is_empty()
-            || !self.snapshot_db()?.torn_snapshots(&boot).is_empty())
+        if !self.abandoned_tmp()?.is_empty() {
+            return Ok(true);
+        }
+        let db = self.snapshot_db()?;
+        if !db.snapshots.values().any(|r| r.unflushed_boot.is_some()) {
+            return Ok(false);
+        }
+        Ok(!db.torn_snapshots(&crate::snapshots::boot_id()?).is_empty())
     }
 
     /// `strata check`: every problem found, fixed too with `repair`.
