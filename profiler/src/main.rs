@@ -1,26 +1,12 @@
 //! `strata-prof`: live histograms of what overlayfs copy-on-write costs.
 
-mod backend;
-mod btf;
-mod events;
-mod fentry;
-mod histograms;
-mod mounts;
-mod output;
-mod probes;
-mod record;
-mod report;
-mod session;
-mod sweep;
-mod syscalls;
-mod tracefs;
-
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
-use backend::Backend;
+use strata_prof::backend::Backend;
+use strata_prof::{backend, containers, output, probes, record, report, sweep};
 
 #[derive(Parser)]
 #[command(
@@ -116,35 +102,8 @@ fn main() -> Result<()> {
             container,
             store_root,
         } => {
-            if let Some(id) = container {
-                let store = strata_driver::Store::open(&store_root)?;
-                let c = store.find_container(&id)?;
-                let Some(m) = mounts::mount_with_upper(&store.upper_dir(&c.id)) else {
-                    match &c.snapshot {
-                        Some(key) => bail!(
-                            "container {} (containerd snapshot {key:?}) has no overlay mount: \
-                             containerd has not mounted it, or it has no parent layers \
-                             (a plain bind, where nothing is copied up)",
-                            c.name
-                        ),
-                        None => bail!(
-                            "container {} is not mounted (strata mount {})",
-                            c.name,
-                            c.name
-                        ),
-                    }
-                };
-                args.mount = Some(m.mount_point);
-            } else if let Some(m) = &args.mount {
-                args.mount = Some(
-                    m.canonicalize()
-                        .with_context(|| format!("{}", m.display()))?,
-                );
-            }
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(record::record(args))?;
+            scope(&mut args.watch, container, &store_root)?;
+            runtime()?.block_on(record::record(args))?;
             Ok(())
         }
         Cmd::Report { file, svg } => {
@@ -206,6 +165,31 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Resolves `--container` to its mount, and `--mount` to a canonical path.
+fn scope(
+    watch: &mut record::WatchArgs,
+    container: Option<String>,
+    store_root: &std::path::Path,
+) -> Result<()> {
+    if let Some(id) = container {
+        watch.mount = Some(containers::mount_point(store_root, &id)?);
+    } else if let Some(m) = &watch.mount {
+        watch.mount = Some(
+            m.canonicalize()
+                .with_context(|| format!("{}", m.display()))?,
+        );
+    }
+    Ok(())
+}
+
+/// One thread: the loop, the probes' ring buffer and the HTTP front take
+/// turns, so none needs a lock across threads on the hot path.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn doctor(json: bool) -> Result<()> {

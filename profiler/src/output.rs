@@ -1,14 +1,11 @@
-//! What a recording shows: the live terminal view (bcc *dist style), JSON
-//! lines, and HdrHistogram interval logs.
+//! Terminal formatting: the live tables (bcc *dist style), the in-kernel
+//! histograms, the `--vfs` rows and the sweep's matrix.
 
 use std::io::Write;
 
-use hdrhistogram::serialization::interval_log::{IntervalLogWriter, Tag};
-use hdrhistogram::serialization::Serializer;
 use serde_json::json;
 use strata_common::{HistKey, Trigger, LOG2_SLOTS, SIZE_UNKNOWN};
 
-use crate::events::CopyUp;
 use crate::histograms::{human_bytes, Dimension, Histograms, Stats};
 use crate::session::KernelCounters;
 
@@ -104,47 +101,6 @@ pub fn print_kernel_histograms(
             let stars = "*".repeat(((count * 40).div_ceil(most)) as usize);
             writeln!(out, "    {lo:>10} -> {hi:<10} : {count:<8} |{stars:<40}|")?;
         }
-    }
-    Ok(())
-}
-
-pub fn event_json(e: &CopyUp) -> String {
-    let mut v = serde_json::to_value(e).expect("events serialise");
-    v["type"] = json!("copy_up");
-    v.to_string()
-}
-
-pub fn interval_json(elapsed_s: f64, hists: &Histograms) -> Vec<String> {
-    hists
-        .by_key
-        .iter()
-        .map(|((dim, bucket), h)| {
-            json!({
-                "type": "interval",
-                "elapsed_s": elapsed_s,
-                "dimension": dim,
-                "key": bucket,
-                "label": bucket.label(*dim),
-                "stats": Stats::of(h),
-            })
-            .to_string()
-        })
-        .collect()
-}
-
-/// Writes one interval per key, tagged `dimension=label`.
-pub fn write_hdr_interval<W: Write, S: Serializer>(
-    log: &mut IntervalLogWriter<'_, '_, W, S>,
-    hists: &Histograms,
-    start: std::time::Duration,
-    length: std::time::Duration,
-) -> anyhow::Result<()> {
-    for ((dim, bucket), h) in &hists.by_key {
-        let label = format!("{dim:?}={}", bucket.label(*dim)).replace([' ', ',', '.'], "_");
-        let tag =
-            Tag::new(&label).ok_or_else(|| anyhow::anyhow!("bad HdrHistogram tag {label}"))?;
-        log.write_histogram(h, start, length, Some(tag))
-            .map_err(|e| anyhow::anyhow!("writing HdrHistogram log: {e:?}"))?;
     }
     Ok(())
 }

@@ -408,6 +408,7 @@ pub struct ProgramCost {
     pub program: String,
     pub runs: u64,
     pub ns_per_run: u64,
+    pub run_time_ns: u64,
 }
 
 impl Probes {
@@ -421,6 +422,7 @@ impl Probes {
                     program: program.to_string(),
                     runs,
                     ns_per_run: ns / runs,
+                    run_time_ns: ns,
                 });
             }
         };

@@ -1,28 +1,31 @@
-//! `strata-prof record`: stream copy-ups until stopped or the duration
-//! ends, then print the summary. Ctrl-C drains the ring buffer before the
-//! probes detach, so nothing recorded is lost.
+//! The recording loop that `record` and `serve` share: drain the ring
+//! buffer, hand each attributed copy-up to the sinks, close an interval on
+//! every tick, answer pulls from outside (Prometheus scrapes) between
+//! events, and on SIGINT/SIGTERM or the end of `--duration` drain what is
+//! still queued before the probes detach, so nothing recorded is lost.
 
-use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::collections::HashMap;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
-use hdrhistogram::serialization::V2DeflateSerializer;
+use strata_common::{VfsKey, LOG2_SLOTS};
 use tokio::io::unix::AsyncFd;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
 
 use crate::backend::Backend;
 use crate::histograms::Histograms;
 use crate::output;
 use crate::probes::Filters;
 use crate::session::Session;
+use crate::sink::{HdrLogSink, Interval, JsonLinesSink, Sink, Summary, TableSink};
 
-/// `strata-prof record`'s options (`--container` is resolved to `mount`
-/// before recording starts).
-#[derive(clap::Args)]
-pub struct RecordArgs {
+/// What to watch: the backend and the in-kernel filters, shared by
+/// `record` and `serve` (`--container` is resolved to `mount` first).
+#[derive(clap::Args, Clone)]
+pub struct WatchArgs {
     /// Force a backend instead of the most precise that works here.
     #[arg(long, value_enum)]
     pub backend: Option<Backend>,
@@ -35,6 +38,22 @@ pub struct RecordArgs {
     /// Only this overlay mount point.
     #[arg(long)]
     pub mount: Option<PathBuf>,
+    /// Also time read/write/fsync/open system-wide by what backs the
+    /// file (lower layer, writable layer, not overlay) and, for opens,
+    /// how many layers down it lives. Costs more on hot paths.
+    #[arg(long)]
+    pub vfs: bool,
+    /// Also measure what each probe costs per run (the kernel's BPF
+    /// run-time stats, on while recording).
+    #[arg(long)]
+    pub probe_cost: bool,
+}
+
+/// `strata-prof record`'s options.
+#[derive(clap::Args)]
+pub struct RecordArgs {
+    #[command(flatten)]
+    pub watch: WatchArgs,
     /// Stop after this long (e.g. 30s, 5m).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
@@ -47,15 +66,45 @@ pub struct RecordArgs {
     /// Also write an HdrHistogram interval log.
     #[arg(long)]
     pub hdr_log: Option<PathBuf>,
-    /// Also time read/write/fsync/open system-wide by what backs the
-    /// file (lower layer, writable layer, not overlay) and, for opens,
-    /// how many layers down it lives. Costs more on hot paths.
-    #[arg(long)]
-    pub vfs: bool,
-    /// Also measure what each probe costs per run (the kernel's BPF
-    /// run-time stats, on while recording) and print it at the end.
-    #[arg(long)]
-    pub probe_cost: bool,
+}
+
+/// `record`: the terminal table or JSON lines, and the HdrHistogram log.
+pub async fn record(args: RecordArgs) -> Result<Histograms> {
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    sinks.push(if args.json {
+        Box::new(JsonLinesSink::stdout())
+    } else {
+        Box::new(TableSink::stdout())
+    });
+    if let Some(p) = &args.hdr_log {
+        sinks.push(Box::new(HdrLogSink::create(p)?));
+    }
+    let watching = Watching::start(&args.watch)?;
+    let until = LoopEnd {
+        interval: args.interval,
+        duration: args.duration,
+    };
+    watching.run::<()>(&until, &mut sinks, None).await
+}
+
+/// When the loop closes intervals and when it ends.
+pub struct LoopEnd {
+    pub interval: Duration,
+    pub duration: Option<Duration>,
+}
+
+/// A pull from outside the loop, answered with the session in hand after
+/// the ring buffer has been drained (a scrape sees every event so far).
+pub type Pull<T> = (mpsc::Receiver<T>, Box<dyn FnMut(T, &Session) -> Result<()>>);
+
+/// Probes attached and stats on, ready to loop.
+pub struct Watching {
+    session: Session,
+    vfs: bool,
+    probe_cost: bool,
+    /// Held for the whole recording: the kernel counts runs and time only
+    /// while some process holds this (it adds two clock reads per run).
+    _stats: Option<std::os::fd::OwnedFd>,
 }
 
 struct Fd(RawFd);
@@ -65,251 +114,193 @@ impl AsRawFd for Fd {
     }
 }
 
-pub async fn record(args: RecordArgs) -> Result<Histograms> {
-    let mut filters = Filters {
-        tgid: args.pid.unwrap_or(0),
-        cgroup_id: 0,
-    };
-    if let Some(cg) = &args.cgroup {
-        // cgroup v2: the id bpf_get_current_cgroup_id returns is the
-        // cgroup directory's inode number.
-        let md = std::fs::metadata(cg).with_context(|| format!("cgroup {}", cg.display()))?;
-        filters.cgroup_id = std::os::unix::fs::MetadataExt::ino(&md);
-    }
-    if let Some(m) = &args.mount {
-        if !crate::mounts::overlay_mounts()
-            .iter()
-            .any(|o| &o.mount_point == m)
-        {
-            bail!("{} is not an overlay mount point", m.display());
-        }
-    }
-    // Held for the whole recording: the kernel counts runs and time only
-    // while some process holds this (it adds two clock reads per run).
-    let _stats = args
-        .probe_cost
-        .then(|| aya::sys::enable_stats(aya::sys::Stats::RunTime))
-        .transpose()
-        .context("turning on BPF run-time stats")?;
-    let mut session = Session::start(filters, args.backend, args.mount.clone(), args.vfs)?;
-    let mut vfs_seen = std::collections::HashMap::new();
-    eprintln!("strata-prof: {}", session.reason);
-    // SAFETY: the fd belongs to the session's ring buffer, which lives until
-    // the end of this function; `ring` is declared later, so dropped first.
-    let ring = unsafe { AsyncFd::register(Fd(session.ring_fd())) }
-        .map_err(|e| anyhow::anyhow!("watching the ring buffer: {e}"))?;
-
-    let stdout = io::stdout();
-    let mut out = stdout.lock();
-    let mut hdr_file = match &args.hdr_log {
-        Some(p) => Some(BufWriter::new(
-            File::create(p).with_context(|| format!("creating {}", p.display()))?,
-        )),
-        None => None,
-    };
-    let mut serializer = V2DeflateSerializer::new();
-    let started = Instant::now();
-    let mut hdr_log = match hdr_file.as_mut() {
-        Some(f) => Some(
-            IntervalLogWriterBuilder::new()
-                .add_comment("strata-prof copy-up latency, ns; tags are dimension=bucket")
-                .with_start_time(std::time::SystemTime::now())
-                .with_max_value_divisor(1e6)
-                .begin_log_with(f, &mut serializer)
-                .map_err(|e| anyhow::anyhow!("starting HdrHistogram log: {e}"))?,
-        ),
-        None => None,
-    };
-
-    let mut total = Histograms::default();
-    let mut interval = Histograms::default();
-    let mut tick =
-        tokio::time::interval_at(tokio::time::Instant::now() + args.interval, args.interval);
-    // The kernel side wakes us only per batch of events (a wakeup per
-    // event costs more than the rest of its report), so drain on a timer.
-    let mut drain = tokio::time::interval(DRAIN_EVERY);
-    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
-    let mut interval_start = Duration::ZERO;
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
-    loop {
-        let until_deadline = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
+impl Watching {
+    pub fn start(args: &WatchArgs) -> Result<Watching> {
+        let mut filters = Filters {
+            tgid: args.pid.unwrap_or(0),
+            cgroup_id: 0,
         };
-        tokio::select! {
-            guard = ring.readable() => {
-                let mut guard = guard?;
-                take_events(&mut session, &mut out, &args, &mut interval)?;
-                guard.clear_ready();
-            }
-            _ = drain.tick() => take_events(&mut session, &mut out, &args, &mut interval)?,
-            _ = tick.tick() => {
-                let elapsed = started.elapsed();
-                emit_interval(&mut out, &args, elapsed, &interval, &session)?;
-                if args.vfs {
-                    let now = session.probes().vfs_histograms()?;
-                    emit_vfs(&mut out, &args, &output::vfs_rows(&now, &vfs_seen))?;
-                    vfs_seen = now.into_iter().collect();
-                }
-                if let Some(log) = hdr_log.as_mut() {
-                    output::write_hdr_interval(log, &interval, interval_start, elapsed - interval_start)?;
-                }
-                interval_start = elapsed;
-                total.merge(&interval);
-                interval = Histograms::default();
-            }
-            _ = &mut ctrl_c => break,
-            _ = until_deadline => break,
+        if let Some(cg) = &args.cgroup {
+            // cgroup v2: the id bpf_get_current_cgroup_id returns is the
+            // cgroup directory's inode number.
+            let md = std::fs::metadata(cg).with_context(|| format!("cgroup {}", cg.display()))?;
+            filters.cgroup_id = std::os::unix::fs::MetadataExt::ino(&md);
         }
+        if let Some(m) = &args.mount {
+            if !crate::mounts::overlay_mounts()
+                .iter()
+                .any(|o| &o.mount_point == m)
+            {
+                bail!("{} is not an overlay mount point", m.display());
+            }
+        }
+        let stats = args
+            .probe_cost
+            .then(|| aya::sys::enable_stats(aya::sys::Stats::RunTime))
+            .transpose()
+            .context("turning on BPF run-time stats")?;
+        let session = Session::start(filters, args.backend, args.mount.clone(), args.vfs)?;
+        eprintln!("strata-prof: {}", session.reason);
+        Ok(Watching {
+            session,
+            vfs: args.vfs,
+            probe_cost: args.probe_cost,
+            _stats: stats,
+        })
     }
-    // Drain what is still queued before the probes go away.
-    take_events(&mut session, &mut out, &args, &mut interval)?;
-    if let Some(log) = hdr_log.as_mut() {
-        output::write_hdr_interval(
-            log,
-            &interval,
-            interval_start,
-            started.elapsed() - interval_start,
-        )?;
-    }
-    drop(hdr_log);
-    if let Some(mut f) = hdr_file {
-        f.flush()?;
-    }
-    total.merge(&interval);
 
-    let counters = session.counters()?;
-    if args.probe_cost {
-        emit_probe_costs(&mut out, &args, &session.probes().program_costs()?)?;
+    pub fn session(&self) -> &Session {
+        &self.session
     }
-    if args.json {
-        writeln!(
-            out,
-            "{}",
-            serde_json::json!({"type": "summary", "copy_ups": total.total(), "kernel": counters, "new_files": session.new_files})
-        )?;
-    } else {
-        writeln!(
-            out,
-            "\nsummary after {:.1}s: {} copy-ups",
-            started.elapsed().as_secs_f64(),
-            total.total()
-        )?;
-        output::print_tables(&mut out, &total)?;
-        output::print_kernel_histograms(&mut out, &session.probes().kernel_histograms()?)?;
-        output::print_counters(&mut out, &counters, session.new_files)?;
-    }
-    if args.vfs {
-        let all = output::vfs_rows(&session.probes().vfs_histograms()?, &Default::default());
-        if !args.json {
-            writeln!(out, "whole recording:")?;
+
+    /// Loops until SIGINT, SIGTERM or the end; returns every copy-up's
+    /// histograms.
+    pub async fn run<T>(
+        mut self,
+        end: &LoopEnd,
+        sink: &mut dyn Sink,
+        mut pull: Option<Pull<T>>,
+    ) -> Result<Histograms> {
+        // SAFETY: the fd belongs to the session's ring buffer, which
+        // outlives `ring` (dropped at the end of this function, before
+        // `self`).
+        let ring = unsafe { AsyncFd::register(Fd(self.session.ring_fd())) }
+            .map_err(|e| anyhow::anyhow!("watching the ring buffer: {e}"))?;
+        let mut clock = Clock::new();
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let mut tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + end.interval, end.interval);
+        // The kernel side wakes us only per batch of events (a wakeup per
+        // event costs more than the rest of its report), so drain on a timer.
+        let mut drain = tokio::time::interval(DRAIN_EVERY);
+        let deadline = end.duration.map(|d| tokio::time::Instant::now() + d);
+        loop {
+            let until_deadline = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let next_pull = async {
+                match pull.as_mut() {
+                    Some((rx, _)) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                guard = ring.readable() => {
+                    let mut guard = guard?;
+                    self.take_events(sink, &mut clock)?;
+                    guard.clear_ready();
+                }
+                _ = drain.tick() => self.take_events(sink, &mut clock)?,
+                _ = tick.tick() => self.close_interval(sink, &mut clock)?,
+                Some(request) = next_pull => {
+                    self.take_events(sink, &mut clock)?;
+                    if let Some((_, answer)) = pull.as_mut() {
+                        answer(request, &self.session)?;
+                    }
+                }
+                _ = sigint.recv() => break,
+                _ = sigterm.recv() => break,
+                _ = until_deadline => break,
+            }
         }
-        emit_vfs(&mut out, &args, &all)?;
+        // Drain what is still queued before the probes go away.
+        self.take_events(sink, &mut clock)?;
+        self.close_interval(sink, &mut clock)?;
+        self.summarise(sink, &clock)?;
+        drop(ring);
+        Ok(clock.total)
     }
-    if counters.lost() > 0 {
-        eprintln!(
-            "strata-prof: WARNING: {} events lost (see counters)",
-            counters.lost()
-        );
+
+    /// Everything in the ring buffer now: to the sinks, and counted.
+    fn take_events(&mut self, sink: &mut dyn Sink, clock: &mut Clock) -> Result<()> {
+        for e in self.session.poll() {
+            sink.copy_up(&e)?;
+            clock.interval.record(&e);
+        }
+        Ok(())
     }
-    Ok(total)
+
+    fn close_interval(&mut self, sink: &mut dyn Sink, clock: &mut Clock) -> Result<()> {
+        let elapsed = clock.started.elapsed();
+        let vfs = if self.vfs {
+            let now = self.session.probes().vfs_histograms()?;
+            let rows = output::vfs_rows(&now, &clock.vfs_seen);
+            clock.vfs_seen = now.into_iter().collect();
+            Some(rows)
+        } else {
+            None
+        };
+        sink.interval(&Interval {
+            elapsed,
+            length: elapsed - clock.interval_start,
+            histograms: &clock.interval,
+            counters: self.session.counters()?,
+            new_files: self.session.new_files,
+            backend: self.session.backend(),
+            vfs: vfs.as_deref(),
+        })?;
+        clock.interval_start = elapsed;
+        clock.total.merge(&clock.interval);
+        clock.interval = Histograms::default();
+        Ok(())
+    }
+
+    fn summarise(&self, sink: &mut dyn Sink, clock: &Clock) -> Result<()> {
+        let probes = self.session.probes();
+        let counters = self.session.counters()?;
+        let costs = self
+            .probe_cost
+            .then(|| probes.program_costs())
+            .transpose()?;
+        let vfs = self
+            .vfs
+            .then(|| probes.vfs_histograms())
+            .transpose()?
+            .map(|now| output::vfs_rows(&now, &HashMap::new()));
+        sink.summary(&Summary {
+            elapsed: clock.started.elapsed(),
+            histograms: &clock.total,
+            counters,
+            new_files: self.session.new_files,
+            kernel_histograms: &probes.kernel_histograms()?,
+            vfs: vfs.as_deref(),
+            probe_costs: costs.as_deref(),
+        })?;
+        if counters.lost() > 0 {
+            eprintln!(
+                "strata-prof: WARNING: {} events lost (see counters)",
+                counters.lost()
+            );
+        }
+        Ok(())
+    }
 }
 
-/// How often record drains the ring buffer without being woken.
+/// How often the loop drains the ring buffer without being woken.
 const DRAIN_EVERY: Duration = Duration::from_millis(50);
 
-/// Everything in the ring buffer now: printed (with --json) and counted.
-fn take_events(
-    session: &mut Session,
-    out: &mut impl Write,
-    args: &RecordArgs,
-    interval: &mut Histograms,
-) -> Result<()> {
-    for e in session.poll() {
-        if args.json {
-            writeln!(out, "{}", output::event_json(&e))?;
-        }
-        interval.record(&e);
-    }
-    Ok(())
+/// The loop's running state: the interval under way and the whole.
+struct Clock {
+    started: Instant,
+    interval_start: Duration,
+    interval: Histograms,
+    total: Histograms,
+    /// The VFS histograms at the last interval, to report differences.
+    vfs_seen: HashMap<VfsKey, [u64; LOG2_SLOTS]>,
 }
 
-fn emit_interval(
-    out: &mut impl Write,
-    args: &RecordArgs,
-    elapsed: Duration,
-    h: &Histograms,
-    s: &Session,
-) -> Result<()> {
-    if args.json {
-        for line in output::interval_json(elapsed.as_secs_f64(), h) {
-            writeln!(out, "{line}")?;
-        }
-        return Ok(());
-    }
-    let now = humantime_now();
-    writeln!(
-        out,
-        "{now}  {} copy-ups in the last {:.1}s (backend {})",
-        h.total(),
-        args.interval.as_secs_f64(),
-        s.backend()
-    )?;
-    output::print_tables(out, h)?;
-    output::print_counters(out, &s.counters()?, s.new_files)?;
-    out.flush()?;
-    Ok(())
-}
-
-fn emit_probe_costs(
-    out: &mut impl Write,
-    args: &RecordArgs,
-    costs: &[crate::probes::ProgramCost],
-) -> Result<()> {
-    if !args.json {
-        writeln!(out, "\nprobe cost (kernel BPF run-time stats):")?;
-    }
-    for c in costs {
-        if args.json {
-            let mut v = serde_json::to_value(c)?;
-            v["type"] = "probe_cost".into();
-            writeln!(out, "{v}")?;
-        } else {
-            writeln!(
-                out,
-                "  {:<28} {:>10} runs {:>8} ns/run",
-                c.program, c.runs, c.ns_per_run
-            )?;
+impl Clock {
+    fn new() -> Clock {
+        Clock {
+            started: Instant::now(),
+            interval_start: Duration::ZERO,
+            interval: Histograms::default(),
+            total: Histograms::default(),
+            vfs_seen: HashMap::new(),
         }
     }
-    Ok(())
-}
-
-fn emit_vfs(out: &mut impl Write, args: &RecordArgs, rows: &[output::VfsRow]) -> Result<()> {
-    if args.json {
-        for r in rows {
-            let mut v = serde_json::to_value(r)?;
-            v["type"] = "vfs".into();
-            writeln!(out, "{v}")?;
-        }
-    } else {
-        output::print_vfs(out, rows)?;
-    }
-    Ok(())
-}
-
-fn humantime_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    format!(
-        "{:02}:{:02}:{:02}",
-        secs / 3600 % 24,
-        secs / 60 % 60,
-        secs % 60
-    )
 }

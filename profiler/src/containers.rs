@@ -1,0 +1,104 @@
+//! strata's containers as the profiler sees them: the overlay mount a
+//! container is (`--container`), and the container a mount is (the
+//! `container` label of `serve --per-container`).
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use strata_driver::Store;
+
+use crate::mounts;
+
+/// The mount point of a strata container's overlay, by ID or name,
+/// whoever mounted it (strata, or containerd through `strata snapshotter`).
+pub fn mount_point(store_root: &Path, id: &str) -> Result<PathBuf> {
+    let store = Store::open(store_root)?;
+    let c = store.find_container(id)?;
+    if let Some(m) = mounts::mount_with_upper(&store.upper_dir(&c.id)) {
+        return Ok(m.mount_point);
+    }
+    match &c.snapshot {
+        Some(key) => bail!(
+            "container {} (containerd snapshot {key:?}) has no overlay mount: \
+             containerd has not mounted it, or it has no parent layers \
+             (a plain bind, where nothing is copied up)",
+            c.name
+        ),
+        None => bail!(
+            "container {} is not mounted (strata mount {})",
+            c.name,
+            c.name
+        ),
+    }
+}
+
+/// Names the strata container behind each overlay mount point. Live
+/// containers only: `refresh` forgets the ones that went.
+pub struct ContainerNames {
+    store_root: PathBuf,
+    /// Mount point -> container name, as of the last refresh.
+    by_mount: HashMap<PathBuf, String>,
+    /// Mounts seen since the last refresh that are no container of the
+    /// store's (docker's, hand-made): not worth another look until the
+    /// next refresh.
+    strangers: HashSet<PathBuf>,
+}
+
+impl ContainerNames {
+    pub fn new(store_root: &Path) -> ContainerNames {
+        let mut names = ContainerNames {
+            store_root: store_root.to_path_buf(),
+            by_mount: HashMap::new(),
+            strangers: HashSet::new(),
+        };
+        names.refresh();
+        names
+    }
+
+    /// Re-reads the store's containers and the mount table. Where there
+    /// is no store, nothing is named (and none is created).
+    pub fn refresh(&mut self) {
+        self.by_mount.clear();
+        self.strangers.clear();
+        if !self.store_root.join("containers").is_dir() {
+            return;
+        }
+        let Ok(containers) = Store::open(&self.store_root).and_then(|s| {
+            let uppers = s.containers()?.into_iter().map(|c| {
+                let upper = s.upper_dir(&c.id);
+                (upper.canonicalize().unwrap_or(upper), c.name)
+            });
+            Ok(uppers.collect::<HashMap<_, _>>())
+        }) else {
+            return;
+        };
+        for m in mounts::overlay_mounts() {
+            let upper = m.upper.as_deref().and_then(|u| u.canonicalize().ok());
+            if let Some(name) = upper.and_then(|u| containers.get(&u)) {
+                self.by_mount.insert(m.mount_point, name.clone());
+            }
+        }
+    }
+
+    pub fn of_mount(&self, mount: &Path) -> Option<&str> {
+        self.by_mount.get(mount).map(String::as_str)
+    }
+
+    pub fn is_known_stranger(&self, mount: &Path) -> bool {
+        self.strangers.contains(mount)
+    }
+
+    /// Remembers a mount that no refresh could name.
+    pub fn note_stranger(&mut self, mount: &Path) {
+        if !self.by_mount.contains_key(mount) {
+            self.strangers.insert(mount.to_path_buf());
+        }
+    }
+
+    /// Whether a container of this name is still live (as of the last
+    /// refresh).
+    pub fn is_live(&self, name: &str) -> bool {
+        self.by_mount.values().any(|n| n == name)
+    }
+}

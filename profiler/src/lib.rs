@@ -1,0 +1,24 @@
+//! strata-prof: live histograms of what overlayfs copy-on-write costs.
+//!
+//! The probes ([`probes`], [`backend`], [`fentry`], [`btf`]) feed a
+//! [`session`] whose events are attributed ([`events`], [`mounts`]) and
+//! handed by the [`record`] loop to [`sink`]s: the terminal table, JSON
+//! lines, the HdrHistogram log. [`sweep`] builds its own images and checks the probes
+//! against a stopwatch; [`report`] plots what was recorded.
+
+pub mod backend;
+pub mod btf;
+pub mod containers;
+pub mod events;
+pub mod fentry;
+pub mod histograms;
+pub mod mounts;
+pub mod output;
+pub mod probes;
+pub mod record;
+pub mod report;
+pub mod session;
+pub mod sink;
+pub mod sweep;
+pub mod syscalls;
+pub mod tracefs;
