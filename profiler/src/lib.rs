@@ -3,13 +3,15 @@
 //! The probes ([`probes`], [`backend`], [`fentry`], [`btf`]) feed a
 //! [`session`] whose events are attributed ([`events`], [`mounts`]) and
 //! handed by the [`record`] loop to [`sink`]s: the terminal table, JSON
-//! lines, the HdrHistogram log. [`sweep`] builds its own images and checks the probes
+//! lines, the HdrHistogram log, or the Prometheus [`exporter`] of
+//! [`serve`]. [`sweep`] builds its own images and checks the probes
 //! against a stopwatch; [`report`] plots what was recorded.
 
 pub mod backend;
 pub mod btf;
 pub mod containers;
 pub mod events;
+pub mod exporter;
 pub mod fentry;
 pub mod histograms;
 pub mod mounts;
@@ -17,6 +19,7 @@ pub mod output;
 pub mod probes;
 pub mod record;
 pub mod report;
+pub mod serve;
 pub mod session;
 pub mod sink;
 pub mod sweep;

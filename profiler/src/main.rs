@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 use strata_prof::backend::Backend;
-use strata_prof::{backend, containers, output, probes, record, report, sweep};
+use strata_prof::{backend, containers, output, probes, record, report, serve, sweep};
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +35,17 @@ enum Cmd {
         #[arg(long, conflicts_with = "mount")]
         container: Option<String>,
         /// strata's store root, for --container.
+        #[arg(long, env = "STRATA_ROOT", default_value = strata_driver::store::DEFAULT_ROOT)]
+        store_root: PathBuf,
+    },
+    /// Serve copy-up metrics to Prometheus at /metrics until SIGTERM/SIGINT.
+    Serve {
+        #[command(flatten)]
+        args: serve::ServeArgs,
+        /// Only this strata container (ID or name), as with record.
+        #[arg(long, conflicts_with = "mount")]
+        container: Option<String>,
+        /// strata's store root, for --container and --per-container.
         #[arg(long, env = "STRATA_ROOT", default_value = strata_driver::store::DEFAULT_ROOT)]
         store_root: PathBuf,
     },
@@ -105,6 +116,14 @@ fn main() -> Result<()> {
             scope(&mut args.watch, container, &store_root)?;
             runtime()?.block_on(record::record(args))?;
             Ok(())
+        }
+        Cmd::Serve {
+            mut args,
+            container,
+            store_root,
+        } => {
+            scope(&mut args.watch, container, &store_root)?;
+            runtime()?.block_on(serve::serve(args, &store_root))
         }
         Cmd::Report { file, svg } => {
             let points = report::points_from_file(&file)?;

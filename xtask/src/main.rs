@@ -5,6 +5,7 @@
 
 mod bpf_toolchain;
 mod containerd_suite;
+mod prometheus;
 mod setup;
 mod vm;
 

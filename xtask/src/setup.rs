@@ -98,6 +98,10 @@ pub fn setup() -> Result<()> {
         did.push(format!("apt-get installed {}", missing.join(" ")));
     }
 
+    if crate::prometheus::fetch()? {
+        did.push("unpacked prometheus and promtool under target/prometheus".into());
+    }
+
     did.extend(mount_kernel_fs()?);
 
     if did.is_empty() {

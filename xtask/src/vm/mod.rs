@@ -38,6 +38,12 @@ const NOT_IN_GUEST: &[(&str, &str, &str)] = &[
         "needs containerd, ctr and runc; the guest is a minimal busybox system without them",
     ),
     (
+        "serve",
+        "",
+        "needs Prometheus (unpacked on the host only) and times a 30 s scrape storm; serve reads the \
+         same session as record, whose tests run here on every backend",
+    ),
+    (
         "profiler",
         "record_follows_a_containerd_container",
         "needs containerd, ctr and runc; the guest is a minimal busybox system without them",

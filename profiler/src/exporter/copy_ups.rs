@@ -1,0 +1,159 @@
+//! What `serve` keeps from the events it receives anyway: per label set,
+//! log2 latency buckets (the kernel's own bucketing), a count and bytes.
+//! Updated per event in O(1); a scrape only reads it.
+
+use std::collections::HashMap;
+
+use anyhow::Result;
+use strata_common::{log2_floor, LOG2_SLOTS};
+
+use super::classes::{dir_class, layer_class, size_class, trigger_label};
+use crate::containers::ContainerNames;
+use crate::events::CopyUp;
+use crate::sink::{Interval, Sink, Summary};
+
+/// Counts in log2(ns) slots, as the kernel keeps them, plus the exact sum
+/// and count of what was recorded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Log2Counts {
+    pub slots: [u64; LOG2_SLOTS],
+    /// Exact where events fed it; estimated from slot midpoints where a
+    /// kernel histogram did (the kernel keeps no sum).
+    pub sum_ns: u128,
+    pub count: u64,
+}
+
+impl Default for Log2Counts {
+    fn default() -> Self {
+        Log2Counts {
+            slots: [0; LOG2_SLOTS],
+            sum_ns: 0,
+            count: 0,
+        }
+    }
+}
+
+impl Log2Counts {
+    pub fn record(&mut self, ns: u64) {
+        let slot = (log2_floor(ns) as usize).min(LOG2_SLOTS - 1);
+        self.slots[slot] += 1;
+        self.sum_ns += u128::from(ns);
+        self.count += 1;
+    }
+
+    /// A kernel histogram, which has slots alone.
+    pub fn from_slots(slots: [u64; LOG2_SLOTS]) -> Log2Counts {
+        let sum_ns = slots
+            .iter()
+            .enumerate()
+            .map(|(i, c)| u128::from(*c) * (3u128 << i) / 2)
+            .sum();
+        Log2Counts {
+            slots,
+            sum_ns,
+            count: slots.iter().sum(),
+        }
+    }
+
+    pub fn add(&mut self, other: &Log2Counts) {
+        for (a, b) in self.slots.iter_mut().zip(other.slots) {
+            *a += b;
+        }
+        self.sum_ns += other.sum_ns;
+        self.count += other.count;
+    }
+}
+
+/// The label set of a copy-up series.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CopyUpLabels {
+    pub trigger: &'static str,
+    pub size: &'static str,
+    pub layer_depth: &'static str,
+    pub dir_depth: &'static str,
+    /// With `--per-container` only: the strata container, or "" where the
+    /// mount is no container of the store's.
+    pub container: Option<String>,
+}
+
+/// Counters by trigger (and container).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TriggerLabels {
+    pub trigger: &'static str,
+    pub container: Option<String>,
+}
+
+#[derive(Default)]
+pub struct CopyUpMetrics {
+    pub duration: HashMap<CopyUpLabels, Log2Counts>,
+    pub fsync: HashMap<TriggerLabels, Log2Counts>,
+    pub count: HashMap<TriggerLabels, u64>,
+    pub bytes: HashMap<TriggerLabels, u64>,
+    /// Present with `--per-container`.
+    pub containers: Option<ContainerNames>,
+}
+
+impl CopyUpMetrics {
+    fn container_of(&mut self, e: &CopyUp) -> Option<String> {
+        let names = self.containers.as_mut()?;
+        let Some(mount) = e.mount.as_deref() else {
+            return Some(String::new());
+        };
+        if names.of_mount(mount).is_none() && !names.is_known_stranger(mount) {
+            // A container mounted since the last look.
+            names.refresh();
+            names.note_stranger(mount);
+        }
+        Some(names.of_mount(mount).unwrap_or_default().to_string())
+    }
+
+    /// Forgets the series of containers that are gone.
+    fn drop_gone_containers(&mut self) {
+        let Some(names) = self.containers.as_mut() else {
+            return;
+        };
+        names.refresh();
+        let live = |c: &Option<String>| {
+            c.as_deref()
+                .is_none_or(|n| n.is_empty() || names.is_live(n))
+        };
+        self.duration.retain(|k, _| live(&k.container));
+        self.fsync.retain(|k, _| live(&k.container));
+        self.count.retain(|k, _| live(&k.container));
+        self.bytes.retain(|k, _| live(&k.container));
+    }
+}
+
+impl Sink for CopyUpMetrics {
+    fn copy_up(&mut self, e: &CopyUp) -> Result<()> {
+        let container = self.container_of(e);
+        let trigger = trigger_label(&e.trigger);
+        let labels = CopyUpLabels {
+            trigger,
+            size: size_class(e.file_size),
+            layer_depth: layer_class(e.layer_depth),
+            dir_depth: dir_class(e.dir_depth),
+            container: container.clone(),
+        };
+        self.duration
+            .entry(labels)
+            .or_default()
+            .record(e.latency_ns);
+        let by_trigger = TriggerLabels { trigger, container };
+        if let Some(ns) = e.fsync_ns {
+            self.fsync.entry(by_trigger.clone()).or_default().record(ns);
+        }
+        *self.bytes.entry(by_trigger.clone()).or_default() += e.file_size.unwrap_or(0);
+        *self.count.entry(by_trigger).or_default() += 1;
+        Ok(())
+    }
+
+    fn interval(&mut self, _interval: &Interval<'_>) -> Result<()> {
+        self.drop_gone_containers();
+        Ok(())
+    }
+
+    fn summary(&mut self, _summary: &Summary<'_>) -> Result<()> {
+        Ok(())
+    }
+}

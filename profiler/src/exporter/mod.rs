@@ -1,0 +1,292 @@
+//! `strata-prof serve`'s Prometheus exporter: the copy-up metrics kept
+//! from events ([`copy_ups`]), the kernel's own aggregates read at scrape
+//! time, their encoding ([`families`]) and the HTTP front ([`http`]).
+
+pub mod classes;
+pub mod copy_ups;
+pub mod families;
+pub mod http;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use anyhow::Result;
+use prometheus_client::registry::Registry;
+use strata_common::{VfsKey, LOG2_SLOTS};
+
+use crate::containers::ContainerNames;
+use crate::events::CopyUp;
+use crate::probes::ProgramCost;
+use crate::session::{KernelCounters, Session};
+use crate::sink::{Interval, Sink, Summary};
+use copy_ups::CopyUpMetrics;
+
+/// The exposition formats a scrape may ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    OpenMetrics,
+    /// Prometheus text format 0.0.4 (what promtool and older scrapers read).
+    Text,
+}
+
+impl Format {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Text => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        }
+    }
+}
+
+/// What the kernel side holds, read at each scrape (never replayed).
+#[derive(Default)]
+pub struct KernelView {
+    pub counters: KernelCounters,
+    pub new_files: u64,
+    /// With `--vfs`.
+    pub vfs: Option<Vec<(VfsKey, [u64; LOG2_SLOTS])>>,
+    /// With `--probe-cost`.
+    pub probe_costs: Option<Vec<ProgramCost>>,
+}
+
+/// Everything a scrape encodes.
+#[derive(Default)]
+pub struct State {
+    pub copy_ups: CopyUpMetrics,
+    pub kernel: KernelView,
+    /// Whether the upper filesystem's fsync is traced (else no fsync family).
+    pub fsync_traced: bool,
+    /// `strata_prof_info`'s labels.
+    pub backend: String,
+    pub kernel_release: String,
+}
+
+/// The exporter: shared between the recording loop (as a sink) and the
+/// scrapes it answers.
+#[derive(Clone)]
+pub struct Exporter {
+    state: Arc<Mutex<State>>,
+    registry: Arc<Registry>,
+    vfs: bool,
+    probe_cost: bool,
+}
+
+/// The registry's view of the state.
+struct Collector(Arc<Mutex<State>>);
+
+impl std::fmt::Debug for Collector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("strata-prof collector")
+    }
+}
+
+impl prometheus_client::collector::Collector for Collector {
+    fn encode(
+        &self,
+        encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> std::fmt::Result {
+        families::encode(&lock(&self.0), encoder)
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    // A panic while holding the lock leaves plain counters behind, still
+    // worth serving.
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Exporter {
+    pub fn new(
+        session: &Session,
+        containers: Option<ContainerNames>,
+        vfs: bool,
+        probe_cost: bool,
+    ) -> Exporter {
+        let state = State {
+            copy_ups: CopyUpMetrics {
+                containers,
+                ..Default::default()
+            },
+            fsync_traced: session.probes().fsync_traced,
+            backend: session.backend().to_string(),
+            kernel_release: nix::sys::utsname::uname()
+                .map(|u| u.release().to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            ..Default::default()
+        };
+        Exporter::from_state(state, vfs, probe_cost)
+    }
+
+    /// An exporter over a state made elsewhere (benches, tests).
+    pub fn from_state(state: State, vfs: bool, probe_cost: bool) -> Exporter {
+        let state = Arc::new(Mutex::new(state));
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Collector(state.clone())));
+        Exporter {
+            state,
+            registry: Arc::new(registry),
+            vfs,
+            probe_cost,
+        }
+    }
+
+    /// Reads the kernel's aggregates and encodes every family.
+    pub fn scrape(&self, session: &Session, format: Format) -> Result<String> {
+        let probes = session.probes();
+        let kernel = KernelView {
+            counters: session.counters()?,
+            new_files: session.new_files,
+            vfs: self.vfs.then(|| probes.vfs_histograms()).transpose()?,
+            probe_costs: self
+                .probe_cost
+                .then(|| probes.program_costs())
+                .transpose()?,
+        };
+        lock(&self.state).kernel = kernel;
+        self.encode(format)
+    }
+
+    /// Every family, in `format`.
+    pub fn encode(&self, format: Format) -> Result<String> {
+        let mut out = String::with_capacity(64 * 1024);
+        match format {
+            Format::OpenMetrics => {
+                prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            }
+            Format::Text => {
+                prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+            }
+        }
+        .map_err(|_| anyhow::anyhow!("encoding the metrics"))?;
+        Ok(out)
+    }
+}
+
+impl Sink for Exporter {
+    fn copy_up(&mut self, event: &CopyUp) -> Result<()> {
+        lock(&self.state).copy_ups.copy_up(event)
+    }
+    fn interval(&mut self, interval: &Interval<'_>) -> Result<()> {
+        lock(&self.state).copy_ups.interval(interval)
+    }
+    fn summary(&mut self, summary: &Summary<'_>) -> Result<()> {
+        lock(&self.state).copy_ups.summary(summary)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(size: u64, layer: usize, dir: usize, ns: u64) -> CopyUp {
+        CopyUp {
+            trigger: "open-write".into(),
+            latency_ns: ns,
+            prepare_ns: 0,
+            pid: 1,
+            tid: 1,
+            path: None,
+            mount: None,
+            file_size: Some(size),
+            layer_depth: Some(layer),
+            stack_height: Some(layer),
+            dir_depth: Some(dir),
+            ancestors: 0,
+            fsync_ns: Some(ns / 2),
+            start_ns: 0,
+            ret: 3,
+        }
+    }
+
+    fn lines_of<'a>(text: &'a str, prefix: &'a str) -> impl Iterator<Item = &'a str> {
+        text.lines().filter(move |l| l.starts_with(prefix))
+    }
+
+    #[test]
+    fn both_formats_close_every_histogram_with_inf_and_count_alike() {
+        let mut exporter = Exporter::from_state(
+            State {
+                fsync_traced: true,
+                ..Default::default()
+            },
+            false,
+            false,
+        );
+        for (i, ns) in [900u64, 1_500, 3_000_000, 3_100_000]
+            .into_iter()
+            .enumerate()
+        {
+            exporter.copy_up(&event(4096 << i, 1, i, ns)).unwrap();
+        }
+        for format in [Format::OpenMetrics, Format::Text] {
+            let text = exporter.encode(format).unwrap();
+            let counts: Vec<_> = lines_of(&text, "strata_copy_up_duration_seconds_count").collect();
+            let infs: Vec<_> = lines_of(&text, "strata_copy_up_duration_seconds_bucket")
+                .filter(|l| l.contains("le=\"+Inf\""))
+                .collect();
+            assert_eq!(counts.len(), 4, "{format:?}:\n{text}");
+            assert_eq!(infs.len(), 4, "{format:?}:\n{text}");
+            for (count, inf) in counts.iter().zip(&infs) {
+                assert_eq!(count.rsplit(' ').next(), inf.rsplit(' ').next(), "{text}");
+            }
+            let has = |name: &str, labels: &[&str], value: &str| {
+                lines_of(&text, name).any(|l| {
+                    l.ends_with(&format!(" {value}")) && labels.iter().all(|want| l.contains(want))
+                })
+            };
+            let open_write = "trigger=\"open-write\"";
+            assert!(has("strata_copy_ups_total{", &[open_write], "4"), "{text}");
+            assert!(
+                has("strata_copy_up_bytes_total{", &[open_write], "61440"),
+                "{text}"
+            );
+            let inf = "le=\"+Inf\"";
+            assert!(
+                has(
+                    "strata_copy_up_fsync_seconds_bucket{",
+                    &[open_write, inf],
+                    "4"
+                ),
+                "{text}"
+            );
+            // 1500 ns is in slot 10, whose bucket ends at 2047 ns.
+            let small = [
+                "size=\"le_8KiB\"",
+                "dir_depth=\"1-3\"",
+                match format {
+                    Format::OpenMetrics => "le=\"0.000002047\"",
+                    Format::Text => "le=\"2.047e-06\"", // Go's float format
+                },
+            ];
+            assert!(
+                has("strata_copy_up_duration_seconds_bucket{", &small, "1"),
+                "{text}"
+            );
+        }
+        let om = exporter.encode(Format::OpenMetrics).unwrap();
+        assert!(om.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn series_stay_within_the_documented_bound_whatever_the_files() {
+        let mut exporter = Exporter::from_state(State::default(), false, false);
+        let mut n = 0u64;
+        for size_log2 in 0..34 {
+            for layer in [1, 2, 3, 5, 9, 17, 40, 65, 128, 499] {
+                for dir in [0, 1, 2, 4, 9, 16, 40] {
+                    n += 1;
+                    let size = (1u64 << size_log2) + n % 7;
+                    exporter
+                        .copy_up(&event(size, layer, dir, 1000 + n))
+                        .unwrap();
+                }
+            }
+        }
+        let text = exporter.encode(Format::Text).unwrap();
+        let series = lines_of(&text, "strata_copy_up_duration_seconds_count").count();
+        assert!(series <= classes::MAX_COPY_UP_SERIES, "{series}");
+        // Every size class but unknown, 5 layer classes, 4 dir classes.
+        assert_eq!(series, 20 * 5 * 4, "{n} copy-ups");
+    }
+}
