@@ -18,72 +18,60 @@ use super::State;
 pub struct Family {
     pub name: &'static str,
     pub labels: &'static [&'static str],
-    /// Present only with this `serve` option.
-    pub only_with: Option<&'static str>,
 }
 
 /// Every family `serve` can export (the dashboard may use these alone).
-/// `container` is added to the copy-up families by `--per-container`.
+/// `container` is added to the copy-up families by `--per-container`; the
+/// `strata_vfs_*` families need `--vfs`, the `strata_prof_probe_*` ones
+/// `--probe-cost`, and the fsync one a traced upper filesystem.
 pub const FAMILIES: &[Family] = &[
     Family {
         name: "strata_copy_up_duration_seconds",
         labels: &["trigger", "size", "layer_depth", "dir_depth"],
-        only_with: None,
     },
     Family {
         name: "strata_copy_ups_total",
         labels: &["trigger"],
-        only_with: None,
     },
     Family {
         name: "strata_copy_up_bytes_total",
         labels: &["trigger"],
-        only_with: None,
     },
     Family {
         name: "strata_copy_up_fsync_seconds",
         labels: &["trigger"],
-        only_with: None,
     },
     Family {
         name: "strata_vfs_duration_seconds",
         labels: &["op", "backing"],
-        only_with: Some("--vfs"),
     },
     Family {
         name: "strata_vfs_lower_open_duration_seconds",
         labels: &["layer_depth"],
-        only_with: Some("--vfs"),
     },
     Family {
         name: "strata_prof_events_lost_total",
         labels: &["reason"],
-        only_with: None,
     },
     Family {
         name: "strata_prof_watched_calls_total",
         labels: &[],
-        only_with: None,
     },
     Family {
         name: "strata_prof_new_files_total",
         labels: &[],
-        only_with: None,
     },
     Family {
         name: "strata_prof_probe_runs_total",
         labels: &["program"],
-        only_with: Some("--probe-cost"),
     },
     Family {
         name: "strata_prof_probe_run_seconds_total",
         labels: &["program"],
-        only_with: Some("--probe-cost"),
     },
     Family {
         name: "strata_prof_info",
         labels: &["backend", "kernel", "version"],
-        only_with: None,
     },
 ];
 

@@ -289,4 +289,70 @@ mod tests {
         // Every size class but unknown, 5 layer classes, 4 dir classes.
         assert_eq!(series, 20 * 5 * 4, "{n} copy-ups");
     }
+
+    /// (family, label names) of every sample in a text scrape; histogram
+    /// series folded into their family, `le` left out.
+    fn exported(text: &str) -> std::collections::BTreeSet<(String, Vec<String>)> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| {
+                let (name, rest) = l
+                    .split_once('{')
+                    .unwrap_or((l.split(' ').next().unwrap(), ""));
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s).filter(|b| b.ends_with("_seconds")))
+                    .unwrap_or(name);
+                let labels = rest
+                    .split(',')
+                    .filter_map(|kv| kv.split_once('=').map(|(k, _)| k.to_string()))
+                    .filter(|k| k != "le")
+                    .collect();
+                (family.to_string(), labels)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_catalogue_is_exactly_what_serve_exports() {
+        use strata_common::{backing, vfs_op, VfsKey};
+        let vfs_key = |op, backing, layer| VfsKey {
+            op,
+            backing,
+            layer,
+            _pad: 0,
+        };
+        let mut slots = [0u64; LOG2_SLOTS];
+        slots[12] = 3;
+        let state = State {
+            fsync_traced: true,
+            kernel: KernelView {
+                vfs: Some(vec![
+                    (vfs_key(vfs_op::OPEN, backing::LOWER, 3), slots),
+                    (vfs_key(vfs_op::READ, backing::UPPER, 0), slots),
+                ]),
+                probe_costs: Some(vec![ProgramCost {
+                    program: "strata_sys_enter".into(),
+                    runs: 10,
+                    ns_per_run: 100,
+                    run_time_ns: 1000,
+                }]),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut exporter = Exporter::from_state(state, true, true);
+        exporter.copy_up(&event(4096, 1, 0, 1000)).unwrap();
+        let got = exported(&exporter.encode(Format::Text).unwrap());
+        let want: std::collections::BTreeSet<_> = families::FAMILIES
+            .iter()
+            .map(|f| {
+                (
+                    f.name.to_string(),
+                    f.labels.iter().map(|l| l.to_string()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(got, want);
+    }
 }
