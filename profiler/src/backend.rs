@@ -33,6 +33,13 @@ impl fmt::Display for Backend {
 }
 
 /// Copy-up functions, most useful first; names differ between kernels.
+/// The running kernel's release (`uname -r`), for titles and labels.
+pub fn kernel_release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 pub const COPY_UP_FUNCTIONS: &[&str] =
     &["ovl_copy_up_flags", "ovl_copy_up_one", "ovl_copy_up_file"];
 

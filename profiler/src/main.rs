@@ -53,8 +53,13 @@ enum Cmd {
     /// `sweep --json` output.
     Report {
         file: PathBuf,
+        /// The plot: p50 and the p50-p99 band by size, layer depth and
+        /// directory depth.
+        #[arg(long, required_unless_present = "html")]
+        svg: Option<PathBuf>,
+        /// One page with the plot and the tables (no network needed).
         #[arg(long)]
-        svg: PathBuf,
+        html: Option<PathBuf>,
     },
     /// Build images over a size x layer-depth x directory-depth grid,
     /// trigger copy-ups, record them and print the matrix.
@@ -125,10 +130,16 @@ fn main() -> Result<()> {
             scope(&mut args.watch, container, &store_root)?;
             runtime()?.block_on(serve::serve(args, &store_root))
         }
-        Cmd::Report { file, svg } => {
-            let points = report::points_from_file(&file)?;
-            report::plot(&points, &svg)?;
-            println!("wrote {} ({} points)", svg.display(), points.len());
+        Cmd::Report { file, svg, html } => {
+            let report = report::load(&file)?;
+            if let Some(svg) = svg {
+                report::svg::write(&report, &svg)?;
+                println!("wrote {} ({} points)", svg.display(), report.points.len());
+            }
+            if let Some(html) = html {
+                report::html::write(&report, &html)?;
+                println!("wrote {}", html.display());
+            }
             Ok(())
         }
         Cmd::Sweep {
@@ -173,8 +184,7 @@ fn main() -> Result<()> {
             }
             let result = result?;
             output::print_sweep(&result, json)?;
-            let points = report::cell_points_of(&result.cells);
-            report::plot(&points, &svg)?;
+            report::svg::write(&report::of_sweep(&result), &svg)?;
             if !json {
                 println!("plot: {}", svg.display());
             }

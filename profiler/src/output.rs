@@ -118,7 +118,7 @@ pub fn print_sweep(r: &crate::sweep::SweepResult, json: bool) -> std::io::Result
         return writeln!(
             out,
             "{}",
-            json!({"type": "sweep", "backend": r.backend, "violations": r.violations, "retried": r.retried})
+            json!({"type": "sweep", "backend": r.backend, "kernel_release": r.kernel, "violations": r.violations, "retried": r.retried})
         );
     }
     writeln!(out, "copy-up latency by cell (backend {}):", r.backend)?;

@@ -263,6 +263,8 @@ impl Watching {
             .map(|now| output::vfs_rows(&now, &HashMap::new()));
         sink.summary(&Summary {
             elapsed: clock.started.elapsed(),
+            backend: self.session.backend(),
+            kernel: crate::backend::kernel_release(),
             histograms: &clock.total,
             counters,
             new_files: self.session.new_files,

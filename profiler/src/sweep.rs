@@ -71,6 +71,9 @@ pub struct Cell {
 #[derive(Debug, Serialize)]
 pub struct SweepResult {
     pub backend: String,
+    /// The kernel it ran on (`uname -r`).
+    #[serde(rename = "kernel_release")]
+    pub kernel: String,
     pub cells: Vec<Cell>,
     /// Everything that broke the truth bar; empty when it holds.
     pub violations: Vec<String>,
@@ -152,6 +155,7 @@ pub fn run(
     }
     let mut result = SweepResult {
         backend: session.backend().to_string(),
+        kernel: crate::backend::kernel_release(),
         cells: Vec::new(),
         violations: Vec::new(),
         retried: Vec::new(),

@@ -483,12 +483,14 @@ fn record_streams_one_event_per_copy_up_with_its_trigger() {
     // report plots the recorded events.
     let events_file = ts.dir.join("events.jsonl");
     fs::write(&events_file, &stdout).unwrap();
-    let svg = ts.dir.join("report.svg");
+    let (svg, html) = (ts.dir.join("report.svg"), ts.dir.join("report.html"));
     let out = Command::new(BIN)
         .arg("report")
         .arg(&events_file)
         .arg("--svg")
         .arg(&svg)
+        .arg("--html")
+        .arg(&html)
         .output()
         .unwrap();
     assert!(
@@ -496,7 +498,17 @@ fn record_streams_one_event_per_copy_up_with_its_trigger() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(fs::read_to_string(&svg).unwrap().contains("<svg"));
+    // Titled with the backend that recorded, ticks in units.
+    let backend = summary["backend"].as_str().unwrap();
+    let plot = fs::read_to_string(&svg).unwrap();
+    assert!(plot.contains(&format!("{backend} backend")), "{plot}");
+    assert!(plot.contains("KiB") && plot.contains("µs"), "{plot}");
+    let page = fs::read_to_string(&html).unwrap();
+    assert!(
+        page.contains("<svg") && page.contains("by trigger"),
+        "{page}"
+    );
+    assert!(page.contains("<td>open-write</td>"), "{page}");
 }
 
 fn xattr_set(p: &Path) {

@@ -110,9 +110,7 @@ impl Exporter {
             },
             fsync_traced: session.probes().fsync_traced,
             backend: session.backend().to_string(),
-            kernel_release: nix::sys::utsname::uname()
-                .map(|u| u.release().to_string_lossy().into_owned())
-                .unwrap_or_default(),
+            kernel_release: crate::backend::kernel_release(),
             ..Default::default()
         };
         Exporter::from_state(state, vfs, probe_cost)

@@ -64,6 +64,8 @@ impl Sink for JsonLinesSink {
         }
         let summary = json!({
             "type": "summary",
+            "backend": s.backend.to_string(),
+            "kernel_release": s.kernel,
             "copy_ups": s.histograms.total(),
             "kernel": s.counters,
             "new_files": s.new_files,

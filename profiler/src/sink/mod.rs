@@ -41,6 +41,9 @@ pub struct Interval<'a> {
 /// The end of a recording.
 pub struct Summary<'a> {
     pub elapsed: Duration,
+    pub backend: Backend,
+    /// The kernel's release (`uname -r`).
+    pub kernel: String,
     /// Every copy-up of the recording.
     pub histograms: &'a Histograms,
     pub counters: KernelCounters,
