@@ -16,7 +16,7 @@ use crate::harness::{compare, BenchResult, Timed};
 
 /// One matrix cell's image: `reps` files of `size` bytes `dirs` deep,
 /// under `layers - 1` small layers.
-fn cell_image(
+pub(crate) fn cell_image(
     env: &Env,
     root: &Path,
     size: u64,

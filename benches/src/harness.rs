@@ -108,6 +108,12 @@ pub fn compare(
         ratio,
         target,
     };
+    report(&r);
+    Ok(r)
+}
+
+/// One line per result as it comes, on stderr.
+pub fn report(r: &BenchResult) {
     eprintln!(
         "  {:<44} {:>10} vs {:<28} {:>10}  ratio {:.2}{}",
         r.name,
@@ -119,7 +125,6 @@ pub fn compare(
             .map(|t| format!(" (bar {t:.2})"))
             .unwrap_or_default()
     );
-    Ok(r)
 }
 
 pub fn fmt_ns(v: u64) -> String {

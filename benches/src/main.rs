@@ -7,6 +7,7 @@ mod fixtures;
 mod gate;
 mod harness;
 mod ops;
+mod serve;
 
 use std::path::PathBuf;
 
@@ -31,7 +32,7 @@ struct Cli {
     /// How much a ratio may grow over the baseline's (0.10 = 10%).
     #[arg(long, default_value_t = 0.10)]
     threshold: f64,
-    /// Only benches whose group matches: ops, cow, overhead.
+    /// Only benches whose group matches: ops, containerd, cow, serve, overhead.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     #[arg(long)]
@@ -69,6 +70,10 @@ fn main() -> Result<()> {
         if wanted("cow") {
             eprintln!("copy-up matrix (durable vs --volatile):");
             results.extend(cow::matrix(&env, &cli.out)?);
+        }
+        if wanted("serve") {
+            eprintln!("strata-prof serve:");
+            results.extend(serve::all(&env)?);
         }
         if wanted("overhead") {
             eprintln!("profiler overhead:");

@@ -8,13 +8,14 @@ use anyhow::Result;
 use strata_common::{log2_floor, LOG2_SLOTS};
 
 use super::classes::{dir_class, layer_class, size_class, trigger_label};
+use super::duration::DurationFamily;
 use crate::containers::ContainerNames;
 use crate::events::CopyUp;
 use crate::sink::{Interval, Sink, Summary};
 
 /// Counts in log2(ns) slots, as the kernel keeps them, plus the exact sum
 /// and count of what was recorded.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Log2Counts {
     pub slots: [u64; LOG2_SLOTS],
     /// Exact where events fed it; estimated from slot midpoints where a
@@ -85,7 +86,7 @@ pub struct TriggerLabels {
 
 #[derive(Default)]
 pub struct CopyUpMetrics {
-    pub duration: HashMap<CopyUpLabels, Log2Counts>,
+    pub duration: DurationFamily,
     pub fsync: HashMap<TriggerLabels, Log2Counts>,
     pub count: HashMap<TriggerLabels, u64>,
     pub bytes: HashMap<TriggerLabels, u64>,

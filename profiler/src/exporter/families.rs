@@ -11,7 +11,7 @@ use prometheus_client::registry::Unit;
 use strata_common::{backing, vfs_op, LOG2_SLOTS};
 
 use super::classes::layer_class;
-use super::copy_ups::Log2Counts;
+use super::copy_ups::{CopyUpLabels, Log2Counts};
 use super::State;
 
 /// One exported family: its full name as scraped, and its labels.
@@ -77,7 +77,8 @@ pub const FAMILIES: &[Family] = &[
 
 type Labels<'a> = Vec<(&'static str, &'a str)>;
 
-/// Encodes the state: the collector's whole scrape.
+/// Encodes the state: the collector's part of a scrape (all but the
+/// duration family, which exporter::duration adds).
 pub fn encode(s: &State, mut enc: DescriptorEncoder<'_>) -> std::fmt::Result {
     encode_copy_ups(s, &mut enc)?;
     encode_health(s, &mut enc)?;
@@ -94,13 +95,17 @@ fn with_container<'a>(mut labels: Labels<'a>, container: &'a Option<String>) -> 
     labels
 }
 
-fn encode_copy_ups(s: &State, enc: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
-    let m = &s.copy_ups;
+/// `strata_copy_up_duration_seconds`, over the given series (see
+/// exporter::duration for how a scrape reuses their lines).
+pub fn copy_up_duration<'a>(
+    enc: &mut DescriptorEncoder<'_>,
+    series: impl Iterator<Item = (&'a CopyUpLabels, &'a Log2Counts)>,
+) -> std::fmt::Result {
     histogram(
         enc,
         "strata_copy_up_duration",
         "Copy-up latency: the triggering call from entry to exit, by what was copied.",
-        sorted(&m.duration).into_iter().map(|(k, v)| {
+        series.map(|(k, v)| {
             let labels = vec![
                 ("trigger", k.trigger),
                 ("size", k.size),
@@ -109,7 +114,12 @@ fn encode_copy_ups(s: &State, enc: &mut DescriptorEncoder<'_>) -> std::fmt::Resu
             ];
             (with_container(labels, &k.container), v)
         }),
-    )?;
+    )
+}
+
+/// The copy-up families but the duration histogram.
+fn encode_copy_ups(s: &State, enc: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+    let m = &s.copy_ups;
     let mut counter = enc.encode_descriptor(
         "strata_copy_ups",
         "Files copied up to a writable layer.",

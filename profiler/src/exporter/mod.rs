@@ -4,6 +4,7 @@
 
 pub mod classes;
 pub mod copy_ups;
+pub mod duration;
 pub mod families;
 pub mod http;
 
@@ -23,9 +24,9 @@ use copy_ups::CopyUpMetrics;
 /// The exposition formats a scrape may ask for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
-    OpenMetrics,
+    OpenMetrics = 0,
     /// Prometheus text format 0.0.4 (what promtool and older scrapers read).
-    Text,
+    Text = 1,
 }
 
 impl Format {
@@ -66,6 +67,9 @@ pub struct State {
 pub struct Exporter {
     state: Arc<Mutex<State>>,
     registry: Arc<Registry>,
+    /// The last scrape's size: the next one's buffer is made that big at
+    /// once (megabytes with every label set filled), never regrown.
+    last_len: Arc<std::sync::atomic::AtomicUsize>,
     vfs: bool,
     probe_cost: bool,
 }
@@ -86,6 +90,16 @@ impl prometheus_client::collector::Collector for Collector {
     ) -> std::fmt::Result {
         families::encode(&lock(&self.0), encoder)
     }
+}
+
+/// A registry's families in `format`. Encoding into a String cannot fail
+/// short of a collector's own error, and ours return none.
+fn encode_registry(registry: &Registry, format: Format, out: &mut String) {
+    let done = match format {
+        Format::OpenMetrics => prometheus_client::encoding::text::encode(out, registry),
+        Format::Text => prometheus_client::encoding::prometheus_text::encode(out, registry),
+    };
+    done.expect("encoding metrics into a String")
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -124,6 +138,7 @@ impl Exporter {
         Exporter {
             state,
             registry: Arc::new(registry),
+            last_len: Arc::new(std::sync::atomic::AtomicUsize::new(64 * 1024)),
             vfs,
             probe_cost,
         }
@@ -145,18 +160,17 @@ impl Exporter {
         self.encode(format)
     }
 
-    /// Every family, in `format`.
+    /// Every family, in `format`: the collector's, then the duration
+    /// family from its per-series cache (before OpenMetrics' `# EOF`).
     pub fn encode(&self, format: Format) -> Result<String> {
-        let mut out = String::with_capacity(64 * 1024);
-        match format {
-            Format::OpenMetrics => {
-                prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            }
-            Format::Text => {
-                prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
-            }
-        }
-        .map_err(|_| anyhow::anyhow!("encoding the metrics"))?;
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut out = String::with_capacity(self.last_len.load(Relaxed) + 4096);
+        encode_registry(&self.registry, format, &mut out);
+        let eof = out.len() - if out.ends_with("# EOF\n") { 6 } else { 0 };
+        let tail = out.split_off(eof);
+        duration::encode(&mut lock(&self.state).copy_ups.duration, format, &mut out);
+        out.push_str(&tail);
+        self.last_len.store(out.len(), Relaxed);
         Ok(out)
     }
 }
