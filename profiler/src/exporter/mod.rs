@@ -367,4 +367,31 @@ mod tests {
             .collect();
         assert_eq!(got, want);
     }
+
+    #[test]
+    fn a_scrape_after_a_change_shows_it_and_keeps_the_rest() {
+        let mut exporter = Exporter::from_state(State::default(), false, false);
+        exporter.copy_up(&event(4096, 1, 0, 1000)).unwrap();
+        exporter.copy_up(&event(1 << 20, 2, 5, 1000)).unwrap();
+        let count = |text: &str, size: &str| -> Vec<String> {
+            lines_of(text, "strata_copy_up_duration_seconds_count")
+                .filter(|l| l.contains(size))
+                .map(|l| l.rsplit(' ').next().unwrap().to_string())
+                .collect()
+        };
+        for format in [Format::OpenMetrics, Format::Text] {
+            let before = exporter.encode(format).unwrap();
+            assert_eq!(count(&before, "le_4KiB"), ["1"], "{before}");
+        }
+        exporter.copy_up(&event(4096, 1, 0, 5000)).unwrap();
+        for format in [Format::Text, Format::OpenMetrics] {
+            let after = exporter.encode(format).unwrap();
+            assert_eq!(count(&after, "le_4KiB"), ["2"], "{after}");
+            assert_eq!(count(&after, "le_1MiB"), ["1"], "{after}");
+            let infs = lines_of(&after, "strata_copy_up_duration_seconds_bucket")
+                .filter(|l| l.contains("+Inf"))
+                .count();
+            assert_eq!(infs, 2, "{after}");
+        }
+    }
 }
