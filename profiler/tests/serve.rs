@@ -240,6 +240,7 @@ fn prometheus_sees_every_copy_up_and_its_median() {
                     t.file(&format!("a/b/small{i}"), &[b's'; 60_000], 0o644)
                         .unwrap();
                 }
+                t.file("read-only", b"never copied up", 0o644).unwrap();
             }),
             layer(|t| {
                 for i in 0..7 {
@@ -254,7 +255,14 @@ fn prometheus_sees_every_copy_up_and_its_median() {
         .unwrap();
     let merged = ts.store.mount_container(&c.id).unwrap();
     let store_root = ts.store.root().to_str().unwrap().to_string();
-    let serve = Serve::start(&["--container", &c.name, "--store-root", &store_root]);
+    let serve = Serve::start(&[
+        "--container",
+        &c.name,
+        "--store-root",
+        &store_root,
+        "--vfs",
+        "--probe-cost",
+    ]);
     let prom = Prometheus::start(&serve.addr);
     prom.wait_value("up{job=\"strata\"}", 1.0);
 
@@ -273,6 +281,21 @@ fn prometheus_sees_every_copy_up_and_its_median() {
         "sum(strata_copy_up_duration_seconds_count{size=\"le_64KiB\",layer_depth=\"2-4\",dir_depth=\"1-3\"})",
         5.0,
     );
+
+    // --vfs: reads of a file two layers down are lower-backed opens at
+    // depth 2; --probe-cost: the kernel counted the probes' runs.
+    for _ in 0..3 {
+        fs::read(merged.join("read-only")).unwrap();
+    }
+    prom.wait_value(
+        "sum(strata_vfs_lower_open_duration_seconds_count{layer_depth=\"2-4\"}) >= bool 3",
+        1.0,
+    );
+    prom.wait_value(
+        "sum(strata_vfs_duration_seconds_count{op=\"read\",backing=\"lower\"}) >= bool 3",
+        1.0,
+    );
+    prom.wait_value("sum(strata_prof_probe_runs_total) > bool 0", 1.0);
 
     // The median lands in the log2 bucket of the stopwatch median (or one
     // below it, as far as the kernel may time less than the stopwatch:
