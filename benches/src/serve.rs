@@ -134,21 +134,8 @@ fn event(
     ns: u64,
 ) -> CopyUp {
     CopyUp {
-        trigger: trigger.into(),
-        latency_ns: ns,
-        prepare_ns: 0,
-        pid: 1,
-        tid: 1,
-        path: None,
-        mount: None,
-        file_size: size,
-        layer_depth: layer,
-        stack_height: layer,
-        dir_depth: dir,
-        ancestors: 0,
         fsync_ns: Some(ns / 4),
-        start_ns: 0,
-        ret: 3,
+        ..CopyUp::synthetic(trigger, ns, size, layer, dir)
     }
 }
 

@@ -38,6 +38,36 @@ pub struct CopyUp {
     pub ret: i64,
 }
 
+impl CopyUp {
+    /// A copy-up as attribution leaves it, without process, path or
+    /// mount: what tests and benches feed histograms and the exporter.
+    pub fn synthetic(
+        trigger: &str,
+        latency_ns: u64,
+        file_size: Option<u64>,
+        layer_depth: Option<usize>,
+        dir_depth: Option<usize>,
+    ) -> CopyUp {
+        CopyUp {
+            trigger: trigger.into(),
+            latency_ns,
+            prepare_ns: 0,
+            pid: 0,
+            tid: 0,
+            path: None,
+            mount: None,
+            file_size,
+            layer_depth,
+            stack_height: layer_depth,
+            dir_depth,
+            ancestors: 0,
+            fsync_ns: None,
+            start_ns: 0,
+            ret: 0,
+        }
+    }
+}
+
 /// Reads a `CopyUpEvent` out of a ring buffer record.
 pub fn decode(bytes: &[u8]) -> Option<CopyUpEvent> {
     if bytes.len() < std::mem::size_of::<CopyUpEvent>() {

@@ -193,21 +193,8 @@ mod tests {
 
     fn event(size: u64, layer: usize, dir: usize, ns: u64) -> CopyUp {
         CopyUp {
-            trigger: "open-write".into(),
-            latency_ns: ns,
-            prepare_ns: 0,
-            pid: 1,
-            tid: 1,
-            path: None,
-            mount: None,
-            file_size: Some(size),
-            layer_depth: Some(layer),
-            stack_height: Some(layer),
-            dir_depth: Some(dir),
-            ancestors: 0,
             fsync_ns: Some(ns / 2),
-            start_ns: 0,
-            ret: 3,
+            ..CopyUp::synthetic("open-write", ns, Some(size), Some(layer), Some(dir))
         }
     }
 
