@@ -117,6 +117,13 @@ pub fn matrix(env: &Env, out_dir: &Path) -> Result<Vec<BenchResult>> {
         );
         results.push(r);
     }
+    // Names the kernel in the plot's title (a stopwatch, not a backend,
+    // timed these).
+    let kernel = nix::sys::utsname::uname()?;
+    cells += &format!(
+        "{}\n",
+        serde_json::json!({"type": "sweep", "kernel_release": kernel.release().to_string_lossy()})
+    );
     fs::create_dir_all(out_dir)?;
     fs::write(out_dir.join("cow-matrix.jsonl"), cells)?;
     crate::fixtures::unmount_all_beneath(&dir);
