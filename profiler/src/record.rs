@@ -217,9 +217,12 @@ impl Watching {
 
     /// Everything in the ring buffer now: to the sinks, and counted.
     fn take_events(&mut self, sink: &mut dyn Sink, clock: &mut Clock) -> Result<()> {
+        let keep_histograms = sink.reads_histograms();
         for e in self.session.poll() {
             sink.copy_up(&e)?;
-            clock.interval.record(&e);
+            if keep_histograms {
+                clock.interval.record(&e);
+            }
         }
         Ok(())
     }

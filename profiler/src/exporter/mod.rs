@@ -185,6 +185,10 @@ impl Sink for Exporter {
     fn summary(&mut self, summary: &Summary<'_>) -> Result<()> {
         lock(&self.state).copy_ups.summary(summary)
     }
+    /// It keeps its own log2 counts per label set.
+    fn reads_histograms(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

@@ -61,6 +61,12 @@ pub trait Sink {
     fn copy_up(&mut self, event: &CopyUp) -> Result<()>;
     fn interval(&mut self, interval: &Interval<'_>) -> Result<()>;
     fn summary(&mut self, summary: &Summary<'_>) -> Result<()>;
+    /// Whether it reads the intervals' and summary's HdrHistograms. The
+    /// loop keeps them (five keyed records per event) only if some sink
+    /// does.
+    fn reads_histograms(&self) -> bool {
+        true
+    }
 }
 
 /// Several sinks fed the same recording, in order.
@@ -73,5 +79,8 @@ impl Sink for Vec<Box<dyn Sink>> {
     }
     fn summary(&mut self, summary: &Summary<'_>) -> Result<()> {
         self.iter_mut().try_for_each(|s| s.summary(summary))
+    }
+    fn reads_histograms(&self) -> bool {
+        self.iter().any(|s| s.reads_histograms())
     }
 }
