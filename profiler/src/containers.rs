@@ -37,6 +37,9 @@ pub fn mount_point(store_root: &Path, id: &str) -> Result<PathBuf> {
 /// containers only: `refresh` forgets the ones that went.
 pub struct ContainerNames {
     store_root: PathBuf,
+    /// Every container in the store (mounted or not), as of the last
+    /// refresh.
+    live: HashSet<String>,
     /// Mount point -> container name, as of the last refresh.
     by_mount: HashMap<PathBuf, String>,
     /// Mounts seen since the last refresh that are no container of the
@@ -49,6 +52,7 @@ impl ContainerNames {
     pub fn new(store_root: &Path) -> ContainerNames {
         let mut names = ContainerNames {
             store_root: store_root.to_path_buf(),
+            live: HashSet::new(),
             by_mount: HashMap::new(),
             strangers: HashSet::new(),
         };
@@ -59,6 +63,7 @@ impl ContainerNames {
     /// Re-reads the store's containers and the mount table. Where there
     /// is no store, nothing is named (and none is created).
     pub fn refresh(&mut self) {
+        self.live.clear();
         self.by_mount.clear();
         self.strangers.clear();
         if !self.store_root.join("containers").is_dir() {
@@ -79,6 +84,7 @@ impl ContainerNames {
                 self.by_mount.insert(m.mount_point, name.clone());
             }
         }
+        self.live = containers.into_values().collect();
     }
 
     pub fn of_mount(&self, mount: &Path) -> Option<&str> {
@@ -96,9 +102,10 @@ impl ContainerNames {
         }
     }
 
-    /// Whether a container of this name is still live (as of the last
-    /// refresh).
+    /// Whether a container of this name is still in the store (as of the
+    /// last refresh): an unmounted one keeps its series, a removed one
+    /// does not.
     pub fn is_live(&self, name: &str) -> bool {
-        self.by_mount.values().any(|n| n == name)
+        self.live.contains(name)
     }
 }

@@ -565,8 +565,10 @@ fn per_container_labels_follow_live_containers() {
     assert_eq!(sample(&text, &series(&one.name)), Some(2.0), "{text}");
 
     // The other container goes: its series go with it (checked every 5 s).
+    // The first is only unmounted (stopped): its series stay.
     ts.store.unmount_container(&other.id).unwrap();
     ts.store.remove_container(&other.id, false).unwrap();
+    ts.store.unmount_container(&one.id).unwrap();
     let text = wait_for(
         Duration::from_secs(15),
         "the removed container's series dropped",

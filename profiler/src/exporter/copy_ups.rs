@@ -1,6 +1,6 @@
 //! What `serve` keeps from the events it receives anyway: per label set,
 //! log2 latency buckets (the kernel's own bucketing), a count and bytes.
-//! Updated per event in O(1); a scrape only reads it.
+//! Updated per event by a few map lookups; a scrape only reads it.
 
 use std::collections::HashMap;
 
