@@ -11,7 +11,7 @@ use prometheus_client::registry::Unit;
 use strata_common::{backing, vfs_op, LOG2_SLOTS};
 
 use super::classes::layer_class;
-use super::copy_ups::{CopyUpLabels, Log2Counts};
+use super::copy_ups::{CopyUpLabels, Log2Counts, TriggerLabels};
 use super::State;
 
 /// One exported family: its full name as scraped, and its labels.
@@ -120,30 +120,20 @@ pub fn copy_up_duration<'a>(
 /// The copy-up families but the duration histogram.
 fn encode_copy_ups(s: &State, enc: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
     let m = &s.copy_ups;
-    let mut counter = enc.encode_descriptor(
+    counter_by_trigger(
+        enc,
         "strata_copy_ups",
         "Files copied up to a writable layer.",
         None,
-        MetricType::Counter,
+        &m.count,
     )?;
-    for (k, n) in sorted(&m.count) {
-        let labels = with_container(vec![("trigger", k.trigger)], &k.container);
-        counter
-            .encode_family(&labels)?
-            .encode_counter::<NoLabelSet, _, u64>(n, None)?;
-    }
-    let mut bytes = enc.encode_descriptor(
+    counter_by_trigger(
+        enc,
         "strata_copy_up",
         "Bytes of file data copied up.",
         Some(&Unit::Bytes),
-        MetricType::Counter,
+        &m.bytes,
     )?;
-    for (k, n) in sorted(&m.bytes) {
-        let labels = with_container(vec![("trigger", k.trigger)], &k.container);
-        bytes
-            .encode_family(&labels)?
-            .encode_counter::<NoLabelSet, _, u64>(n, None)?;
-    }
     if s.fsync_traced {
         histogram(
             enc,
@@ -156,6 +146,23 @@ fn encode_copy_ups(s: &State, enc: &mut DescriptorEncoder<'_>) -> std::fmt::Resu
                 )
             }),
         )?;
+    }
+    Ok(())
+}
+
+fn counter_by_trigger(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    values: &std::collections::HashMap<TriggerLabels, u64>,
+) -> std::fmt::Result {
+    let mut family = enc.encode_descriptor(name, help, unit, MetricType::Counter)?;
+    for (k, n) in sorted(values) {
+        let labels = with_container(vec![("trigger", k.trigger)], &k.container);
+        family
+            .encode_family(&labels)?
+            .encode_counter::<NoLabelSet, _, u64>(n, None)?;
     }
     Ok(())
 }
