@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use anyhow::{anyhow, Result};
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -129,41 +130,33 @@ pub fn latency_label(ns: f64) -> String {
     format!("{text}{unit}")
 }
 
-fn panel(area: &DrawingArea<SVGBackend<'_>, Shift>, dim: Dimension, pts: &[&Point]) -> Result<()> {
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, LogCoord<f64>>>;
+type Area<'b> = DrawingArea<SVGBackend<'b>, Shift>;
+
+fn panel(area: &Area<'_>, dim: Dimension, pts: &[&Point]) -> Result<()> {
     let xs: Vec<f64> = pts.iter().map(|p| x_of(dim, p.x)).collect();
-    let (x_min, x_max) = (xs[0], xs[xs.len() - 1]);
     let pad = match dim {
         Dimension::DirDepth => 1.0,
         _ => 0.5,
     };
-    let y_min = pts
-        .iter()
-        .map(|p| p.p50.min(p.p99))
-        .min()
-        .unwrap_or(1)
-        .max(1) as f64;
-    let y_max = pts
-        .iter()
-        .map(|p| p.p99.max(p.p50))
-        .max()
-        .unwrap_or(1)
-        .max(1) as f64;
+    let x = (xs[0] - pad)..(xs[xs.len() - 1] + pad);
+    let y_min = pts.iter().map(|p| p.p50.min(p.p99)).min().unwrap_or(1);
+    let y_max = pts.iter().map(|p| p.p99.max(p.p50)).max().unwrap_or(1);
+    let y = (y_min.max(1) as f64 / 1.6)..(y_max.max(1) as f64 * 1.6);
     let x_desc = match dim {
         Dimension::FileSize => "file size",
         Dimension::LayerDepth => "layer depth (layers below the writable one)",
         _ => "directory depth (below the mount root)",
     };
-    let (x_lo, x_hi) = (x_min - pad, x_max + pad);
-    let (y_lo, y_hi) = (y_min / 1.6, y_max * 1.6);
     let mut chart = ChartBuilder::on(area)
         .caption(format!("by {}", dim.title()), ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(45)
         .y_label_area_size(70)
-        .build_cartesian_2d(x_lo..x_hi, (y_lo..y_hi).log_scale())
+        .build_cartesian_2d(x.clone(), y.clone().log_scale())
         .map_err(|e| anyhow!("{e}"))?;
     // plotters' log axis labels decades only (none at all on a range
-    // inside one decade): the ticks and grid are drawn here instead.
+    // inside one decade): the ticks and grid are drawn by `axes` instead.
     chart
         .configure_mesh()
         .disable_mesh()
@@ -175,66 +168,68 @@ fn panel(area: &DrawingArea<SVGBackend<'_>, Shift>, dim: Dimension, pts: &[&Poin
         .y_desc("copy-up latency")
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
+    axes(area, &mut chart, dim, x, y)?;
+    latency(&mut chart, &xs, pts)
+}
+
+/// Grid lines, tick marks and tick labels in the dimension's units.
+fn axes(
+    area: &Area<'_>,
+    chart: &mut Chart<'_, '_>,
+    dim: Dimension,
+    x: std::ops::Range<f64>,
+    y: std::ops::Range<f64>,
+) -> Result<()> {
     let grid = RGBColor(220, 220, 220);
-    let x_ticks = x_ticks(dim, x_lo, x_hi);
-    let y_ticks = y_ticks(y_lo, y_hi);
-    for x in &x_ticks {
-        let line = [(*x, y_lo), (*x, y_hi)];
-        chart
-            .draw_series(LineSeries::new(line, grid))
-            .map_err(|e| anyhow!("{e}"))?;
-    }
-    for y in &y_ticks {
-        let line = [(x_lo, *y), (x_hi, *y)];
+    let x_ticks = x_ticks(dim, x.start, x.end);
+    let y_ticks = y_ticks(y.start, y.end);
+    let vertical = x_ticks.iter().map(|t| [(*t, y.start), (*t, y.end)]);
+    let horizontal = y_ticks.iter().map(|t| [(x.start, *t), (x.end, *t)]);
+    for line in vertical.chain(horizontal) {
         chart
             .draw_series(LineSeries::new(line, grid))
             .map_err(|e| anyhow!("{e}"))?;
     }
     let font: TextStyle = ("sans-serif", 12).into_font().into();
     let base = area.get_base_pixel();
-    let at = |x: f64, y: f64| {
-        let (px, py) = chart.backend_coord(&(x, y));
-        (px - base.0, py - base.1)
-    };
+    let at = |px: (i32, i32)| (px.0 - base.0, px.1 - base.1);
     let draw = |e: Result<(), DrawingAreaErrorKind<_>>| e.map_err(|e| anyhow!("{e}"));
-    for x in &x_ticks {
-        let (px, py) = at(*x, y_lo);
+    for t in &x_ticks {
+        let (px, py) = at(chart.backend_coord(&(*t, y.start)));
         draw(area.draw(&PathElement::new(vec![(px, py), (px, py + 5)], BLACK)))?;
         let style = font.clone().pos(Pos::new(HPos::Center, VPos::Top));
-        draw(area.draw(&Text::new(x_label(dim, *x), (px, py + 8), style)))?;
+        draw(area.draw(&Text::new(x_label(dim, *t), (px, py + 8), style)))?;
     }
-    for y in &y_ticks {
-        let (px, py) = at(x_lo, *y);
+    for t in &y_ticks {
+        let (px, py) = at(chart.backend_coord(&(x.start, *t)));
         draw(area.draw(&PathElement::new(vec![(px - 5, py), (px, py)], BLACK)))?;
         let style = font.clone().pos(Pos::new(HPos::Right, VPos::Center));
-        draw(area.draw(&Text::new(latency_label(*y), (px - 8, py), style)))?;
+        draw(area.draw(&Text::new(latency_label(*t), (px - 8, py), style)))?;
     }
-    let p50: Vec<(f64, f64)> = xs
-        .iter()
-        .zip(pts)
-        .map(|(x, p)| (*x, p.p50 as f64))
-        .collect();
-    let p99: Vec<(f64, f64)> = xs
-        .iter()
-        .zip(pts)
-        .map(|(x, p)| (*x, p.p99.max(p.p50) as f64))
-        .collect();
+    Ok(())
+}
+
+/// p50 as a line with points, over the p50-p99 band.
+fn latency(chart: &mut Chart<'_, '_>, xs: &[f64], pts: &[&Point]) -> Result<()> {
+    let line = |q: fn(&Point) -> u64| -> Vec<(f64, f64)> {
+        xs.iter().zip(pts).map(|(x, p)| (*x, q(p) as f64)).collect()
+    };
+    let p50 = line(|p| p.p50);
+    let p99 = line(|p| p.p99.max(p.p50));
     let band: Vec<(f64, f64)> = p50.iter().chain(p99.iter().rev()).copied().collect();
+    let err = |e: DrawingAreaErrorKind<_>| anyhow!("{e}");
     chart
         .draw_series(std::iter::once(Polygon::new(band, P50.mix(0.18).filled())))
-        .map_err(|e| anyhow!("{e}"))?;
+        .map_err(err)?;
     chart
-        .draw_series(LineSeries::new(
-            p99.iter().copied(),
-            P50.mix(0.45).stroke_width(1),
-        ))
-        .map_err(|e| anyhow!("{e}"))?;
-    chart
-        .draw_series(LineSeries::new(p50.iter().copied(), P50.stroke_width(2)))
-        .map_err(|e| anyhow!("{e}"))?;
+        .draw_series(LineSeries::new(p99, P50.mix(0.45).stroke_width(1)))
+        .map_err(err)?;
     chart
         .draw_series(p50.iter().map(|p| Circle::new(*p, 3, P50.filled())))
-        .map_err(|e| anyhow!("{e}"))?;
+        .map_err(err)?;
+    chart
+        .draw_series(LineSeries::new(p50, P50.stroke_width(2)))
+        .map_err(err)?;
     Ok(())
 }
 
