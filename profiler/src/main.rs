@@ -63,36 +63,39 @@ enum Cmd {
     },
     /// Build images over a size x layer-depth x directory-depth grid,
     /// trigger copy-ups, record them and print the matrix.
-    Sweep {
-        /// File sizes (K/M/G suffixes).
-        #[arg(long, value_delimiter = ',', value_parser = parse_size)]
-        sizes: Option<Vec<u64>>,
-        /// Layer depths.
-        #[arg(long, value_delimiter = ',')]
-        layers: Option<Vec<usize>>,
-        /// Directory depths.
-        #[arg(long, value_delimiter = ',')]
-        dirs: Option<Vec<usize>>,
-        /// Every combination, not one axis at a time.
-        #[arg(long)]
-        full: bool,
-        /// Copy-ups per cell (fewer for huge files).
-        #[arg(long, default_value_t = 5)]
-        reps: usize,
-        #[arg(long, value_enum)]
-        backend: Option<Backend>,
-        /// One JSON object per cell instead of the table.
-        #[arg(long)]
-        json: bool,
-        /// Where to write the plot.
-        #[arg(long, default_value = "strata-sweep.svg")]
-        svg: PathBuf,
-        /// Store for the sweep's images (removed afterwards unless --keep).
-        #[arg(long)]
-        root: Option<PathBuf>,
-        #[arg(long)]
-        keep: bool,
-    },
+    Sweep(SweepArgs),
+}
+
+#[derive(clap::Args)]
+struct SweepArgs {
+    /// File sizes (K/M/G suffixes).
+    #[arg(long, value_delimiter = ',', value_parser = parse_size)]
+    sizes: Option<Vec<u64>>,
+    /// Layer depths.
+    #[arg(long, value_delimiter = ',')]
+    layers: Option<Vec<usize>>,
+    /// Directory depths.
+    #[arg(long, value_delimiter = ',')]
+    dirs: Option<Vec<usize>>,
+    /// Every combination, not one axis at a time.
+    #[arg(long)]
+    full: bool,
+    /// Copy-ups per cell (fewer for huge files).
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    #[arg(long, value_enum)]
+    backend: Option<Backend>,
+    /// One JSON object per cell instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Where to write the plot.
+    #[arg(long, default_value = "strata-sweep.svg")]
+    svg: PathBuf,
+    /// Store for the sweep's images (removed afterwards unless --keep).
+    #[arg(long)]
+    root: Option<PathBuf>,
+    #[arg(long)]
+    keep: bool,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -142,58 +145,51 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Sweep {
-            sizes,
-            layers,
-            dirs,
-            full,
-            reps,
-            backend,
-            json,
-            svg,
-            root,
-            keep,
-        } => {
-            let mut grid = sweep::Grid {
-                full,
-                reps: reps.max(1),
-                ..Default::default()
-            };
-            if let Some(s) = sizes {
-                grid.sizes = s;
-            }
-            if let Some(l) = layers {
-                grid.layers = l;
-            }
-            if let Some(d) = dirs {
-                grid.dirs = d;
-            }
-            if grid.sizes.is_empty()
-                || grid.layers.is_empty()
-                || grid.dirs.is_empty()
-                || grid.layers.contains(&0)
-            {
-                bail!("every axis needs at least one value, and layer depths start at 1");
-            }
-            let root = root.unwrap_or_else(|| {
-                PathBuf::from(format!("/var/tmp/strata-sweep-{}", std::process::id()))
-            });
-            let result = sweep::run(&grid, &root, backend, !json);
-            if !keep {
-                let _ = strata_driver::fsutil::remove_tree(&root);
-            }
-            let result = result?;
-            output::print_sweep(&result, json)?;
-            report::svg::write(&report::of_sweep(&result), &svg)?;
-            if !json {
-                println!("plot: {}", svg.display());
-            }
-            if !result.violations.is_empty() {
-                bail!("{} truth-bar violations", result.violations.len());
-            }
-            Ok(())
-        }
+        Cmd::Sweep(args) => sweep_command(args),
     }
+}
+
+/// `strata-prof sweep`: the grid from the options, the run, the table
+/// and the plot.
+fn sweep_command(args: SweepArgs) -> Result<()> {
+    let mut grid = sweep::Grid {
+        full: args.full,
+        reps: args.reps.max(1),
+        ..Default::default()
+    };
+    if let Some(s) = args.sizes {
+        grid.sizes = s;
+    }
+    if let Some(l) = args.layers {
+        grid.layers = l;
+    }
+    if let Some(d) = args.dirs {
+        grid.dirs = d;
+    }
+    if grid.sizes.is_empty()
+        || grid.layers.is_empty()
+        || grid.dirs.is_empty()
+        || grid.layers.contains(&0)
+    {
+        bail!("every axis needs at least one value, and layer depths start at 1");
+    }
+    let root = args
+        .root
+        .unwrap_or_else(|| PathBuf::from(format!("/var/tmp/strata-sweep-{}", std::process::id())));
+    let result = sweep::run(&grid, &root, args.backend, !args.json);
+    if !args.keep {
+        let _ = strata_driver::fsutil::remove_tree(&root);
+    }
+    let result = result?;
+    output::print_sweep(&result, args.json)?;
+    report::svg::write(&report::of_sweep(&result), &args.svg)?;
+    if !args.json {
+        println!("plot: {}", args.svg.display());
+    }
+    if !result.violations.is_empty() {
+        bail!("{} truth-bar violations", result.violations.len());
+    }
+    Ok(())
 }
 
 /// Resolves `--container` to its mount, and `--mount` to a canonical path.

@@ -223,13 +223,9 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 
 const BIG: usize = 4 << 20;
 
-#[test]
-fn prometheus_sees_every_copy_up_and_its_median() {
-    if !privileged() {
-        return;
-    }
-    let _serial = serial();
-    let ts = TestStore::new();
+/// Bottom layer: 5 files of 60 KB two directories down, and one that is
+/// only read; top layer: 7 files of 4 MiB at the root.
+fn prometheus_test_image(ts: &TestStore) {
     ts.image(
         "prom",
         vec![
@@ -249,6 +245,16 @@ fn prometheus_sees_every_copy_up_and_its_median() {
             }),
         ],
     );
+}
+
+#[test]
+fn prometheus_sees_every_copy_up_and_its_median() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let ts = TestStore::new();
+    prometheus_test_image(&ts);
     let c = ts
         .store
         .create_container("prom", &Default::default())
@@ -266,7 +272,7 @@ fn prometheus_sees_every_copy_up_and_its_median() {
     let prom = Prometheus::start(&serve.addr);
     prom.wait_value("up{job=\"strata\"}", 1.0);
 
-    let mut stopwatch: Vec<Duration> = (0..7)
+    let stopwatch: Vec<Duration> = (0..7)
         .map(|i| copy_up(&merged.join(format!("big{i}"))))
         .collect();
     for i in 0..5 {
@@ -297,21 +303,7 @@ fn prometheus_sees_every_copy_up_and_its_median() {
     );
     prom.wait_value("sum(strata_prof_probe_runs_total) > bool 0", 1.0);
 
-    // The median lands in the log2 bucket of the stopwatch median (or one
-    // below it, as far as the kernel may time less than the stopwatch:
-    // the sweep's truth bar, 10% or 50 us).
-    stopwatch.sort();
-    let median_ns = stopwatch[3].as_nanos() as u64;
-    let slack = (median_ns / 10).max(50_000);
-    let q = prom
-        .value("histogram_quantile(0.5, sum by (le) (strata_copy_up_duration_seconds_bucket{size=\"le_4MiB\"}))")
-        .expect("a p50 for the 4 MiB class");
-    let q_slot = log2_floor((q * 1e9).ceil() as u64);
-    let slots = log2_floor(median_ns.saturating_sub(slack))..=log2_floor(median_ns);
-    assert!(
-        slots.contains(&q_slot),
-        "p50 {q} s is in log2 slot {q_slot}; the stopwatch median {median_ns} ns allows {slots:?}"
-    );
+    assert_p50_in_stopwatch_bucket(&prom, stopwatch);
 
     // The target is healthy, and promtool accepts what serve exposes.
     let targets: Value = ureq::get(&format!("{}/api/v1/targets", prom.url))
@@ -326,6 +318,35 @@ fn prometheus_sees_every_copy_up_and_its_median() {
         content_type.starts_with("text/plain; version=0.0.4"),
         "{content_type}"
     );
+    assert_promtool_accepts(&text);
+    let (content_type, om) = serve.scrape("application/openmetrics-text;version=1.0.0");
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    assert!(om.ends_with("# EOF\n"), "{om}");
+}
+
+/// Prometheus' p50 of the 4 MiB class lands in the log2 bucket of the
+/// stopwatch median (or below it, as far as the kernel may time less than
+/// the stopwatch: the sweep's truth bar, 10% or 50 us).
+fn assert_p50_in_stopwatch_bucket(prom: &Prometheus, mut stopwatch: Vec<Duration>) {
+    stopwatch.sort();
+    let median_ns = stopwatch[3].as_nanos() as u64;
+    let slack = (median_ns / 10).max(50_000);
+    let q = prom
+        .value("histogram_quantile(0.5, sum by (le) (strata_copy_up_duration_seconds_bucket{size=\"le_4MiB\"}))")
+        .expect("a p50 for the 4 MiB class");
+    let q_slot = log2_floor((q * 1e9).ceil() as u64);
+    let slots = log2_floor(median_ns.saturating_sub(slack))..=log2_floor(median_ns);
+    assert!(
+        slots.contains(&q_slot),
+        "p50 {q} s is in log2 slot {q_slot}; the stopwatch median {median_ns} ns allows {slots:?}"
+    );
+}
+
+/// `promtool check metrics` (Prometheus' own linter) passes a scrape.
+fn assert_promtool_accepts(text: &str) {
     let mut check = Command::new(prometheus_bin("promtool"))
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -341,12 +362,6 @@ fn prometheus_sees_every_copy_up_and_its_median() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let (content_type, om) = serve.scrape("application/openmetrics-text;version=1.0.0");
-    assert!(
-        content_type.starts_with("application/openmetrics-text"),
-        "{content_type}"
-    );
-    assert!(om.ends_with("# EOF\n"), "{om}");
 }
 
 /// `path` at `depth` directories below the root: d/d/.../name.
@@ -433,6 +448,28 @@ fn strata_programs() -> Vec<u32> {
         .collect()
 }
 
+/// No program of ours is loaded, no link runs one, nothing is pinned.
+fn assert_nothing_left_of(ours: &[u32]) {
+    wait_for(Duration::from_secs(10), "strata programs unloaded", || {
+        strata_programs().is_empty().then_some(())
+    });
+    let links: Vec<_> = aya::programs::loaded_links()
+        .filter_map(Result::ok)
+        .filter(|l| ours.contains(&l.program_id()))
+        .map(|l| l.id())
+        .collect();
+    assert!(
+        links.is_empty(),
+        "links of a killed serve's programs: {links:?}"
+    );
+    let pinned: Vec<_> = fs::read_dir("/sys/fs/bpf")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().contains("strata"))
+        .collect();
+    assert!(pinned.is_empty(), "{pinned:?}");
+}
+
 #[test]
 fn a_scrape_storm_loses_no_event_and_a_killed_serve_leaves_no_probe() {
     if !privileged() {
@@ -506,24 +543,7 @@ fn a_scrape_storm_loses_no_event_and_a_killed_serve_leaves_no_probe() {
     )
     .unwrap();
     drop(serve);
-    wait_for(Duration::from_secs(10), "strata programs unloaded", || {
-        strata_programs().is_empty().then_some(())
-    });
-    let links: Vec<_> = aya::programs::loaded_links()
-        .filter_map(Result::ok)
-        .filter(|l| ours.contains(&l.program_id()))
-        .map(|l| l.id())
-        .collect();
-    assert!(
-        links.is_empty(),
-        "links of a killed serve's programs: {links:?}"
-    );
-    let pinned: Vec<_> = fs::read_dir("/sys/fs/bpf")
-        .unwrap()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().contains("strata"))
-        .collect();
-    assert!(pinned.is_empty(), "{pinned:?}");
+    assert_nothing_left_of(&ours);
 }
 
 #[test]
