@@ -4,6 +4,8 @@
 //! maps and the ring buffer, user space reads it back byte for byte.
 #![no_std]
 
+pub mod names;
+
 /// Bytes of a syscall's path argument captured in the kernel.
 pub const PATH_CAPTURE: usize = 256;
 /// log2 latency slots in the in-kernel histograms (2^0 ns .. 2^39 ns, ~9 min).

@@ -61,3 +61,9 @@ fn exit() {
         }
     }
 }
+
+// Each program spells the name user space loads it by.
+strata_common::named!(strata_common::names::program::FENTRY_COPY_UP, strata_fentry_copy_up);
+strata_common::named!(strata_common::names::program::FEXIT_COPY_UP, strata_fexit_copy_up);
+strata_common::named!(strata_common::names::program::KPROBE_COPY_UP, strata_kprobe_copy_up);
+strata_common::named!(strata_common::names::program::KRETPROBE_COPY_UP, strata_kretprobe_copy_up);

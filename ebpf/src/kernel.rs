@@ -7,18 +7,18 @@
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
 
 macro_rules! globals {
-    ($($name:ident: $ty:ty),* $(,)?) => {
+    ($($name:ident),* $(,)?) => {
         /// Values set by the loader (`EbpfLoader::override_global`); all u64
         /// so user space writes every one the same way.
         pub mod global {
             $(
                 #[no_mangle]
-                pub static $name: $ty = 0;
+                pub static $name: u64 = 0;
             )*
         }
         /// A snapshot of the globals, read once per program run.
         #[allow(non_snake_case)]
-        pub struct Globals { $(pub $name: $ty,)* }
+        pub struct Globals { $(pub $name: u64,)* }
         impl Globals {
             #[inline(always)]
             pub fn load() -> Globals {
@@ -30,43 +30,8 @@ macro_rules! globals {
     };
 }
 
-globals! {
-    filter_tgid: u64,
-    filter_cgroup: u64,
-    // syscalls:* tracepoint layout
-    nr_off: u64,
-    args_off: u64,
-    ret_off: u64,
-    // writeback:writeback_dirty_inode_enqueue layout
-    wb_dev_off: u64,
-    wb_ino_off: u64,
-    wb_state_off: u64,
-    wb_mode_off: u64,
-    i_new: u64,
-    // BTF offsets for fd -> file -> inode -> super_block
-    offsets_valid: u64,
-    task_files_off: u64,
-    files_fdt_off: u64,
-    fdt_max_fds_off: u64,
-    fdt_fd_off: u64,
-    file_inode_off: u64,
-    inode_sb_off: u64,
-    inode_size_off: u64,
-    sb_magic_off: u64,
-    overlay_magic: u64,
-    // BTF offsets into overlayfs's own inode, for the --vfs view
-    ovl_offsets_valid: u64,
-    ovl_vfs_inode_off: u64,
-    ovl_upper_off: u64,
-    // Where a lower-backed inode's ovl_path is: 1 = inline in ovl_inode at
-    // ovl_lower_off (6.0-6.4 `lowerpath`); 0 = a pointer at ovl_lower_off
-    // (`oe`) to an ovl_entry holding it at ovl_lowerstack_off (6.5+).
-    ovl_lower_inline: u64,
-    ovl_lower_off: u64,
-    ovl_lowerstack_off: u64,
-    ovl_path_layer_off: u64,
-    ovl_layer_idx_off: u64,
-}
+// The list lives in strata-common, which user space fills from the same.
+strata_common::with_globals!(globals);
 
 #[inline(always)]
 fn read<T>(base: u64, off: u64) -> Option<T> {

@@ -276,3 +276,8 @@ fn try_sys_exit(ctx: &TracePointContext, call: &InFlight, tid: u32) -> Result<()
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
+
+// Each program spells the name user space loads it by.
+strata_common::named!(strata_common::names::program::SYS_ENTER, strata_sys_enter);
+strata_common::named!(strata_common::names::program::INODE_CREATED, strata_inode_created);
+strata_common::named!(strata_common::names::program::SYS_EXIT, strata_sys_exit);

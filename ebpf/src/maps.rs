@@ -52,3 +52,14 @@ pub static VFS_INFLIGHT: HashMap<u32, VfsCall> = HashMap::with_max_entries(16384
 /// VFS latency log2 histograms per (op, backing, layer), per CPU.
 #[map]
 pub static VFS_HIST: PerCpuHashMap<VfsKey, Log2Hist> = PerCpuHashMap::with_max_entries(1024, 0);
+
+// Each map's static spells the name user space looks it up by.
+strata_common::named!(strata_common::names::map::TRIGGERS, TRIGGERS);
+strata_common::named!(strata_common::names::map::INFLIGHT, INFLIGHT);
+strata_common::named!(strata_common::names::map::HIST, HIST);
+strata_common::named!(strata_common::names::map::ZERO_HIST, ZERO_HIST);
+strata_common::named!(strata_common::names::map::COUNTERS, COUNTERS);
+strata_common::named!(strata_common::names::map::EVENTS, EVENTS);
+strata_common::named!(strata_common::names::map::VFS_OPS, VFS_OPS);
+strata_common::named!(strata_common::names::map::VFS_INFLIGHT, VFS_INFLIGHT);
+strata_common::named!(strata_common::names::map::VFS_HIST, VFS_HIST);

@@ -100,3 +100,7 @@ fn try_exit(ctx: &TracePointContext, tid: u32) -> Result<(), i64> {
     }
     Ok(())
 }
+
+// Each program spells the name user space loads it by.
+strata_common::named!(strata_common::names::program::VFS_ENTER, strata_vfs_enter);
+strata_common::named!(strata_common::names::program::VFS_EXIT, strata_vfs_exit);

@@ -7,6 +7,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::{KProbe, TracePoint};
 use aya::{Ebpf, EbpfLoader};
+use strata_common::names::{map, program, GlobalValues};
 use strata_common::{counter, HistKey, Log2Hist, SyscallSpec, VfsKey, MAX_SYSCALL_NR};
 
 use crate::backend::Backend;
@@ -185,45 +186,49 @@ fn load_object(filters: Filters) -> Result<Ebpf> {
     let chain = l.fd_chain.unwrap_or([0; 8]);
     let ovl = l.ovl_chain.unwrap_or_default();
     let mut loader = EbpfLoader::new();
-    let globals: [(&str, u64); 28] = [
-        ("filter_tgid", filters.tgid as u64),
-        ("filter_cgroup", filters.cgroup_id),
-        ("nr_off", l.nr_off as u64),
-        ("args_off", l.args_off as u64),
-        ("ret_off", l.ret_off as u64),
-        ("wb_dev_off", l.wb[0] as u64),
-        ("wb_ino_off", l.wb[1] as u64),
-        ("wb_state_off", l.wb[2] as u64),
-        ("wb_mode_off", l.wb[3] as u64),
-        ("i_new", l.i_new),
-        ("offsets_valid", l.fd_chain.is_some() as u64),
-        ("task_files_off", chain[0] as u64),
-        ("files_fdt_off", chain[1] as u64),
-        ("fdt_max_fds_off", chain[2] as u64),
-        ("fdt_fd_off", chain[3] as u64),
-        ("file_inode_off", chain[4] as u64),
-        ("inode_sb_off", chain[5] as u64),
-        ("inode_size_off", chain[6] as u64),
-        ("sb_magic_off", chain[7] as u64),
-        ("overlay_magic", OVERLAYFS_SUPER_MAGIC),
-        ("ovl_offsets_valid", l.ovl_chain.is_some() as u64),
-        ("ovl_vfs_inode_off", ovl.vfs_inode as u64),
-        ("ovl_upper_off", ovl.upper as u64),
-        ("ovl_lower_inline", ovl.lower_inline as u64),
-        ("ovl_lower_off", ovl.lower as u64),
-        ("ovl_lowerstack_off", ovl.lowerstack as u64),
-        ("ovl_path_layer_off", ovl.path_layer as u64),
-        ("ovl_layer_idx_off", ovl.layer_idx as u64),
-    ];
-    for (name, v) in &globals {
+    let globals = GlobalValues {
+        filter_tgid: filters.tgid as u64,
+        filter_cgroup: filters.cgroup_id,
+        nr_off: l.nr_off as u64,
+        args_off: l.args_off as u64,
+        ret_off: l.ret_off as u64,
+        wb_dev_off: l.wb[0] as u64,
+        wb_ino_off: l.wb[1] as u64,
+        wb_state_off: l.wb[2] as u64,
+        wb_mode_off: l.wb[3] as u64,
+        i_new: l.i_new,
+        offsets_valid: l.fd_chain.is_some() as u64,
+        task_files_off: chain[0] as u64,
+        files_fdt_off: chain[1] as u64,
+        fdt_max_fds_off: chain[2] as u64,
+        fdt_fd_off: chain[3] as u64,
+        file_inode_off: chain[4] as u64,
+        inode_sb_off: chain[5] as u64,
+        inode_size_off: chain[6] as u64,
+        sb_magic_off: chain[7] as u64,
+        overlay_magic: OVERLAYFS_SUPER_MAGIC,
+        ovl_offsets_valid: l.ovl_chain.is_some() as u64,
+        ovl_vfs_inode_off: ovl.vfs_inode as u64,
+        ovl_upper_off: ovl.upper as u64,
+        ovl_lower_inline: ovl.lower_inline as u64,
+        ovl_lower_off: ovl.lower as u64,
+        ovl_lowerstack_off: ovl.lowerstack as u64,
+        ovl_path_layer_off: ovl.path_layer as u64,
+        ovl_layer_idx_off: ovl.layer_idx as u64,
+    };
+    // The loader keeps a reference to each value until it loads.
+    let named: Vec<(&str, u64)> = globals.named().collect();
+    for (name, v) in &named {
         loader.override_global(name, v, true);
     }
     loader.load(object()?).context("loading the eBPF object")
 }
 
 fn attach_tracepoints(ebpf: &mut Ebpf) -> Result<(Vec<&'static str>, Vec<&'static str>)> {
-    let mut triggers: Array<_, SyscallSpec> =
-        Array::try_from(ebpf.map_mut("TRIGGERS").context("map TRIGGERS")?)?;
+    let mut triggers: Array<_, SyscallSpec> = Array::try_from(
+        ebpf.map_mut(map::TRIGGERS)
+            .with_context(|| format!("map {}", map::TRIGGERS))?,
+    )?;
     let mut attach_list = Vec::new();
     let mut missing = Vec::new();
     for w in syscalls::watched() {
@@ -235,8 +240,10 @@ fn attach_tracepoints(ebpf: &mut Ebpf) -> Result<(Vec<&'static str>, Vec<&'stati
         triggers.set(w.nr as u32, w.spec, 0)?;
         attach_list.push(w.name);
     }
-    let mut zero: PerCpuArray<_, Log2Hist> =
-        PerCpuArray::try_from(ebpf.map_mut("ZERO_HIST").context("map ZERO_HIST")?)?;
+    let mut zero: PerCpuArray<_, Log2Hist> = PerCpuArray::try_from(
+        ebpf.map_mut(map::ZERO_HIST)
+            .with_context(|| format!("map {}", map::ZERO_HIST))?,
+    )?;
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
     zero.set(
         0,
@@ -251,7 +258,7 @@ fn attach_tracepoints(ebpf: &mut Ebpf) -> Result<(Vec<&'static str>, Vec<&'stati
 
     for (prog, category, names) in [
         (
-            "strata_sys_enter",
+            program::SYS_ENTER,
             "syscalls",
             attach_list
                 .iter()
@@ -259,7 +266,7 @@ fn attach_tracepoints(ebpf: &mut Ebpf) -> Result<(Vec<&'static str>, Vec<&'stati
                 .collect::<Vec<_>>(),
         ),
         (
-            "strata_sys_exit",
+            program::SYS_EXIT,
             "syscalls",
             attach_list
                 .iter()
@@ -267,7 +274,7 @@ fn attach_tracepoints(ebpf: &mut Ebpf) -> Result<(Vec<&'static str>, Vec<&'stati
                 .collect(),
         ),
         (
-            "strata_inode_created",
+            program::INODE_CREATED,
             INODE_TP.0,
             vec![INODE_TP.1.to_string()],
         ),
@@ -294,7 +301,7 @@ fn attach_fsync(ebpf: &mut Ebpf) -> Result<bool> {
     if !tracefs::exists(cat, enter) || !tracefs::exists(cat, exit) {
         return Ok(false);
     }
-    for (prog, tp) in [("strata_fsync_enter", enter), ("strata_fsync_exit", exit)] {
+    for (prog, tp) in [(program::FSYNC_ENTER, enter), (program::FSYNC_EXIT, exit)] {
         let p: &mut TracePoint = ebpf
             .program_mut(prog)
             .with_context(|| format!("program {prog}"))?
@@ -308,7 +315,10 @@ fn attach_fsync(ebpf: &mut Ebpf) -> Result<bool> {
 
 /// The --vfs view: read/write/fsync/open timed by what backs the file.
 fn attach_vfs(ebpf: &mut Ebpf) -> Result<()> {
-    let mut ops: Array<_, u8> = Array::try_from(ebpf.map_mut("VFS_OPS").context("map VFS_OPS")?)?;
+    let mut ops: Array<_, u8> = Array::try_from(
+        ebpf.map_mut(map::VFS_OPS)
+            .with_context(|| format!("map {}", map::VFS_OPS))?,
+    )?;
     let mut names = Vec::new();
     for (name, nr, op) in syscalls::vfs_watched() {
         if (0..MAX_SYSCALL_NR as i64).contains(&nr)
@@ -318,7 +328,7 @@ fn attach_vfs(ebpf: &mut Ebpf) -> Result<()> {
             names.push(name);
         }
     }
-    for (prog, dir) in [("strata_vfs_enter", "enter"), ("strata_vfs_exit", "exit")] {
+    for (prog, dir) in [(program::VFS_ENTER, "enter"), (program::VFS_EXIT, "exit")] {
         let p: &mut TracePoint = ebpf
             .program_mut(prog)
             .with_context(|| format!("program {prog}"))?
@@ -339,8 +349,8 @@ fn attach_copy_up_fn(ebpf: &mut Ebpf, backend: Backend) -> Result<Vec<FnLink>> {
         Backend::Fentry => {
             let btf = Btf::kernel().context("reading kernel BTF")?;
             [
-                ("strata_fentry_copy_up", Hook::Entry),
-                ("strata_fexit_copy_up", Hook::Exit),
+                (program::FENTRY_COPY_UP, Hook::Entry),
+                (program::FEXIT_COPY_UP, Hook::Exit),
             ]
             .into_iter()
             .map(|(prog, hook)| {
@@ -366,7 +376,7 @@ fn attach_copy_up_fn(ebpf: &mut Ebpf, backend: Backend) -> Result<Vec<FnLink>> {
 /// goes through, once per request (ancestors included).
 pub const COPY_UP_FN: &str = "ovl_copy_up_flags";
 
-const KPROBE_PROGRAMS: [&str; 2] = ["strata_kprobe_copy_up", "strata_kretprobe_copy_up"];
+const KPROBE_PROGRAMS: [&str; 2] = [program::KPROBE_COPY_UP, program::KRETPROBE_COPY_UP];
 
 fn load_kprobe(ebpf: &mut Ebpf, prog: &str) -> Result<()> {
     let p: &mut KProbe = ebpf
@@ -388,7 +398,7 @@ pub fn try_load(backend: Backend) -> Result<(), String> {
                     &ebpf,
                     object()?,
                     btf,
-                    "strata_fentry_copy_up",
+                    program::FENTRY_COPY_UP,
                     Hook::Entry,
                     COPY_UP_FN,
                 )
@@ -443,15 +453,18 @@ impl Probes {
     pub fn ring_buffer(&mut self) -> Result<RingBuf<MapData>> {
         let map = self
             .ebpf
-            .take_map("EVENTS")
+            .take_map(map::EVENTS)
             .context("map EVENTS already taken")?;
         Ok(RingBuf::try_from(map)?)
     }
 
     /// Sum over CPUs of each counter (see strata_common::counter).
     pub fn counters(&self) -> Result<[u64; counter::COUNT as usize]> {
-        let map: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.ebpf.map("COUNTERS").context("map COUNTERS")?)?;
+        let map: PerCpuArray<_, u64> = PerCpuArray::try_from(
+            self.ebpf
+                .map(map::COUNTERS)
+                .with_context(|| format!("map {}", map::COUNTERS))?,
+        )?;
         let mut out = [0u64; counter::COUNT as usize];
         for (i, slot) in out.iter_mut().enumerate() {
             *slot = map.get(&(i as u32), 0)?.iter().sum();
@@ -461,12 +474,12 @@ impl Probes {
 
     /// The in-kernel log2 histograms, summed over CPUs.
     pub fn kernel_histograms(&self) -> Result<Vec<(HistKey, [u64; strata_common::LOG2_SLOTS])>> {
-        self.log2_map("HIST")
+        self.log2_map(map::HIST)
     }
 
     /// The --vfs view's histograms, summed over CPUs.
     pub fn vfs_histograms(&self) -> Result<Vec<(VfsKey, [u64; strata_common::LOG2_SLOTS])>> {
-        self.log2_map("VFS_HIST")
+        self.log2_map(map::VFS_HIST)
     }
 
     fn log2_map<K: aya::Pod>(

@@ -10,6 +10,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::Value;
+use strata_common::names::program;
 use strata_driver::containers::CreateOptions;
 use strata_driver::testing::containerd::{busybox_image, Containerd, BOTTOM};
 use strata_driver::testing::{layer, privileged, TestStore};
@@ -457,11 +458,11 @@ fn record_streams_one_event_per_copy_up_with_its_trigger() {
             .map_or(0, |c| c["runs"].as_u64().unwrap())
     };
     let watched = summary["kernel"]["watched_calls"].as_u64().unwrap();
-    assert!(runs("strata_sys_enter") >= watched, "{costs:?}");
-    assert!(runs("strata_sys_exit") >= watched, "{costs:?}");
+    assert!(runs(program::SYS_ENTER) >= watched, "{costs:?}");
+    assert!(runs(program::SYS_EXIT) >= watched, "{costs:?}");
     let copy_up_fn = match backend.as_str() {
-        "fentry" => ["strata_fentry_copy_up", "strata_fexit_copy_up"],
-        "kprobe" => ["strata_kprobe_copy_up", "strata_kretprobe_copy_up"],
+        "fentry" => [program::FENTRY_COPY_UP, program::FEXIT_COPY_UP],
+        "kprobe" => [program::KPROBE_COPY_UP, program::KRETPROBE_COPY_UP],
         _ => ["", ""],
     };
     for prog in copy_up_fn.into_iter().filter(|p| !p.is_empty()) {
