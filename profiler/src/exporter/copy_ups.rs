@@ -4,14 +4,12 @@
 
 use std::collections::HashMap;
 
-use anyhow::Result;
 use strata_common::{log2_floor, LOG2_SLOTS};
 
 use super::classes::{dir_class, layer_class, size_class, trigger_label};
 use super::duration::DurationFamily;
 use crate::containers::ContainerNames;
 use crate::events::CopyUp;
-use crate::sink::{Interval, Sink, Summary};
 
 /// Counts in log2(ns) slots, as the kernel keeps them, plus the exact sum
 /// and count of what was recorded.
@@ -109,7 +107,7 @@ impl CopyUpMetrics {
     }
 
     /// Forgets the series of containers that are gone.
-    fn drop_gone_containers(&mut self) {
+    pub fn drop_gone_containers(&mut self) {
         let Some(names) = self.containers.as_mut() else {
             return;
         };
@@ -125,8 +123,9 @@ impl CopyUpMetrics {
     }
 }
 
-impl Sink for CopyUpMetrics {
-    fn copy_up(&mut self, e: &CopyUp) -> Result<()> {
+impl CopyUpMetrics {
+    /// Counts one attributed copy-up in its label sets.
+    pub fn record(&mut self, e: &CopyUp) {
         let container = self.container_of(e);
         let trigger = trigger_label(&e.trigger);
         let labels = CopyUpLabels {
@@ -146,15 +145,5 @@ impl Sink for CopyUpMetrics {
         }
         *self.bytes.entry(by_trigger.clone()).or_default() += e.file_size.unwrap_or(0);
         *self.count.entry(by_trigger).or_default() += 1;
-        Ok(())
-    }
-
-    fn interval(&mut self, _interval: &Interval<'_>) -> Result<()> {
-        self.drop_gone_containers();
-        Ok(())
-    }
-
-    fn summary(&mut self, _summary: &Summary<'_>) -> Result<()> {
-        Ok(())
     }
 }

@@ -177,13 +177,16 @@ impl Exporter {
 
 impl Sink for Exporter {
     fn copy_up(&mut self, event: &CopyUp) -> Result<()> {
-        lock(&self.state).copy_ups.copy_up(event)
+        lock(&self.state).copy_ups.record(event);
+        Ok(())
     }
-    fn interval(&mut self, interval: &Interval<'_>) -> Result<()> {
-        lock(&self.state).copy_ups.interval(interval)
+    /// Each interval (every 5 s in serve) forgets removed containers.
+    fn interval(&mut self, _interval: &Interval<'_>) -> Result<()> {
+        lock(&self.state).copy_ups.drop_gone_containers();
+        Ok(())
     }
-    fn summary(&mut self, summary: &Summary<'_>) -> Result<()> {
-        lock(&self.state).copy_ups.summary(summary)
+    fn summary(&mut self, _summary: &Summary<'_>) -> Result<()> {
+        Ok(())
     }
     /// It keeps its own log2 counts per label set.
     fn reads_histograms(&self) -> bool {
