@@ -3,15 +3,14 @@
 
 use std::cell::{Cell, RefCell};
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use strata_driver::image::build::{write_docker_archive, LayerTar};
 
-use crate::fixtures::Env;
+use crate::fixtures::{Env, ProfilerProcess};
 use crate::harness::{compare, BenchResult, Timed};
 
 /// One matrix cell's image: `reps` files of `size` bytes `dirs` deep,
@@ -119,10 +118,9 @@ pub fn matrix(env: &Env, out_dir: &Path) -> Result<Vec<BenchResult>> {
     }
     // Names the kernel in the plot's title (a stopwatch, not a backend,
     // timed these).
-    let kernel = nix::sys::utsname::uname()?;
     cells += &format!(
         "{}\n",
-        serde_json::json!({"type": "sweep", "kernel_release": kernel.release().to_string_lossy()})
+        serde_json::json!({"type": "sweep", "kernel_release": strata_prof::backend::kernel_release()})
     );
     fs::create_dir_all(out_dir)?;
     fs::write(out_dir.join("cow-matrix.jsonl"), cells)?;
@@ -142,51 +140,23 @@ fn human(v: u64) -> String {
 /// baseline ones.
 struct Profiler<'a> {
     bin: &'a Path,
-    child: RefCell<Option<Child>>,
+    running: RefCell<Option<ProfilerProcess>>,
 }
 
 impl Profiler<'_> {
     fn attach(&self) -> Result<()> {
-        if self.child.borrow().is_some() {
-            return Ok(());
+        if self.running.borrow().is_none() {
+            let args = ["record", "--json", "--interval", "1h"];
+            *self.running.borrow_mut() = Some(ProfilerProcess::start(self.bin, &args)?);
         }
-        let mut child = Command::new(self.bin)
-            .args(["record", "--json", "--interval", "1h"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting strata-prof")?;
-        // Ready once it says which backend it attached.
-        let mut line = String::new();
-        BufReader::new(child.stderr.as_mut().unwrap()).read_line(&mut line)?;
-        if !line.contains("backend") {
-            bail!("strata-prof did not start: {line}");
-        }
-        // Drain its stdout so a full pipe never slows it down.
-        let mut stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            let mut sink = [0u8; 65536];
-            while matches!(stdout.read(&mut sink), Ok(n) if n > 0) {}
-        });
-        *self.child.borrow_mut() = Some(child);
         Ok(())
     }
 
     fn detach(&self) -> Result<()> {
-        if let Some(mut c) = self.child.borrow_mut().take() {
-            nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGINT,
-            )?;
-            c.wait()?;
+        if let Some(p) = self.running.borrow_mut().take() {
+            p.interrupt()?;
         }
         Ok(())
-    }
-}
-
-impl Drop for Profiler<'_> {
-    fn drop(&mut self) {
-        let _ = self.detach();
     }
 }
 
@@ -195,7 +165,7 @@ pub fn profiler_overhead(env: &Env) -> Result<Vec<BenchResult>> {
     let root = dir.join("store");
     let prof = Profiler {
         bin: &env.prof,
-        child: RefCell::new(None),
+        running: RefCell::new(None),
     };
     let per_sample = if env.quick { 50 } else { 200 };
     let samples = 2 * (env.reps + 1);

@@ -1,7 +1,9 @@
 //! What the benches run on: generated images, stores, processes.
 
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 use strata_driver::image::build::{write_docker_archive, LayerTar};
@@ -260,5 +262,94 @@ impl Drop for LoopFs {
         unmount_all_beneath(&self.mount);
         let _ = nix::mount::umount2(&self.mount, nix::mount::MntFlags::MNT_DETACH);
         let _ = std::fs::remove_file(&self.image);
+    }
+}
+
+/// A running strata-prof (`record` or `serve`), started and waited on
+/// until it attached (and, for serve, says where it listens). Its stdout
+/// is collected as it comes (a full pipe would stall it); killed on drop.
+pub struct ProfilerProcess {
+    child: Child,
+    /// serve's /metrics address.
+    pub addr: Option<String>,
+    stdout: Option<std::thread::JoinHandle<String>>,
+}
+
+impl ProfilerProcess {
+    pub fn start(prof: &Path, args: &[&str]) -> Result<ProfilerProcess> {
+        let mut child = Command::new(prof)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting strata-prof")?;
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut addr = None;
+        let serving = args[0] == "serve";
+        let mut line = String::new();
+        while stderr.read_line(&mut line)? > 0 {
+            if let Some(url) = line.trim().split("serving http://").nth(1) {
+                addr = Some(url.trim_end_matches("/metrics").to_string());
+            }
+            if line.contains("backend") && !serving || addr.is_some() {
+                break;
+            }
+            line.clear();
+        }
+        if !line.contains("backend") && addr.is_none() {
+            bail!("strata-prof did not start");
+        }
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        let mut out = child.stdout.take().unwrap();
+        let stdout = Some(std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        }));
+        Ok(ProfilerProcess {
+            child,
+            addr,
+            stdout,
+        })
+    }
+
+    /// CPU time so far of all its threads, in ns (schedstat: exact,
+    /// where /proc's utime and stime count 10 ms ticks).
+    pub fn cpu_ns(&self) -> Result<u64> {
+        let mut total = 0;
+        for task in fs::read_dir(format!("/proc/{}/task", self.child.id()))? {
+            let stat = fs::read_to_string(task?.path().join("schedstat"))?;
+            total += stat
+                .split_whitespace()
+                .next()
+                .unwrap_or("0")
+                .parse::<u64>()?;
+        }
+        Ok(total)
+    }
+
+    pub fn scrape(&self) -> Result<String> {
+        let addr = self.addr.as_deref().context("not serve")?;
+        Ok(ureq::get(&format!("http://{addr}/metrics"))
+            .call()?
+            .into_string()?)
+    }
+
+    /// SIGINT, as Ctrl-C: it drains, detaches and prints its summary;
+    /// returns all it printed.
+    pub fn interrupt(mut self) -> Result<String> {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )?;
+        self.child.wait()?;
+        Ok(self.stdout.take().unwrap().join().unwrap_or_default())
+    }
+}
+
+impl Drop for ProfilerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

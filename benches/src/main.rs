@@ -84,9 +84,7 @@ fn main() -> Result<()> {
     fixtures::unmount_all_beneath(&work);
     let _ = std::fs::remove_dir_all(&work);
     run?;
-    let kernel = nix::sys::utsname::uname()
-        .map(|u| u.release().to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let kernel = strata_prof::backend::kernel_release();
     let results = gate::Results {
         quick: cli.quick,
         kernel,

@@ -4,19 +4,17 @@
 //! from the kernel's stats, and the profiler process's own CPU).
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use strata_common::Trigger;
 use strata_prof::events::CopyUp;
 use strata_prof::exporter::{Exporter, Format, State};
 use strata_prof::sink::Sink;
 
 use crate::cow::cell_image;
-use crate::fixtures::{Env, LoopFs};
+use crate::fixtures::{Env, LoopFs, ProfilerProcess};
 use crate::harness::{BenchResult, Measured};
 
 /// The budget for one scrape.
@@ -139,113 +137,6 @@ fn event(
     }
 }
 
-/// A profiler process (`serve` or `record`), attached, killed on drop.
-struct Attached {
-    child: Child,
-    /// serve's /metrics address.
-    addr: Option<String>,
-    /// record's stdout, collected to the end.
-    stdout: Option<std::thread::JoinHandle<String>>,
-}
-
-impl Attached {
-    fn start(prof: &Path, args: &[&str]) -> Result<Attached> {
-        let mut child = Command::new(prof)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting strata-prof")?;
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut addr = None;
-        let serving = args[0] == "serve";
-        let mut line = String::new();
-        while stderr.read_line(&mut line)? > 0 {
-            if let Some(url) = line.trim().split("serving http://").nth(1) {
-                addr = Some(url.trim_end_matches("/metrics").to_string());
-            }
-            if line.contains("backend") && !serving || addr.is_some() {
-                break;
-            }
-            line.clear();
-        }
-        if !line.contains("backend") && addr.is_none() {
-            bail!("strata-prof did not start");
-        }
-        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-        let mut out = child.stdout.take().unwrap();
-        let stdout = Some(std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = out.read_to_string(&mut s);
-            s
-        }));
-        Ok(Attached {
-            child,
-            addr,
-            stdout,
-        })
-    }
-
-    /// CPU time so far of all its threads, in ns (schedstat: exact,
-    /// where /proc's utime and stime count 10 ms ticks).
-    fn cpu_ns(&self) -> Result<u64> {
-        let mut total = 0;
-        for task in fs::read_dir(format!("/proc/{}/task", self.child.id()))? {
-            let stat = fs::read_to_string(task?.path().join("schedstat"))?;
-            total += stat
-                .split_whitespace()
-                .next()
-                .unwrap_or("0")
-                .parse::<u64>()?;
-        }
-        Ok(total)
-    }
-
-    fn scrape(&self) -> Result<String> {
-        let addr = self.addr.as_deref().context("not serve")?;
-        Ok(ureq::get(&format!("http://{addr}/metrics"))
-            .call()?
-            .into_string()?)
-    }
-
-    /// BPF run time of all programs so far: serve's counter, or record's
-    /// probe-cost table once it stopped.
-    fn stop_and_bpf_ns(mut self) -> Result<u64> {
-        if self.addr.is_some() {
-            let text = self.scrape()?;
-            let total: f64 = text
-                .lines()
-                .filter(|l| l.starts_with("strata_prof_probe_run_seconds_total{"))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum();
-            return Ok((total * 1e9) as u64);
-        }
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGINT,
-        )?;
-        self.child.wait()?;
-        // The terminal view's "NAME  RUNS runs  NS ns/run" lines.
-        let out = self.stdout.take().unwrap().join().unwrap_or_default();
-        Ok(out
-            .lines()
-            .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
-                [_, runs, "runs", ns, "ns/run"] => {
-                    Some(runs.parse::<u64>().ok()? * ns.parse::<u64>().ok()?)
-                }
-                _ => None,
-            })
-            .sum())
-    }
-}
-
-impl Drop for Attached {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Per copy-up: BPF time and the profiler process's CPU, serve (never
 /// scraped while measuring) against record (terminal view), alternating
 /// in the same run on the same mount; then the CPU of real scrapes.
@@ -289,14 +180,14 @@ fn per_event(env: &Env, fs: &Path) -> Result<Vec<BenchResult>> {
     for rep in 0..reps {
         for side in [rep % 2, 1 - rep % 2] {
             let args: &[&str] = if side == 0 { &serve_args } else { &record_args };
-            let p = Attached::start(&env.prof, args)?;
+            let p = ProfilerProcess::start(&env.prof, args)?;
             let before = p.cpu_ns()?;
             copy_ups()?;
             cpu[side].push((p.cpu_ns()? - before) / per_sample as u64);
             if side == 0 {
                 scrape_cpu.push(scrape_cost(&p)?);
             }
-            bpf[side].push(p.stop_and_bpf_ns()? / per_sample as u64);
+            bpf[side].push(stop_and_bpf_ns(p)? / per_sample as u64);
         }
     }
     env.strata(&root, &["rm", "-f", &id])?;
@@ -322,7 +213,7 @@ fn per_event(env: &Env, fs: &Path) -> Result<Vec<BenchResult>> {
 }
 
 /// serve's CPU per scrape, over 200 scrapes.
-fn scrape_cost(serve: &Attached) -> Result<u64> {
+fn scrape_cost(serve: &ProfilerProcess) -> Result<u64> {
     const SCRAPES: u64 = 200;
     let before = serve.cpu_ns()?;
     for _ in 0..SCRAPES {
@@ -349,4 +240,29 @@ fn side_by_side(
     };
     crate::harness::report(&r);
     r
+}
+
+/// BPF run time of all programs so far, then stops it: serve's counter,
+/// or record's probe-cost table once it stopped.
+fn stop_and_bpf_ns(p: ProfilerProcess) -> Result<u64> {
+    if p.addr.is_some() {
+        let text = p.scrape()?;
+        let total: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("strata_prof_probe_run_seconds_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        return Ok((total * 1e9) as u64);
+    }
+    // The terminal view's "NAME  RUNS runs  NS ns/run" lines.
+    let out = p.interrupt()?;
+    Ok(out
+        .lines()
+        .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+            [_, runs, "runs", ns, "ns/run"] => {
+                Some(runs.parse::<u64>().ok()? * ns.parse::<u64>().ok()?)
+            }
+            _ => None,
+        })
+        .sum())
 }
