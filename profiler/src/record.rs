@@ -217,7 +217,7 @@ impl Watching {
 
     /// Everything in the ring buffer now: to the sinks, and counted.
     fn take_events(&mut self, sink: &mut dyn Sink, clock: &mut Clock) -> Result<()> {
-        let keep_histograms = sink.reads_histograms();
+        let keep_histograms = sink.reads_aggregates();
         for e in self.session.poll() {
             sink.copy_up(&e)?;
             if keep_histograms {
@@ -229,7 +229,7 @@ impl Watching {
 
     fn close_interval(&mut self, sink: &mut dyn Sink, clock: &mut Clock) -> Result<()> {
         let elapsed = clock.started.elapsed();
-        let vfs = if self.vfs {
+        let vfs = if self.vfs && sink.reads_aggregates() {
             let now = self.session.probes().vfs_histograms()?;
             let rows = output::vfs_rows(&now, &clock.vfs_seen);
             clock.vfs_seen = now.into_iter().collect();

@@ -188,8 +188,9 @@ impl Sink for Exporter {
     fn summary(&mut self, _summary: &Summary<'_>) -> Result<()> {
         Ok(())
     }
-    /// It keeps its own log2 counts per label set.
-    fn reads_histograms(&self) -> bool {
+    /// It keeps its own log2 counts per label set, and reads the kernel's
+    /// maps at scrape time.
+    fn reads_aggregates(&self) -> bool {
         false
     }
 }

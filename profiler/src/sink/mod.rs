@@ -61,10 +61,11 @@ pub trait Sink {
     fn copy_up(&mut self, event: &CopyUp) -> Result<()>;
     fn interval(&mut self, interval: &Interval<'_>) -> Result<()>;
     fn summary(&mut self, summary: &Summary<'_>) -> Result<()>;
-    /// Whether it reads the intervals' and summary's HdrHistograms. The
-    /// loop keeps them (five keyed records per event) only if some sink
-    /// does.
-    fn reads_histograms(&self) -> bool {
+    /// Whether it reads the data the loop aggregates for intervals and
+    /// the summary: the HdrHistograms (five keyed records per event) and
+    /// the `--vfs` rows (a map read per interval). The loop computes them
+    /// only if some sink does.
+    fn reads_aggregates(&self) -> bool {
         true
     }
 }
@@ -80,7 +81,7 @@ impl Sink for Vec<Box<dyn Sink>> {
     fn summary(&mut self, summary: &Summary<'_>) -> Result<()> {
         self.iter_mut().try_for_each(|s| s.summary(summary))
     }
-    fn reads_histograms(&self) -> bool {
-        self.iter().any(|s| s.reads_histograms())
+    fn reads_aggregates(&self) -> bool {
+        self.iter().any(|s| s.reads_aggregates())
     }
 }
