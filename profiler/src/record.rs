@@ -24,7 +24,7 @@ use crate::sink::{HdrLogSink, Interval, JsonLinesSink, Sink, Summary, TableSink}
 
 /// What to watch: the backend and the in-kernel filters, shared by
 /// `record` and `serve` (`--container` is resolved to `mount` first).
-#[derive(clap::Args, Clone)]
+#[derive(clap::Args)]
 pub struct WatchArgs {
     /// Force a backend instead of the most precise that works here.
     #[arg(long, value_enum)]
