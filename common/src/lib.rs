@@ -27,10 +27,17 @@ pub enum Trigger {
     Utimes = 6,
     Rename = 7,
     Link = 8,
+    /// A copy-up in a task with no syscall: a kernel thread (an NFS
+    /// export, a kernel worker). Only the copy-up function backends see it.
+    Kernel = 9,
+    /// A copy-up inside a syscall that is not one of the above (a mkdir or
+    /// unlink in a lower-only directory copies that directory up). Only
+    /// the copy-up function backends see it.
+    OtherSyscall = 10,
 }
 
 impl Trigger {
-    pub const ALL: [Trigger; 8] = [
+    pub const ALL: [Trigger; 10] = [
         Trigger::OpenWrite,
         Trigger::Truncate,
         Trigger::Chmod,
@@ -39,6 +46,8 @@ impl Trigger {
         Trigger::Utimes,
         Trigger::Rename,
         Trigger::Link,
+        Trigger::Kernel,
+        Trigger::OtherSyscall,
     ];
 
     pub fn from_u8(v: u8) -> Option<Trigger> {
@@ -55,6 +64,8 @@ impl Trigger {
             Trigger::Utimes => "utimes",
             Trigger::Rename => "rename",
             Trigger::Link => "link",
+            Trigger::Kernel => "kernel",
+            Trigger::OtherSyscall => "other-syscall",
         }
     }
 }
@@ -81,15 +92,15 @@ pub struct SyscallSpec {
     pub _pad: [u8; 2],
 }
 
-/// Kernel state kept per thread between syscall entry and exit.
+/// Kernel state kept per thread while a watched call runs: from syscall
+/// entry to exit on the tracepoint backend, from entry to exit of
+/// overlayfs's copy-up function on the function backends.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct InFlight {
     pub start_ns: u64,
     /// Time the copied-up (non-directory) inode was created in the upper fs.
     pub target_created_ns: u64,
-    pub target_ino: u64,
-    pub upper_dev: u32,
     /// Directories created in the upper fs during the call (ancestors, or
     /// the target itself when it is a directory).
     pub dirs_created: u32,
@@ -97,22 +108,29 @@ pub struct InFlight {
     pub files_created: u32,
     pub syscall_nr: u32,
     pub dfd: i32,
-    /// Entry time of the overlayfs copy-up function currently running
-    /// (fentry/kprobe backends), or 0.
-    pub fn_start_ns: u64,
-    /// Time spent inside the copy-up function (fentry/kprobe backends).
-    pub fn_ns: u64,
     /// Entry time of a filesystem fsync running inside the call, or 0.
     pub fsync_start_ns: u64,
     /// Time in fsyncs inside the call (the copy-up's durability part;
     /// seen where the upper filesystem has sync tracepoints, e.g. ext4).
     pub fsync_ns: u64,
-    /// The syscall's path argument (a user pointer), read only at exit and
-    /// only when the call copied something up: copying 256 bytes on every
-    /// write-mode open would tax the hot path for nothing.
-    pub path_ptr: u64,
+    /// Tracepoint backend: the syscall's path argument (a user pointer),
+    /// read only at exit and only when the call copied something up:
+    /// copying 256 bytes on every write-mode open would tax the hot path
+    /// for nothing. Function backends: the overlay dentry being copied up.
+    pub subject: u64,
     pub trigger: u8,
     pub _pad: [u8; 7],
+}
+
+/// What a `CopyUpEvent`'s time spans and its path holds (`source`).
+pub mod source {
+    /// Syscall entry to exit; `path` is the syscall's path argument as
+    /// given (relative to `dfd` or the cwd where it is relative).
+    pub const SYSCALL: u8 = 0;
+    /// Entry to exit of overlayfs's copy-up function; `path` is the
+    /// file's name and its parents' up to the overlay root, file first,
+    /// each NUL-terminated.
+    pub const COPY_UP_FN: u8 = 1;
 }
 
 /// One copy-up as seen by the kernel, sent through the ring buffer.
@@ -120,31 +138,37 @@ pub struct InFlight {
 #[derive(Clone, Copy)]
 pub struct CopyUpEvent {
     pub start_ns: u64,
-    /// Syscall entry to exit.
+    /// The time `source` says: the syscall's, or the copy-up function's.
     pub latency_ns: u64,
-    /// Syscall entry to creation of the target's upper inode: lookups plus
+    /// From the start until the target's upper inode existed: lookups and
     /// copying up the ancestor directories.
     pub prepare_ns: u64,
-    pub target_ino: u64,
-    /// Time inside overlayfs's copy-up function; 0 on the tracepoint backend.
-    pub copy_fn_ns: u64,
     /// Time in the upper filesystem's fsync during the call.
     pub fsync_ns: u64,
     pub cgroup_id: u64,
-    /// File size seen through the returned fd, or -1.
+    /// The file's size as the kernel saw it, or -1.
     pub file_size: i64,
+    /// The syscall's or the copy-up function's return value.
     pub ret: i64,
-    pub upper_dev: u32,
+    /// The overlay superblock's device (kernel encoding: major << 20 |
+    /// minor), or 0 where it could not be read.
+    pub overlay_dev: u32,
     pub pid: u32,
     pub tid: u32,
     pub dirs_created: u32,
     pub files_created: u32,
-    pub syscall_nr: u32,
     pub dfd: i32,
+    /// `source::COPY_UP_FN`: names walked from the file up to the overlay
+    /// root (the file's directory depth + 1), counted even past `path`.
+    pub components: u16,
     pub trigger: u8,
-    /// 1 when the fd's file was confirmed to be on overlayfs.
-    pub on_overlay: u8,
-    pub _pad: [u8; 2],
+    /// One of [`source`].
+    pub source: u8,
+    /// 1 when `path` holds the whole path, 0 when it was cut short.
+    pub path_complete: u8,
+    pub _pad: u8,
+    /// Bytes of `path` written (NULs included).
+    pub path_len: u16,
     pub path: [u8; PATH_CAPTURE],
 }
 

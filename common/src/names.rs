@@ -77,7 +77,7 @@ macro_rules! with_globals {
             // syscalls:* tracepoint layout.
             nr_off, args_off, ret_off,
             // writeback:writeback_dirty_inode_enqueue layout, and I_NEW.
-            wb_dev_off, wb_ino_off, wb_state_off, wb_mode_off, i_new,
+            wb_state_off, wb_mode_off, i_new,
             // BTF offsets for task -> files -> fdtable -> file -> inode -> sb.
             offsets_valid, task_files_off, files_fdt_off, fdt_max_fds_off,
             fdt_fd_off, file_inode_off, inode_sb_off, inode_size_off,
@@ -90,6 +90,13 @@ macro_rules! with_globals {
             ovl_offsets_valid, ovl_vfs_inode_off, ovl_upper_off,
             ovl_lower_inline, ovl_lower_off, ovl_lowerstack_off,
             ovl_path_layer_off, ovl_layer_idx_off,
+            // BTF offsets for the copy-up function backends, which read all
+            // they report from the dentry being copied up and the current
+            // task: dentry -> parent, name, inode, sb; sb -> s_dev; task ->
+            // flags; pt_regs -> the syscall number (orig_ax on x86-64,
+            // syscallno on arm64). fn_offsets_valid: 1 when all resolved.
+            fn_offsets_valid, dentry_parent_off, dentry_name_off, dentry_inode_off,
+            dentry_sb_off, sb_dev_off, task_flags_off, regs_syscall_nr_off,
         }
     };
 }

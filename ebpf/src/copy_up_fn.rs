@@ -1,69 +1,125 @@
-//! The precise backends: fentry/fexit (or kprobe/kretprobe) on overlayfs's
-//! copy-up function time the copy itself, inside a call the syscall
-//! tracepoints are already tracking. The function is attached by name,
-//! which user space checks in BTF and kallsyms first.
+//! The copy-up function backends: fentry/fexit (or kprobe/kretprobe) on
+//! overlayfs's copy-up function, and nothing on any syscall. The call in
+//! flight is the function's own: it starts at entry, the inode-creation
+//! tracepoint counts what it creates (ancestor directories first), and at
+//! exit a call that created something is reported, timed entry to exit.
+//! Everything else comes from the dentry being copied up (path, size,
+//! overlay device) and the current task (trigger, from its syscall
+//! number; `kernel` for a kernel thread). Offsets come from BTF.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    cty::c_void,
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{fentry, fexit, kprobe, kretprobe},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
+use strata_common::{counter, source, InFlight};
 
-use crate::maps::INFLIGHT;
+use crate::kernel::{current_trigger, dentry_dev_and_size, Globals};
+use crate::maps::{bump, INFLIGHT};
+use crate::report::{self, Finished};
 
 #[fentry(function = "ovl_copy_up_flags")]
-pub fn strata_fentry_copy_up(_ctx: FEntryContext) -> u32 {
-    enter();
+pub fn strata_fentry_copy_up(ctx: FEntryContext) -> u32 {
+    // ovl_copy_up_flags(struct dentry *dentry, int flags)
+    enter(ctx.arg::<*const c_void>(0) as u64);
     0
 }
 
 #[fexit(function = "ovl_copy_up_flags")]
-pub fn strata_fexit_copy_up(_ctx: FExitContext) -> u32 {
-    exit();
+pub fn strata_fexit_copy_up(ctx: FExitContext) -> u32 {
+    // The return value follows the two arguments.
+    exit(ctx.arg::<i32>(2) as i64);
     0
 }
 
 #[kprobe]
-pub fn strata_kprobe_copy_up(_ctx: ProbeContext) -> u32 {
-    enter();
+pub fn strata_kprobe_copy_up(ctx: ProbeContext) -> u32 {
+    if let Some(dentry) = ctx.arg::<*const c_void>(0) {
+        enter(dentry as u64);
+    }
     0
 }
 
 #[kretprobe]
-pub fn strata_kretprobe_copy_up(_ctx: RetProbeContext) -> u32 {
-    exit();
+pub fn strata_kretprobe_copy_up(ctx: RetProbeContext) -> u32 {
+    exit(ctx.ret::<i32>() as i64);
     0
 }
 
 #[inline(always)]
-fn enter() {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    if let Some(call) = INFLIGHT.get_ptr_mut(&tid) {
-        // SAFETY: this thread's own entry, used only by this thread.
-        unsafe {
-            if (*call).fn_start_ns == 0 {
-                (*call).fn_start_ns = bpf_ktime_get_ns();
-            }
-        }
+fn enter(dentry: u64) {
+    let g = Globals::load();
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if g.filter_tgid != 0 && (pid_tgid >> 32) != g.filter_tgid {
+        return;
     }
+    // SAFETY: helper with no arguments.
+    if g.filter_cgroup != 0 && unsafe { bpf_get_current_cgroup_id() } != g.filter_cgroup {
+        return;
+    }
+    let state = InFlight {
+        // SAFETY: helper with no arguments.
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        target_created_ns: 0,
+        dirs_created: 0,
+        files_created: 0,
+        syscall_nr: 0,
+        dfd: -100,
+        fsync_start_ns: 0,
+        fsync_ns: 0,
+        subject: dentry,
+        trigger: 0,
+        _pad: [0; 7],
+    };
+    if INFLIGHT.insert(&(pid_tgid as u32), &state, 0).is_err() {
+        bump(counter::INFLIGHT_FULL);
+        return;
+    }
+    bump(counter::WATCHED_CALLS);
 }
 
 #[inline(always)]
-fn exit() {
+fn exit(ret: i64) {
     let tid = bpf_get_current_pid_tgid() as u32;
-    if let Some(call) = INFLIGHT.get_ptr_mut(&tid) {
-        // SAFETY: this thread's own entry, used only by this thread.
-        unsafe {
-            if (*call).fn_start_ns != 0 {
-                (*call).fn_ns += bpf_ktime_get_ns().saturating_sub((*call).fn_start_ns);
-                (*call).fn_start_ns = 0;
-            }
-        }
+    let Some(call) = INFLIGHT.get_ptr(&tid) else {
+        return;
+    };
+    // SAFETY: this thread's own entry; removed only after this.
+    let call = unsafe { &*call };
+    if call.dirs_created != 0 || call.files_created != 0 {
+        // SAFETY: helper with no arguments.
+        let now = unsafe { bpf_ktime_get_ns() };
+        let g = Globals::load();
+        let (overlay_dev, file_size) = dentry_dev_and_size(&g, call.subject);
+        let done = Finished {
+            latency_ns: now.saturating_sub(call.start_ns),
+            file_size,
+            ret,
+            overlay_dev,
+            tid,
+            trigger: current_trigger(&g),
+            source: source::COPY_UP_FN,
+        };
+        report::copy_up(&g, call, &done);
     }
+    let _ = INFLIGHT.remove(&tid);
 }
 
 // Each program spells the name user space loads it by.
-strata_common::named!(strata_common::names::program::FENTRY_COPY_UP, strata_fentry_copy_up);
-strata_common::named!(strata_common::names::program::FEXIT_COPY_UP, strata_fexit_copy_up);
-strata_common::named!(strata_common::names::program::KPROBE_COPY_UP, strata_kprobe_copy_up);
-strata_common::named!(strata_common::names::program::KRETPROBE_COPY_UP, strata_kretprobe_copy_up);
+strata_common::named!(
+    strata_common::names::program::FENTRY_COPY_UP,
+    strata_fentry_copy_up
+);
+strata_common::named!(
+    strata_common::names::program::FEXIT_COPY_UP,
+    strata_fexit_copy_up
+);
+strata_common::named!(
+    strata_common::names::program::KPROBE_COPY_UP,
+    strata_kprobe_copy_up
+);
+strata_common::named!(
+    strata_common::names::program::KRETPROBE_COPY_UP,
+    strata_kretprobe_copy_up
+);

@@ -38,5 +38,8 @@ pub fn strata_fsync_exit(_ctx: TracePointContext) -> u32 {
 }
 
 // Each program spells the name user space loads it by.
-strata_common::named!(strata_common::names::program::FSYNC_ENTER, strata_fsync_enter);
+strata_common::named!(
+    strata_common::names::program::FSYNC_ENTER,
+    strata_fsync_enter
+);
 strata_common::named!(strata_common::names::program::FSYNC_EXIT, strata_fsync_exit);

@@ -4,7 +4,12 @@
 //! space from the running kernel's BTF (and tracepoint format files) and
 //! written into these globals before load. Nothing is hard-coded.
 
+use aya_ebpf::cty::c_void;
+use aya_ebpf::helpers::generated::{
+    bpf_get_current_task_btf, bpf_probe_read_kernel_str, bpf_task_pt_regs,
+};
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use strata_common::PATH_CAPTURE;
 
 macro_rules! globals {
     ($($name:ident),* $(,)?) => {
@@ -59,14 +64,6 @@ pub fn fd_inode(g: &Globals, fd: u32) -> Option<u64> {
     read(file, g.file_inode_off)
 }
 
-/// The filesystem magic and size of the file behind the current task's `fd`.
-#[inline(always)]
-pub fn fd_magic_and_size(g: &Globals, fd: u32) -> Option<(u64, i64)> {
-    let inode = fd_inode(g, fd)?;
-    let sb: u64 = read(inode, g.inode_sb_off)?;
-    Some((read(sb, g.sb_magic_off)?, read(inode, g.inode_size_off)?))
-}
-
 /// How the file behind `fd` is backed, and for a lower-backed overlay file
 /// the index of the layer it lives in (overlayfs numbers lower layers from
 /// 1, top first).
@@ -93,4 +90,121 @@ pub fn fd_backing(g: &Globals, fd: u32) -> Option<(u8, u8)> {
     let layer: u64 = read(path, g.ovl_path_layer_off)?;
     let idx: i32 = read(layer, g.ovl_layer_idx_off)?;
     Some((backing::LOWER, idx.clamp(0, 255) as u8))
+}
+
+/// The filesystem magic, device and size of the file behind the current
+/// task's `fd`.
+#[inline(always)]
+pub fn fd_magic_dev_and_size(g: &Globals, fd: u32) -> Option<(u64, u32, i64)> {
+    let inode = fd_inode(g, fd)?;
+    let sb: u64 = read(inode, g.inode_sb_off)?;
+    Some((
+        read(sb, g.sb_magic_off)?,
+        read(sb, g.sb_dev_off).unwrap_or(0),
+        read(inode, g.inode_size_off)?,
+    ))
+}
+
+/// The overlay superblock's device and the size of the inode behind an
+/// overlay `dentry` (its lower file's size until the copy is done).
+#[inline(always)]
+pub fn dentry_dev_and_size(g: &Globals, dentry: u64) -> (u32, i64) {
+    let dev = read::<u64>(dentry, g.dentry_sb_off)
+        .and_then(|sb| read(sb, g.sb_dev_off))
+        .unwrap_or(0);
+    let size = read::<u64>(dentry, g.dentry_inode_off)
+        .filter(|inode| *inode != 0)
+        .and_then(|inode| read(inode, g.inode_size_off))
+        .unwrap_or(-1);
+    (dev, size)
+}
+
+/// Names longer than this are cut (and the path marked incomplete): the
+/// verifier needs a fixed size for each read into the event.
+const NAME_CAPTURE: usize = 64;
+/// Directory levels walked at most; deeper paths keep their last ones.
+const MAX_WALK: usize = 96;
+
+/// Writes `dentry`'s name and its parents' up to the filesystem root into
+/// `path`, file first, each NUL-terminated, keeping the bytes used in
+/// `*len` (which must start at 0). Returns how many names there were
+/// (counted on past a full `path`) and whether all of them fit.
+///
+/// `*len` is event memory, read and written volatile on purpose: an
+/// offset kept in a register has a different range on every path through
+/// the loop, and the verifier, unable to merge them, gives up long before
+/// the loop ends; one loaded from memory is unknown, checked, and the same
+/// on every path.
+#[inline(always)]
+pub fn dentry_path(
+    g: &Globals,
+    dentry: u64,
+    path: &mut [u8; PATH_CAPTURE],
+    len: *mut u16,
+) -> (u16, bool) {
+    let mut names = 0u16;
+    let mut complete = true;
+    let mut d = dentry;
+    for _ in 0..MAX_WALK {
+        let Some(parent) = read::<u64>(d, g.dentry_parent_off) else {
+            return (names, false);
+        };
+        if parent == d || parent == 0 {
+            return (names, complete);
+        }
+        names += 1;
+        // SAFETY: `len` points into the caller's reserved event.
+        let at = unsafe { core::ptr::read_volatile(len) } as usize;
+        match read::<u64>(d, g.dentry_name_off) {
+            Some(name) if at <= PATH_CAPTURE - NAME_CAPTURE => {
+                // SAFETY: at + NAME_CAPTURE <= PATH_CAPTURE (checked), so
+                // the helper writes inside `path`; it checks `name` itself.
+                let n = unsafe {
+                    bpf_probe_read_kernel_str(
+                        path.as_mut_ptr().add(at) as *mut c_void,
+                        NAME_CAPTURE as u32,
+                        name as *const c_void,
+                    )
+                };
+                if n <= 0 || n as usize >= NAME_CAPTURE {
+                    complete = false;
+                }
+                if n > 0 && (n as usize) <= NAME_CAPTURE {
+                    // SAFETY: as above.
+                    unsafe { core::ptr::write_volatile(len, (at + n as usize) as u16) };
+                }
+            }
+            _ => complete = false,
+        }
+        d = parent;
+    }
+    (names, false)
+}
+
+/// Kernel threads carry this in task_struct.flags (include/linux/sched.h;
+/// unchanged since 2.6).
+const PF_KTHREAD: u32 = 0x0020_0000;
+
+/// What made the current task copy up: its syscall's trigger, `Kernel`
+/// for a kernel thread, `OtherSyscall` for a syscall outside the table.
+#[inline(always)]
+pub fn current_trigger(g: &Globals) -> u8 {
+    use strata_common::Trigger;
+    // SAFETY: helper with no arguments; read through probe_read only.
+    let task = unsafe { bpf_get_current_task() };
+    let flags: u32 = read(task, g.task_flags_off).unwrap_or(0);
+    if flags & PF_KTHREAD != 0 {
+        return Trigger::Kernel as u8;
+    }
+    // SAFETY: the helper takes the current task as the verifier's BTF
+    // pointer and returns its saved user registers (the syscall's).
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    // The low half: x86-64's orig_ax is 8 bytes, arm64's syscallno 4.
+    let Some(nr) = read::<u32>(regs, g.regs_syscall_nr_off) else {
+        return Trigger::OtherSyscall as u8;
+    };
+    match crate::maps::TRIGGERS.get(nr) {
+        Some(s) if s.trigger != 0 => s.trigger,
+        _ => Trigger::OtherSyscall as u8,
+    }
 }

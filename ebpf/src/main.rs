@@ -1,12 +1,13 @@
-//! strata's kernel programs: the syscall-tracepoint copy-up backend.
+//! strata's kernel programs. The tracepoint backend lives here; the
+//! copy-up function backends (fentry, kprobe) in `copy_up_fn`.
 //!
-//! A watched syscall (one that can make overlayfs copy a file up) records its
-//! thread at entry. While it runs, every inode the kernel creates in that
-//! thread is seen through `writeback:writeback_dirty_inode_enqueue` with
-//! `I_NEW` set: that is overlayfs creating the copy in the upper filesystem
-//! (directories first, for missing ancestors). At exit a call that created
-//! something is a copy-up: it is folded into the in-kernel log2 histograms
-//! and sent to user space for exact percentiles.
+//! Tracepoint backend: a watched syscall (one that can make overlayfs copy
+//! a file up) records its thread at entry. While it runs, every inode the
+//! kernel creates in that thread is seen through
+//! `writeback:writeback_dirty_inode_enqueue` with `I_NEW` set: that is
+//! overlayfs creating the copy in the upper filesystem (directories first,
+//! for missing ancestors). At exit a call that created something is a
+//! copy-up, reported by `report::copy_up`.
 #![no_std]
 #![no_main]
 
@@ -14,24 +15,21 @@ mod copy_up_fn;
 mod fsync;
 mod kernel;
 mod maps;
+mod report;
 mod vfs;
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
-        bpf_probe_read_user_str_bytes,
     },
     macros::tracepoint,
     programs::TracePointContext,
 };
-use strata_common::{counter, log2_floor, CopyUpEvent, HistKey, InFlight, SIZE_UNKNOWN};
+use strata_common::{counter, source, InFlight};
 
 use kernel::Globals;
-use maps::{bump, EVENTS, HIST, INFLIGHT, TRIGGERS, ZERO_HIST};
-
-/// Queued bytes at which a report wakes the ring buffer's reader.
-const WAKEUP_BYTES: u64 = 64 * core::mem::size_of::<CopyUpEvent>() as u64;
+use maps::{bump, INFLIGHT, TRIGGERS};
+use report::Finished;
 
 // uapi constants, identical on every Linux architecture strata supports.
 const O_ACCMODE: u64 = 0o3;
@@ -93,17 +91,21 @@ fn try_sys_enter(ctx: &TracePointContext) -> Result<(), i64> {
         // SAFETY: helper with no arguments.
         start_ns: unsafe { bpf_ktime_get_ns() },
         target_created_ns: 0,
-        target_ino: 0,
-        upper_dev: 0,
         dirs_created: 0,
         files_created: 0,
         syscall_nr: nr as u32,
-        dfd: if spec.dfd_arg >= 0 { arg(spec.dfd_arg)? as i32 } else { -100 },
-        fn_start_ns: 0,
-        fn_ns: 0,
+        dfd: if spec.dfd_arg >= 0 {
+            arg(spec.dfd_arg)? as i32
+        } else {
+            -100
+        },
         fsync_start_ns: 0,
         fsync_ns: 0,
-        path_ptr: if spec.path_arg >= 0 { arg(spec.path_arg)? } else { 0 },
+        subject: if spec.path_arg >= 0 {
+            arg(spec.path_arg)?
+        } else {
+            0
+        },
         trigger: spec.trigger,
         _pad: [0; 7],
     };
@@ -129,12 +131,10 @@ fn try_inode_created(ctx: &TracePointContext) -> Result<(), i64> {
     };
     let g = Globals::load();
     // SAFETY: offsets come from this tracepoint's format file.
-    let (state, mode, ino, dev) = unsafe {
+    let (state, mode) = unsafe {
         (
             ctx.read_at::<u64>(g.wb_state_off as usize)?,
             ctx.read_at::<u16>(g.wb_mode_off as usize)?,
-            ctx.read_at::<u64>(g.wb_ino_off as usize)?,
-            ctx.read_at::<u32>(g.wb_dev_off as usize)?,
         )
     };
     if state & g.i_new == 0 {
@@ -148,11 +148,9 @@ fn try_inode_created(ctx: &TracePointContext) -> Result<(), i64> {
         S_IFCHR => {}
         _ => {
             call.files_created += 1;
-            if call.target_ino == 0 {
-                call.target_ino = ino;
+            if call.target_created_ns == 0 {
                 // SAFETY: helper with no arguments.
                 call.target_created_ns = unsafe { bpf_ktime_get_ns() };
-                call.upper_dev = dev;
             }
         }
     }
@@ -182,92 +180,30 @@ fn try_sys_exit(ctx: &TracePointContext, call: &InFlight, tid: u32) -> Result<()
     let g = Globals::load();
     // SAFETY: the offset comes from this tracepoint's format file.
     let ret: i64 = unsafe { ctx.read_at(g.ret_off as usize)? };
-
-    let mut file_size = -1i64;
-    let mut on_overlay = 0u8;
-    let returns_fd = TRIGGERS.get(call.syscall_nr).map(|s| s.returns_fd).unwrap_or(0);
+    let mut done = Finished {
+        latency_ns: now.saturating_sub(call.start_ns),
+        file_size: -1,
+        ret,
+        overlay_dev: 0,
+        tid,
+        trigger: call.trigger,
+        source: source::SYSCALL,
+    };
+    let returns_fd = TRIGGERS
+        .get(call.syscall_nr)
+        .map(|s| s.returns_fd)
+        .unwrap_or(0);
     if returns_fd != 0 && ret >= 0 && g.offsets_valid != 0 {
-        if let Some((magic, size)) = kernel::fd_magic_and_size(&g, ret as u32) {
+        if let Some((magic, dev, size)) = kernel::fd_magic_dev_and_size(&g, ret as u32) {
             if magic != g.overlay_magic {
                 // An O_CREAT of a new file on a plain filesystem: not ours.
                 return Ok(());
             }
-            on_overlay = 1;
-            file_size = size;
+            done.overlay_dev = dev;
+            done.file_size = size;
         }
     }
-    let ancestors = if call.files_created > 0 {
-        call.dirs_created
-    } else {
-        call.dirs_created.saturating_sub(1)
-    };
-    let latency = now.saturating_sub(call.start_ns);
-
-    let key = HistKey {
-        trigger: call.trigger,
-        size_log2: if file_size >= 0 { log2_floor(file_size as u64) as u8 } else { SIZE_UNKNOWN },
-        ancestors: if ancestors > 255 { 255 } else { ancestors as u8 },
-        _pad: 0,
-    };
-    if HIST.get_ptr_mut(&key).is_none() {
-        if let Some(zero) = ZERO_HIST.get(0) {
-            let _ = HIST.insert(&key, zero, 0);
-        }
-    }
-    if let Some(hist) = HIST.get_ptr_mut(&key) {
-        let slot = log2_floor(latency) as usize;
-        if slot < strata_common::LOG2_SLOTS {
-            // SAFETY: per-CPU value of this CPU; index bounds-checked above.
-            unsafe { (*hist).slots[slot] += 1 };
-        }
-    }
-    bump(counter::COPY_UPS);
-
-    let Some(mut entry) = EVENTS.reserve::<CopyUpEvent>(0) else {
-        bump(counter::RINGBUF_DROPS);
-        return Ok(());
-    };
-    let ev = entry.as_mut_ptr();
-    // SAFETY: `ev` points at a reserved ring-buffer record of the right size,
-    // exclusively ours until submit; every field is written before submit.
-    unsafe {
-        (*ev).start_ns = call.start_ns;
-        (*ev).latency_ns = latency;
-        (*ev).prepare_ns = if call.target_created_ns != 0 {
-            call.target_created_ns.saturating_sub(call.start_ns)
-        } else {
-            latency
-        };
-        (*ev).target_ino = call.target_ino;
-        (*ev).copy_fn_ns = call.fn_ns;
-        (*ev).fsync_ns = call.fsync_ns;
-        (*ev).cgroup_id = bpf_get_current_cgroup_id();
-        (*ev).file_size = file_size;
-        (*ev).ret = ret;
-        (*ev).upper_dev = call.upper_dev;
-        (*ev).pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-        (*ev).tid = tid;
-        (*ev).dirs_created = call.dirs_created;
-        (*ev).files_created = call.files_created;
-        (*ev).syscall_nr = call.syscall_nr;
-        (*ev).dfd = call.dfd;
-        (*ev).trigger = call.trigger;
-        (*ev).on_overlay = on_overlay;
-        (*ev)._pad = [0; 2];
-        (*ev).path[0] = 0;
-        if call.path_ptr != 0 {
-            let _ = bpf_probe_read_user_str_bytes(call.path_ptr as *const u8, &mut (*ev).path);
-        }
-    }
-    // Wake the reader only once a batch is queued: a wakeup per event
-    // cost ~10 us here (most of a report); the reader also drains the ring
-    // on a short timer, so a lone event still arrives promptly.
-    let queued = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-    entry.submit(if queued >= WAKEUP_BYTES {
-        BPF_RB_FORCE_WAKEUP as u64
-    } else {
-        BPF_RB_NO_WAKEUP as u64
-    });
+    report::copy_up(&g, call, &done);
     Ok(())
 }
 
@@ -279,5 +215,8 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 
 // Each program spells the name user space loads it by.
 strata_common::named!(strata_common::names::program::SYS_ENTER, strata_sys_enter);
-strata_common::named!(strata_common::names::program::INODE_CREATED, strata_inode_created);
+strata_common::named!(
+    strata_common::names::program::INODE_CREATED,
+    strata_inode_created
+);
 strata_common::named!(strata_common::names::program::SYS_EXIT, strata_sys_exit);

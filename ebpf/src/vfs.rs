@@ -76,7 +76,11 @@ fn try_exit(ctx: &TracePointContext, tid: u32) -> Result<(), i64> {
     if ret < 0 || g.offsets_valid == 0 {
         return Ok(());
     }
-    let fd = if call.op == vfs_op::OPEN { ret } else { call.fd };
+    let fd = if call.op == vfs_op::OPEN {
+        ret
+    } else {
+        call.fd
+    };
     let Some((backing, layer)) = fd_backing(&g, fd as u32) else {
         return Ok(());
     };

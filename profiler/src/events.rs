@@ -6,19 +6,38 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use strata_common::{CopyUpEvent, Trigger};
+use strata_common::{source, CopyUpEvent, Trigger};
 
 use crate::mounts::{self, OverlayMount};
+
+/// What an event's `latency_ns` spans: it depends on the backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Timed {
+    /// Entry to exit of the syscall that copied up (tracepoint backend):
+    /// the copy plus the rest of the call (path lookup, the open itself).
+    #[default]
+    Syscall,
+    /// Entry to exit of overlayfs's copy-up function (fentry, kprobe):
+    /// the copy alone.
+    CopyUpFunction,
+}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CopyUp {
     pub trigger: String,
     pub latency_ns: u64,
-    /// Syscall entry until the file's upper inode existed: lookup plus
+    /// What `latency_ns` spans.
+    #[serde(default)]
+    pub timed: Timed,
+    /// From the start until the file's upper inode existed: lookups plus
     /// copying up ancestor directories.
     pub prepare_ns: u64,
     pub pid: u32,
     pub tid: u32,
+    /// The writing task's cgroup (v2 id: the cgroup directory's inode).
+    #[serde(default)]
+    pub cgroup_id: u64,
     /// Absolute path inside the host, where known.
     pub path: Option<PathBuf>,
     pub mount: Option<PathBuf>,
@@ -51,9 +70,11 @@ impl CopyUp {
         CopyUp {
             trigger: trigger.into(),
             latency_ns,
+            timed: Timed::Syscall,
             prepare_ns: 0,
             pid: 0,
             tid: 0,
+            cgroup_id: 0,
             path: None,
             mount: None,
             file_size,
@@ -79,27 +100,20 @@ pub fn decode(bytes: &[u8]) -> Option<CopyUpEvent> {
 }
 
 /// Turns a kernel event into an attributed copy-up. `mounts` is the
-/// overlay mount table (refreshed by the caller when a path misses).
+/// overlay mount table (refreshed by the caller when the mount misses).
 pub fn attribute(ev: &CopyUpEvent, mounts: &[OverlayMount], fsync_traced: bool) -> CopyUp {
-    let raw = &ev.path[..ev
-        .path
-        .iter()
-        .position(|b| *b == 0)
-        .unwrap_or(ev.path.len())];
-    let path = (!raw.is_empty()).then(|| {
-        let p = absolute(Path::new(OsStr::from_bytes(raw)), ev.pid, ev.dfd);
-        in_host_view(p, ev.pid, mounts)
-    });
     let mut out = CopyUp {
         trigger: Trigger::from_u8(ev.trigger)
             .map(Trigger::name)
             .unwrap_or("unknown")
             .to_string(),
         latency_ns: ev.latency_ns,
+        timed: Timed::Syscall,
         prepare_ns: ev.prepare_ns,
         pid: ev.pid,
         tid: ev.tid,
-        path: path.clone(),
+        cgroup_id: ev.cgroup_id,
+        path: None,
         mount: None,
         file_size: (ev.file_size >= 0).then_some(ev.file_size as u64),
         layer_depth: None,
@@ -114,20 +128,89 @@ pub fn attribute(ev: &CopyUpEvent, mounts: &[OverlayMount], fsync_traced: bool) 
         start_ns: ev.start_ns,
         ret: ev.ret,
     };
-    if let Some((m, rel)) = path.as_deref().and_then(|p| mounts::mount_of(mounts, p)) {
-        out.mount = Some(m.mount_point.clone());
-        out.stack_height = Some(m.lowers.len());
-        out.dir_depth = Some(rel.components().count().saturating_sub(1));
-        out.layer_depth = m.layer_of(&rel);
-        if out.file_size.is_none() {
-            if let Some(d) = out.layer_depth {
-                out.file_size = std::fs::symlink_metadata(m.lowers[d - 1].join(&rel))
-                    .ok()
-                    .map(|md| md.len());
-            }
-        }
+    if ev.source == source::COPY_UP_FN {
+        out.timed = Timed::CopyUpFunction;
+        place_by_dentry(ev, mounts, &mut out);
+    } else {
+        place_by_syscall_path(ev, mounts, &mut out);
     }
     out
+}
+
+/// The syscall's path argument, made absolute and seen from the host,
+/// names the file; its mount is the longest mount point above it.
+fn place_by_syscall_path(ev: &CopyUpEvent, mounts: &[OverlayMount], out: &mut CopyUp) {
+    let raw = &ev.path[..ev
+        .path
+        .iter()
+        .position(|b| *b == 0)
+        .unwrap_or(ev.path.len())];
+    if raw.is_empty() {
+        return;
+    }
+    let p = absolute(Path::new(OsStr::from_bytes(raw)), ev.pid, ev.dfd);
+    let p = in_host_view(p, ev.pid, mounts);
+    out.path = Some(p.clone());
+    if let Some((m, rel)) = mounts::mount_of(mounts, &p) {
+        place(m, &rel, out);
+    }
+}
+
+/// The kernel named the overlay (its device) and the file's names up to
+/// the overlay root: no path string, cwd or mount namespace involved.
+fn place_by_dentry(ev: &CopyUpEvent, mounts: &[OverlayMount], out: &mut CopyUp) {
+    let names = dentry_names(ev);
+    out.dir_depth = (ev.components > 0).then(|| ev.components as usize - 1);
+    // A device number is reused once its overlay is unmounted: the table
+    // may name an older mount (the caller then reads it again).
+    let Some(m) = mounts::mount_with_dev(mounts, ev.overlay_dev).filter(|m| m.is_current()) else {
+        return;
+    };
+    out.mount = Some(m.mount_point.clone());
+    out.stack_height = Some(m.lowers.len());
+    if let Some(rel) = names {
+        out.path = Some(m.mount_point.join(&rel));
+        place(m, &rel, out);
+    }
+}
+
+/// `rel` (relative to `m`'s root) is where the copied-up file lives: its
+/// directory depth, and the lower layer it came from.
+fn place(m: &OverlayMount, rel: &Path, out: &mut CopyUp) {
+    out.mount = Some(m.mount_point.clone());
+    out.stack_height = Some(m.lowers.len());
+    out.dir_depth = Some(rel.components().count().saturating_sub(1));
+    out.layer_depth = m.layer_of(rel);
+    if out.file_size.is_none() {
+        if let Some(d) = out.layer_depth {
+            out.file_size = std::fs::symlink_metadata(m.lowers[d - 1].join(rel))
+                .ok()
+                .map(|md| md.len());
+        }
+    }
+}
+
+/// The path below the overlay root from a copy-up function event's names
+/// (file first, each NUL-terminated), or None where it was cut short.
+fn dentry_names(ev: &CopyUpEvent) -> Option<PathBuf> {
+    if ev.path_complete == 0 || ev.components == 0 {
+        return None;
+    }
+    let names: Vec<&[u8]> = ev
+        .path
+        .split(|b| *b == 0)
+        .take(ev.components as usize)
+        .collect();
+    if names.len() != ev.components as usize || names.iter().any(|n| n.is_empty()) {
+        return None;
+    }
+    Some(
+        names
+            .iter()
+            .rev()
+            .map(|n| Path::new(OsStr::from_bytes(n)))
+            .collect(),
+    )
 }
 
 /// A containerised task names files from its own root (containerd's

@@ -11,9 +11,8 @@
 
 use std::collections::HashSet;
 use std::ffi::CStr;
-use std::io;
 use std::mem::{size_of, zeroed};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::{Map, MapData};
@@ -23,6 +22,7 @@ use aya_obj::generated::{
 };
 
 use crate::btf::Btf;
+use crate::sys_bpf::{bpf, bpf_fd, next_id, IdAttr, InfoAttr};
 
 #[derive(Clone, Copy)]
 pub enum Hook {
@@ -91,7 +91,10 @@ pub fn load(
         Ok(fd) => Ok(fd),
         Err(e) => {
             // Again with the verifier's log, to say why.
-            let mut log = vec![0u8; 1 << 16];
+            // Large enough for the whole log of a program with bounded loops:
+            // before 6.4 the kernel keeps a log's start and drops its end,
+            // where the reason is.
+            let mut log = vec![0u8; 16 << 20];
             attr.log_level = 1;
             attr.log_buf = log.as_mut_ptr() as u64;
             attr.log_size = log.len() as u32;
@@ -171,17 +174,8 @@ fn map_data(map: &Map) -> Result<&MapData> {
 fn kernel_btf_object(module: &str) -> Result<OwnedFd> {
     let mut id = 0u32;
     loop {
-        let mut next = IdAttr {
-            id,
-            ..Default::default()
-        };
-        match bpf(bpf_cmd::BPF_BTF_GET_NEXT_ID, &mut next) {
-            Ok(_) => id = next.next_id,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                bail!("no kernel BTF object is named {module}")
-            }
-            Err(e) => return Err(e).context("listing BTF objects"),
-        }
+        id = next_id(bpf_cmd::BPF_BTF_GET_NEXT_ID, id)?
+            .ok_or_else(|| anyhow!("no kernel BTF object is named {module}"))?;
         let mut by_id = IdAttr {
             id,
             ..Default::default()
@@ -238,47 +232,8 @@ struct ProgLoadAttr {
 }
 
 #[repr(C)]
-#[derive(Default)]
-struct IdAttr {
-    id: u32,
-    next_id: u32,
-    open_flags: u32,
-}
-
-#[repr(C)]
-struct InfoAttr {
-    bpf_fd: u32,
-    info_len: u32,
-    info: u64,
-}
-
-#[repr(C)]
 struct RawTracepointAttr {
     name: u64,
     prog_fd: u32,
     _pad: u32,
-}
-
-fn bpf<T>(cmd: bpf_cmd, attr: &mut T) -> io::Result<i64> {
-    // SAFETY: `attr` is a live, correctly laid out bpf_attr prefix for
-    // `cmd`, and the pointers inside it outlive the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd as libc::c_int,
-            attr as *mut T,
-            size_of::<T>() as libc::c_uint,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
-fn bpf_fd<T>(cmd: bpf_cmd, attr: &mut T) -> io::Result<OwnedFd> {
-    let fd = bpf(cmd, attr)?;
-    // SAFETY: these commands return a new file descriptor that we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }

@@ -6,6 +6,12 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Debug)]
 pub struct OverlayMount {
     pub mount_point: PathBuf,
+    /// The overlay superblock's device in the kernel's encoding (major
+    /// << 20 | minor): what the kernel programs read from a dentry.
+    pub dev: u32,
+    /// The mount shows the overlay's root (not a directory bind-mounted
+    /// from inside it).
+    pub whole: bool,
     /// Lower directories, top (nearest the upper) first.
     pub lowers: Vec<PathBuf>,
     /// The writable layer, if the mount has one.
@@ -13,6 +19,16 @@ pub struct OverlayMount {
 }
 
 impl OverlayMount {
+    /// Whether the overlay this entry was read for is still mounted at
+    /// its mount point (the device there is still `dev`).
+    pub fn is_current(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&self.mount_point).is_ok_and(|md| {
+            let (major, minor) = (libc::major(md.dev()), libc::minor(md.dev()));
+            (major << 20) | minor == self.dev
+        })
+    }
+
     /// 1-based depth below the upper layer of the lower layer that holds
     /// `rel`, or None if no lower has it (a new file, not a copy-up).
     pub fn layer_of(&self, rel: &Path) -> Option<usize> {
@@ -34,7 +50,11 @@ fn parse_line(line: &str) -> Option<OverlayMount> {
     if post.next()? != "overlay" {
         return None;
     }
-    let mount_point = unescape(pre.split(' ').nth(4)?);
+    let fields: Vec<&str> = pre.split(' ').collect();
+    let mount_point = unescape(fields.get(4)?);
+    let (major, minor) = fields.get(2)?.split_once(':')?;
+    let dev = (major.parse::<u32>().ok()? << 20) | minor.parse::<u32>().ok()?;
+    let whole = *fields.get(3)? == "/";
     let options = post.nth(1)?;
     let upper = split_unescaped(options, ',')
         .iter()
@@ -69,6 +89,8 @@ fn parse_line(line: &str) -> Option<OverlayMount> {
     }
     Some(OverlayMount {
         mount_point,
+        dev,
+        whole,
         lowers,
         upper,
     })
@@ -111,6 +133,12 @@ pub fn mount_with_upper(upper: &Path) -> Option<OverlayMount> {
     overlay_mounts()
         .into_iter()
         .find(|m| m.upper.as_deref().and_then(|u| u.canonicalize().ok()) == Some(want.clone()))
+}
+
+/// A mount of the whole overlay whose superblock is `dev`, the first
+/// made where it is mounted more than once.
+pub fn mount_with_dev(mounts: &[OverlayMount], dev: u32) -> Option<&OverlayMount> {
+    mounts.iter().find(|m| dev != 0 && m.dev == dev && m.whole)
 }
 
 /// The overlay mount whose mount point is the longest prefix of `path`.
@@ -156,5 +184,16 @@ mod tests {
             vec![PathBuf::from("/s/l/AB"), PathBuf::from("/s/l/CD")]
         );
         assert!(parse_line("52 27 0:44 / /x rw - ext4 /dev/vda rw").is_none());
+        // The kernel's encoding of the superblock device, as the kernel
+        // programs read it.
+        assert_eq!(m.dev, 44);
+        let big = parse_line("53 27 259:1048575 / /m rw - overlay o rw,lowerdir=/l").unwrap();
+        assert_eq!(big.dev, (259 << 20) | 0xfffff);
+        let sub = parse_line("54 27 0:44 /sub /m2 rw - overlay o rw,lowerdir=/l").unwrap();
+        assert!(m.whole && !sub.whole);
+        assert_eq!(
+            mount_with_dev(&[sub, m.clone()], 44).unwrap().mount_point,
+            m.mount_point
+        );
     }
 }

@@ -47,7 +47,8 @@ pub struct Filters {
 pub struct Probes {
     ebpf: Ebpf,
     pub backend: Backend,
-    /// Syscalls whose tracepoints were attached.
+    /// Syscalls whose tracepoints were attached (none on the copy-up
+    /// function backends).
     pub attached: Vec<&'static str>,
     /// Watched syscalls this kernel has no tracepoint for.
     pub missing: Vec<&'static str>,
@@ -63,11 +64,14 @@ pub struct Layout {
     pub nr_off: u32,
     pub args_off: u32,
     pub ret_off: u32,
-    pub wb: [u32; 4],
+    /// writeback_dirty_inode_enqueue's state and mode fields.
+    pub wb: [u32; 2],
     pub i_new: u64,
     /// task.files, files.fdt, fdt.max_fds, fdt.fd, file.f_inode, inode.i_sb,
-    /// inode.i_size, sb.s_magic; None when BTF lacks one of them.
-    pub fd_chain: Option<[u32; 8]>,
+    /// inode.i_size, sb.s_magic, sb.s_dev; None when BTF lacks one of them.
+    pub fd_chain: Option<[u32; 9]>,
+    /// What the copy-up function backends read; None when BTF lacks it.
+    pub fn_chain: Option<FnChain>,
     /// Where a lower-backed overlay inode's layer index is; None where BTF
     /// lacks overlay's types.
     pub ovl_chain: Option<OvlChain>,
@@ -85,6 +89,38 @@ pub struct OvlChain {
     pub lowerstack: u32,
     pub path_layer: u32,
     pub layer_idx: u32,
+}
+
+/// The copy-up function backends' view: the dentry being copied up (its
+/// parent, name, inode and superblock) and the current task (its flags,
+/// and the syscall number in its saved registers).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FnChain {
+    pub dentry_parent: u32,
+    /// d_name.name: the qstr's name pointer inside the dentry.
+    pub dentry_name: u32,
+    pub dentry_inode: u32,
+    pub dentry_sb: u32,
+    pub task_flags: u32,
+    pub regs_syscall_nr: u32,
+}
+
+impl FnChain {
+    fn resolve(btf: &Btf) -> Result<FnChain, crate::btf::BtfError> {
+        // x86-64 saves the syscall number as orig_ax, arm64 as syscallno.
+        let nr = btf
+            .member_offset("pt_regs", "orig_ax")
+            .or_else(|_| btf.member_offset("pt_regs", "syscallno"))?;
+        Ok(FnChain {
+            dentry_parent: btf.member_offset("dentry", "d_parent")?,
+            dentry_name: btf.member_offset("dentry", "d_name")?
+                + btf.member_offset("qstr", "name")?,
+            dentry_inode: btf.member_offset("dentry", "d_inode")?,
+            dentry_sb: btf.member_offset("dentry", "d_sb")?,
+            task_flags: btf.member_offset("task_struct", "flags")?,
+            regs_syscall_nr: nr,
+        })
+    }
 }
 
 impl OvlChain {
@@ -122,7 +158,7 @@ pub fn resolve_layout(btf: &Btf) -> Result<Layout> {
             }
         },
     };
-    let fd_chain = (|| -> Result<[u32; 8], crate::btf::BtfError> {
+    let fd_chain = (|| -> Result<[u32; 9], crate::btf::BtfError> {
         Ok([
             btf.member_offset("task_struct", "files")?,
             btf.member_offset("files_struct", "fdt")?,
@@ -132,38 +168,52 @@ pub fn resolve_layout(btf: &Btf) -> Result<Layout> {
             btf.member_offset("inode", "i_sb")?,
             btf.member_offset("inode", "i_size")?,
             btf.member_offset("super_block", "s_magic")?,
+            btf.member_offset("super_block", "s_dev")?,
         ])
     })()
     .ok();
     let ovl_chain = OvlChain::resolve(btf).ok();
+    let fn_chain = FnChain::resolve(btf).ok();
     Ok(Layout {
         ovl_chain,
         nr_off: enter.offset("__syscall_nr")?,
         args_off: enter.syscall_args_offset()?,
         ret_off: exit.offset("ret")?,
-        wb: [
-            wb.offset("dev")?,
-            wb.offset("ino")?,
-            wb.offset("state")?,
-            wb.offset("mode")?,
-        ],
+        wb: [wb.offset("state")?, wb.offset("mode")?],
         i_new,
         fd_chain,
+        fn_chain,
     })
 }
 
 impl Probes {
-    /// Loads the object with this kernel's offsets and attaches `backend`:
-    /// the syscall tracepoints always, plus the copy-up function probes for
-    /// the precise backends.
+    /// Loads the object with this kernel's offsets and attaches `backend`.
+    /// The tracepoint backend: the watched syscalls' tracepoints. The copy-up
+    /// function backends: the function probes and no syscall tracepoint at
+    /// all (an attached syscall tracepoint puts every syscall of every task
+    /// on the kernel's slow path). Both: the inode-creation tracepoint, and
+    /// the upper filesystem's fsync ones where it has them.
     pub fn attach(filters: Filters, backend: Backend, vfs: bool) -> Result<Probes> {
-        let mut ebpf = load_object(filters)?;
+        let (mut ebpf, layout) = load_object(filters)?;
+        let (watched, missing) = fill_triggers(&mut ebpf)?;
+        clear_zero_hist(&mut ebpf)?;
         // The function probes first: where the kernel refuses them, that
-        // is known before dozens of tracepoints are attached and detached
-        // again (each detach waits for an RCU grace period). They only
-        // touch calls the tracepoints track, so the order is harmless.
+        // is known before anything else is attached and detached again.
+        if backend != Backend::Tracepoint && layout.fn_chain.is_none() {
+            bail!(
+                "this kernel's BTF lacks a field the {backend} backend reads \
+                 (dentry d_parent/d_name/d_inode/d_sb, task_struct flags, \
+                 pt_regs orig_ax or syscallno)"
+            );
+        }
         let fn_links = attach_copy_up_fn(&mut ebpf, backend)?;
-        let (attached, missing) = attach_tracepoints(&mut ebpf)?;
+        let attached = if backend == Backend::Tracepoint {
+            attach_syscalls(&mut ebpf, &watched)?;
+            watched
+        } else {
+            Vec::new()
+        };
+        attach_inode_created(&mut ebpf)?;
         let fsync_traced = attach_fsync(&mut ebpf)?;
         if vfs {
             attach_vfs(&mut ebpf)?;
@@ -179,12 +229,13 @@ impl Probes {
     }
 }
 
-fn load_object(filters: Filters) -> Result<Ebpf> {
+fn load_object(filters: Filters) -> Result<(Ebpf, Layout)> {
     tracefs::ensure_mounted()?;
     let btf = Btf::kernel().context("reading kernel BTF")?;
     let l = resolve_layout(btf)?;
-    let chain = l.fd_chain.unwrap_or([0; 8]);
+    let chain = l.fd_chain.unwrap_or([0; 9]);
     let ovl = l.ovl_chain.unwrap_or_default();
+    let func = l.fn_chain.unwrap_or_default();
     let mut loader = EbpfLoader::new();
     let globals = GlobalValues {
         filter_tgid: filters.tgid as u64,
@@ -192,10 +243,8 @@ fn load_object(filters: Filters) -> Result<Ebpf> {
         nr_off: l.nr_off as u64,
         args_off: l.args_off as u64,
         ret_off: l.ret_off as u64,
-        wb_dev_off: l.wb[0] as u64,
-        wb_ino_off: l.wb[1] as u64,
-        wb_state_off: l.wb[2] as u64,
-        wb_mode_off: l.wb[3] as u64,
+        wb_state_off: l.wb[0] as u64,
+        wb_mode_off: l.wb[1] as u64,
         i_new: l.i_new,
         offsets_valid: l.fd_chain.is_some() as u64,
         task_files_off: chain[0] as u64,
@@ -206,6 +255,7 @@ fn load_object(filters: Filters) -> Result<Ebpf> {
         inode_sb_off: chain[5] as u64,
         inode_size_off: chain[6] as u64,
         sb_magic_off: chain[7] as u64,
+        sb_dev_off: chain[8] as u64,
         overlay_magic: OVERLAYFS_SUPER_MAGIC,
         ovl_offsets_valid: l.ovl_chain.is_some() as u64,
         ovl_vfs_inode_off: ovl.vfs_inode as u64,
@@ -215,21 +265,33 @@ fn load_object(filters: Filters) -> Result<Ebpf> {
         ovl_lowerstack_off: ovl.lowerstack as u64,
         ovl_path_layer_off: ovl.path_layer as u64,
         ovl_layer_idx_off: ovl.layer_idx as u64,
+        fn_offsets_valid: l.fn_chain.is_some() as u64,
+        dentry_parent_off: func.dentry_parent as u64,
+        dentry_name_off: func.dentry_name as u64,
+        dentry_inode_off: func.dentry_inode as u64,
+        dentry_sb_off: func.dentry_sb as u64,
+        task_flags_off: func.task_flags as u64,
+        regs_syscall_nr_off: func.regs_syscall_nr as u64,
     };
     // The loader keeps a reference to each value until it loads.
     let named: Vec<(&str, u64)> = globals.named().collect();
     for (name, v) in &named {
         loader.override_global(name, v, true);
     }
-    loader.load(object()?).context("loading the eBPF object")
+    let ebpf = loader.load(object()?).context("loading the eBPF object")?;
+    Ok((ebpf, l))
 }
 
-fn attach_tracepoints(ebpf: &mut Ebpf) -> Result<(Vec<&'static str>, Vec<&'static str>)> {
+/// Fills the trigger table (syscall number -> how to read the call) for
+/// the watched syscalls this kernel has: the tracepoint backend's filter,
+/// and the function backends' trigger names. Returns those syscalls, and
+/// the ones this kernel lacks.
+fn fill_triggers(ebpf: &mut Ebpf) -> Result<(Vec<&'static str>, Vec<&'static str>)> {
     let mut triggers: Array<_, SyscallSpec> = Array::try_from(
         ebpf.map_mut(map::TRIGGERS)
             .with_context(|| format!("map {}", map::TRIGGERS))?,
     )?;
-    let mut attach_list = Vec::new();
+    let mut watched = Vec::new();
     let mut missing = Vec::new();
     for w in syscalls::watched() {
         let enter = format!("sys_enter_{}", w.name);
@@ -238,58 +300,57 @@ fn attach_tracepoints(ebpf: &mut Ebpf) -> Result<(Vec<&'static str>, Vec<&'stati
             continue;
         }
         triggers.set(w.nr as u32, w.spec, 0)?;
-        attach_list.push(w.name);
+        watched.push(w.name);
     }
+    Ok((watched, missing))
+}
+
+/// The all-zero histogram new in-kernel histogram keys start from.
+fn clear_zero_hist(ebpf: &mut Ebpf) -> Result<()> {
     let mut zero: PerCpuArray<_, Log2Hist> = PerCpuArray::try_from(
         ebpf.map_mut(map::ZERO_HIST)
             .with_context(|| format!("map {}", map::ZERO_HIST))?,
     )?;
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-    zero.set(
-        0,
-        aya::maps::PerCpuValues::try_from(vec![
-            Log2Hist {
-                slots: [0; strata_common::LOG2_SLOTS]
-            };
-            cpus
-        ])?,
-        0,
-    )?;
+    let empty = Log2Hist {
+        slots: [0; strata_common::LOG2_SLOTS],
+    };
+    zero.set(0, aya::maps::PerCpuValues::try_from(vec![empty; cpus])?, 0)?;
+    Ok(())
+}
 
-    for (prog, category, names) in [
-        (
-            program::SYS_ENTER,
-            "syscalls",
-            attach_list
-                .iter()
-                .map(|n| format!("sys_enter_{n}"))
-                .collect::<Vec<_>>(),
-        ),
-        (
-            program::SYS_EXIT,
-            "syscalls",
-            attach_list
-                .iter()
-                .map(|n| format!("sys_exit_{n}"))
-                .collect(),
-        ),
-        (
-            program::INODE_CREATED,
-            INODE_TP.0,
-            vec![INODE_TP.1.to_string()],
-        ),
-    ] {
-        let p: &mut TracePoint = ebpf
-            .program_mut(prog)
-            .with_context(|| format!("program {prog}"))?
-            .try_into()?;
-        p.load().with_context(|| format!("loading {prog}"))?;
-        for name in names {
-            p.attach(category, &name)
-                .with_context(|| format!("attaching {prog} to {category}:{name}"))?;
-        }
+/// The tracepoint backend's entry and exit programs on every watched
+/// syscall.
+fn attach_syscalls(ebpf: &mut Ebpf, watched: &[&str]) -> Result<()> {
+    for (prog, dir) in [(program::SYS_ENTER, "enter"), (program::SYS_EXIT, "exit")] {
+        let names = watched.iter().map(|n| format!("sys_{dir}_{n}"));
+        attach_tracepoint(ebpf, prog, "syscalls", names)?;
     }
-    Ok((attach_list, missing))
+    Ok(())
+}
+
+/// What tells a call that copied something up from one that did not.
+fn attach_inode_created(ebpf: &mut Ebpf) -> Result<()> {
+    let (category, name) = INODE_TP;
+    attach_tracepoint(ebpf, program::INODE_CREATED, category, [name.to_string()])
+}
+
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    prog: &str,
+    category: &str,
+    names: impl IntoIterator<Item = String>,
+) -> Result<()> {
+    let p: &mut TracePoint = ebpf
+        .program_mut(prog)
+        .with_context(|| format!("program {prog}"))?
+        .try_into()?;
+    p.load().with_context(|| format!("loading {prog}"))?;
+    for name in names {
+        p.attach(category, &name)
+            .with_context(|| format!("attaching {prog} to {category}:{name}"))?;
+    }
+    Ok(())
 }
 
 /// Filesystem fsync tracepoints, for the fsync part of each copy-up. ext4
@@ -302,13 +363,7 @@ fn attach_fsync(ebpf: &mut Ebpf) -> Result<bool> {
         return Ok(false);
     }
     for (prog, tp) in [(program::FSYNC_ENTER, enter), (program::FSYNC_EXIT, exit)] {
-        let p: &mut TracePoint = ebpf
-            .program_mut(prog)
-            .with_context(|| format!("program {prog}"))?
-            .try_into()?;
-        p.load().with_context(|| format!("loading {prog}"))?;
-        p.attach(cat, tp)
-            .with_context(|| format!("attaching {prog} to {cat}:{tp}"))?;
+        attach_tracepoint(ebpf, prog, cat, [tp.to_string()])?;
     }
     Ok(true)
 }
@@ -329,15 +384,8 @@ fn attach_vfs(ebpf: &mut Ebpf) -> Result<()> {
         }
     }
     for (prog, dir) in [(program::VFS_ENTER, "enter"), (program::VFS_EXIT, "exit")] {
-        let p: &mut TracePoint = ebpf
-            .program_mut(prog)
-            .with_context(|| format!("program {prog}"))?
-            .try_into()?;
-        p.load().with_context(|| format!("loading {prog}"))?;
-        for n in &names {
-            p.attach("syscalls", &format!("sys_{dir}_{n}"))
-                .with_context(|| format!("attaching {prog} to sys_{dir}_{n}"))?;
-        }
+        let tps = names.iter().map(|n| format!("sys_{dir}_{n}"));
+        attach_tracepoint(ebpf, prog, "syscalls", tps)?;
     }
     Ok(())
 }
@@ -389,7 +437,7 @@ fn load_kprobe(ebpf: &mut Ebpf, prog: &str) -> Result<()> {
 /// Loads (without attaching) a precise backend's programs: what doctor
 /// uses to learn whether the kernel permits them.
 pub fn try_load(backend: Backend) -> Result<(), String> {
-    let mut ebpf = load_object(Filters::default()).map_err(|e| format!("{e:#}"))?;
+    let (mut ebpf, _) = load_object(Filters::default()).map_err(|e| format!("{e:#}"))?;
     let r = match backend {
         Backend::Fentry => Btf::kernel()
             .context("reading kernel BTF")

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use aya::maps::{MapData, RingBuf};
-use strata_common::counter;
+use strata_common::{counter, source};
 
 use crate::backend::Backend;
 use crate::events::{self, CopyUp};
@@ -79,7 +79,17 @@ impl Session {
             None => attach_most_precise(filters, vfs)?,
         };
         let ring = probes.ring_buffer()?;
-        let mut reason = format!("{reason}; {} syscalls watched", probes.attached.len());
+        let mut reason = if probes.backend == Backend::Tracepoint {
+            format!(
+                "{reason}; {} syscalls watched; latency is the syscall's",
+                probes.attached.len()
+            )
+        } else {
+            format!(
+                "{reason}; no syscall tracepoint attached; latency is {}'s alone",
+                crate::probes::COPY_UP_FN
+            )
+        };
         if !probes.missing.is_empty() {
             reason.push_str(&format!(
                 " (no tracepoint on this kernel for: {})",
@@ -119,7 +129,8 @@ impl Session {
         let mut out = Vec::with_capacity(raw.len());
         for ev in raw {
             let mut cu = events::attribute(&ev, &self.mounts, self.probes.fsync_traced);
-            if cu.mount.is_none() && cu.path.is_some() {
+            let by_dentry = ev.source == source::COPY_UP_FN;
+            if cu.mount.is_none() && (cu.path.is_some() || by_dentry) {
                 // A mount made after we started: look again.
                 self.mounts = mounts::overlay_mounts();
                 cu = events::attribute(&ev, &self.mounts, self.probes.fsync_traced);
@@ -129,7 +140,10 @@ impl Session {
                     continue;
                 }
             }
-            if cu.mount.is_some() && cu.layer_depth.is_none() {
+            // A syscall that created a file no lower layer has made a new
+            // file, not a copy-up. (The function backends see copy-ups
+            // only: a layer they cannot name stays unknown.)
+            if !by_dentry && cu.mount.is_some() && cu.layer_depth.is_none() {
                 self.new_files += 1;
                 continue;
             }

@@ -16,7 +16,7 @@ use strata_driver::import::{import, ImportOptions};
 use strata_driver::{fsutil, Store};
 
 use crate::backend::Backend;
-use crate::events::CopyUp;
+use crate::events::{CopyUp, Timed};
 use crate::histograms::{human_bytes, new_histogram, Stats};
 use crate::probes::Filters;
 use crate::session::Session;
@@ -266,6 +266,12 @@ fn run_cell(
     let mut stopwatch: HashMap<PathBuf, u64> = HashMap::new();
     let mut no_copy_up: HashMap<PathBuf, u64> = HashMap::new();
     let dir = dir_path(key.dir_depth);
+    // Looked up once before any is timed: the first open of a file must
+    // differ from the second by the copy-up only, not by a cold lookup
+    // through the layers (which no backend counts as copy-up time).
+    for r in 0..reps {
+        std::fs::symlink_metadata(merged.join(format!("{dir}f{r}")))?;
+    }
     // The stopwatch must not include time this thread spent preempted
     // after the syscall: real-time priority for the timed calls (root).
     let _rt = RealTime::enter();
@@ -276,13 +282,9 @@ fn run_cell(
         }
     }
     let events = collect(session, stopwatch.len(), Duration::from_secs(5));
-    // fentry/kprobe time the copy-up function alone; the syscall around it
-    // costs what the same open costs without a copy-up.
-    let function_level = session.backend() != Backend::Tracepoint;
     let cell = judge(
         key,
-        &stopwatch,
-        (&no_copy_up, function_level),
+        (&stopwatch, &no_copy_up),
         &events,
         (violations, timing),
     );
@@ -349,15 +351,15 @@ fn collect(session: &mut Session, want: usize, timeout: Duration) -> Vec<CopyUp>
 }
 
 /// The truth bar: every triggered copy-up caught once, no more; kernel
-/// time within the stopwatch (<= it, and within 10% or 50us of it, once a
-/// function-level backend's time has the rest of the syscall added: the
-/// stopwatch of the same open without a copy-up); size, layer depth and
-/// directory depth as built. Stopwatch disagreements go to `timing` (the
-/// caller may measure the cell again), everything else to `violations`.
+/// time within the stopwatch (<= it, and within 10% or 50us of it); size,
+/// layer depth and directory depth as built. An event timed over the
+/// copy-up function alone has the rest of its syscall added first: what
+/// the same open costs without a copy-up, by the same stopwatch. Stopwatch
+/// disagreements go to `timing` (the caller may measure the cell again),
+/// everything else to `violations`.
 fn judge(
     key: CellKey,
-    stopwatch: &HashMap<PathBuf, u64>,
-    (no_copy_up, function_level): (&HashMap<PathBuf, u64>, bool),
+    (stopwatch, no_copy_up): (&HashMap<PathBuf, u64>, &HashMap<PathBuf, u64>),
     events: &[CopyUp],
     (violations, timing): (&mut Vec<String>, &mut Vec<String>),
 ) -> Cell {
@@ -386,7 +388,10 @@ fn judge(
         h.saturating_record(e.latency_ns.max(1));
         let without = no_copy_up.get(path).copied().unwrap_or(0);
         user_no_copy_up.saturating_record(without.max(1));
-        let rest = if function_level { without } else { 0 };
+        let rest = match e.timed {
+            Timed::CopyUpFunction => without,
+            Timed::Syscall => 0,
+        };
         let slack = (user_ns / 10).max(50_000);
         if e.latency_ns > user_ns || user_ns.saturating_sub(e.latency_ns + rest) > slack {
             timing.push(format!(
