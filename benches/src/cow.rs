@@ -1,9 +1,9 @@
 //! The copy-up cost matrix (durable and --volatile mounts) and the
-//! profiler's overhead on copy-up-heavy and hot-path workloads.
+//! profiler's overhead on copy-up-heavy work (hot_path.rs has the
+//! overhead on work that never copies up).
 
 use std::cell::{Cell, RefCell};
 use std::fs;
-use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -186,7 +186,7 @@ pub fn profiler_overhead(env: &Env) -> Result<Vec<BenchResult>> {
     };
     // Each side copies up files of its own: the first `samples` batches
     // go to whichever runs; the image has enough for both.
-    let mut out = vec![compare(
+    let out = vec![compare(
         &format!("{per_sample} copy-ups of 64 KiB, profiler attached"),
         env.reps,
         Timed::new(|| prof.attach(), copy_ups),
@@ -194,26 +194,6 @@ pub fn profiler_overhead(env: &Env) -> Result<Vec<BenchResult>> {
         Timed::new(|| prof.detach(), copy_ups),
         Some(1.02),
     )?];
-    let hot = merged.join("hot");
-    fs::write(&hot, b"warm")?;
-    let loops = if env.quick { 5_000 } else { 20_000 };
-    let hot_loop = || -> Result<()> {
-        let mut buf = [0u8; 16];
-        for _ in 0..loops {
-            let mut f = fs::OpenOptions::new().read(true).write(true).open(&hot)?;
-            f.read_exact(&mut buf[..4])?;
-            f.write_all(b"warm")?;
-        }
-        Ok(())
-    };
-    out.push(compare(
-        &format!("{loops} open/read/write on overlay, profiler attached"),
-        env.reps,
-        Timed::new(|| prof.attach(), hot_loop),
-        "the same without the profiler",
-        Timed::new(|| prof.detach(), hot_loop),
-        Some(1.05),
-    )?);
     prof.detach()?;
     env.strata(&root, &["rm", "-f", &id])?;
     Ok(out)

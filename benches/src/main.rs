@@ -6,6 +6,7 @@ mod cow;
 mod fixtures;
 mod gate;
 mod harness;
+mod hot_path;
 mod ops;
 mod serve;
 
@@ -78,6 +79,7 @@ fn main() -> Result<()> {
         if wanted("overhead") {
             eprintln!("profiler overhead:");
             results.extend(cow::profiler_overhead(&env)?);
+            results.extend(hot_path::all(&env)?);
         }
         Ok(())
     })();

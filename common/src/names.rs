@@ -31,6 +31,7 @@ pub mod program {
     pub const FEXIT_COPY_UP: &str = "strata_fexit_copy_up";
     pub const KPROBE_COPY_UP: &str = "strata_kprobe_copy_up";
     pub const KRETPROBE_COPY_UP: &str = "strata_kretprobe_copy_up";
+    pub const FLOOR: &str = "strata_floor";
 }
 
 /// Byte-wise string equality, usable in constants.

@@ -12,6 +12,7 @@
 #![no_main]
 
 mod copy_up_fn;
+mod floor;
 mod fsync;
 mod kernel;
 mod maps;

@@ -229,6 +229,48 @@ impl Probes {
     }
 }
 
+impl Probes {
+    /// A program that returns at once on every tracepoint the tracepoint
+    /// backend attaches to, and nothing else: the floor its cost is
+    /// measured against. Its `program_costs` are the floor's.
+    pub fn attach_floor() -> Result<Probes> {
+        let (mut ebpf, _) = load_object(Filters::default())?;
+        let (watched, missing) = fill_triggers(&mut ebpf)?;
+        let mut tracepoints: Vec<(&str, String)> = Vec::new();
+        for dir in ["enter", "exit"] {
+            tracepoints.extend(
+                watched
+                    .iter()
+                    .map(|n| ("syscalls", format!("sys_{dir}_{n}"))),
+            );
+        }
+        tracepoints.push((INODE_TP.0, INODE_TP.1.to_string()));
+        let (cat, enter, exit) = FSYNC_TPS;
+        let fsync_traced = tracefs::exists(cat, enter) && tracefs::exists(cat, exit);
+        if fsync_traced {
+            tracepoints.extend([(cat, enter.to_string()), (cat, exit.to_string())]);
+        }
+        let p: &mut TracePoint = ebpf
+            .program_mut(program::FLOOR)
+            .with_context(|| format!("program {}", program::FLOOR))?
+            .try_into()?;
+        p.load()
+            .with_context(|| format!("loading {}", program::FLOOR))?;
+        for (category, name) in tracepoints {
+            p.attach(category, &name)
+                .with_context(|| format!("attaching the floor to {category}:{name}"))?;
+        }
+        Ok(Probes {
+            ebpf,
+            backend: Backend::Tracepoint,
+            attached: watched,
+            missing,
+            fsync_traced,
+            fn_links: Vec::new(),
+        })
+    }
+}
+
 fn load_object(filters: Filters) -> Result<(Ebpf, Layout)> {
     tracefs::ensure_mounted()?;
     let btf = Btf::kernel().context("reading kernel BTF")?;

@@ -33,6 +33,9 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("containerd", "containerd"),
     ("runc", "runc"),
     ("protoc", "protobuf-compiler"),
+    // The profiler overhead bench's peer: what a user would write by hand
+    // to time write-mode opens.
+    ("bpftrace", "bpftrace"),
 ];
 
 pub fn setup() -> Result<()> {
