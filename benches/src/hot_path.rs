@@ -144,7 +144,7 @@ pub fn all(env: &Env) -> Result<Vec<BenchResult>> {
     let merged = PathBuf::from(env.strata(&root, &["mount", &id])?);
     let file = merged.join("f0");
     fs::write(&file, b"warm")?; // copied up before anything is timed
-    let loops = if env.quick { 5_000 } else { 20_000 };
+    let loops = if env.quick { 2_000 } else { 20_000 };
     let rounds = env.reps.max(if env.quick { 3 } else { 5 });
     let mut attached = Attached::Nothing;
     let mut samples: Vec<Vec<u64>> = vec![Vec::new(); Watcher::ALL.len()];

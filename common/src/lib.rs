@@ -10,6 +10,17 @@ pub mod names;
 pub const PATH_CAPTURE: usize = 256;
 /// log2 latency slots in the in-kernel histograms (2^0 ns .. 2^39 ns, ~9 min).
 pub const LOG2_SLOTS: usize = 40;
+/// Where a syscall tracepoint's record holds the syscall number, its
+/// arguments (sys_enter_*) and its return value (sys_exit_*): after the
+/// 8-byte common header, fixed since syscall tracepoints exist. Constants,
+/// so that the programs load them straight from the record (a helper call
+/// saved per event); user space checks them against the format files.
+pub const SYSCALL_NR_OFFSET: usize = 8;
+pub const SYSCALL_ARGS_OFFSET: usize = 16;
+pub const SYSCALL_RET_OFFSET: usize = 16;
+
+/// Slots of the in-flight table, indexed by thread id modulo this.
+pub const INFLIGHT_SLOTS: u32 = 16384;
 /// Highest syscall number the trigger table holds.
 pub const MAX_SYSCALL_NR: u32 = 512;
 /// Size bucket used when the kernel could not see the file size.
@@ -118,8 +129,14 @@ pub struct InFlight {
     /// copying 256 bytes on every write-mode open would tax the hot path
     /// for nothing. Function backends: the overlay dentry being copied up.
     pub subject: u64,
+    /// The thread this state belongs to; 0 marks a free in-flight slot.
+    pub tid: u32,
     pub trigger: u8,
-    pub _pad: [u8; 7],
+    /// In a slot of the in-flight array: 1 once a thread whose id maps to
+    /// this slot found it taken and went to the spill table, so a thread
+    /// not in this slot looks there too. Sticky: spills are rare.
+    pub spilled: u8,
+    pub _pad: [u8; 2],
 }
 
 /// What a `CopyUpEvent`'s time spans and its path holds (`source`).
@@ -239,7 +256,8 @@ pub mod counter {
     pub const COPY_UPS: u32 = 1;
     /// Events the ring buffer had no room for.
     pub const RINGBUF_DROPS: u32 = 2;
-    /// Calls not tracked because the in-flight map was full.
+    /// Calls not tracked because their in-flight slot was taken and the
+    /// spill table was full.
     pub const INFLIGHT_FULL: u32 = 3;
     pub const COUNT: u32 = 4;
 }

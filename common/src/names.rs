@@ -9,6 +9,7 @@
 pub mod map {
     pub const TRIGGERS: &str = "TRIGGERS";
     pub const INFLIGHT: &str = "INFLIGHT";
+    pub const INFLIGHT_SPILL: &str = "INFLIGHT_SPILL";
     pub const HIST: &str = "HIST";
     pub const ZERO_HIST: &str = "ZERO_HIST";
     pub const COUNTERS: &str = "COUNTERS";
@@ -21,6 +22,7 @@ pub mod map {
 /// Programs, as the kernel crate's program functions are called.
 pub mod program {
     pub const SYS_ENTER: &str = "strata_sys_enter";
+    pub const SYS_ENTER_OPENAT: &str = "strata_sys_enter_openat";
     pub const SYS_EXIT: &str = "strata_sys_exit";
     pub const INODE_CREATED: &str = "strata_inode_created";
     pub const FSYNC_ENTER: &str = "strata_fsync_enter";
@@ -75,8 +77,6 @@ macro_rules! with_globals {
         $m! {
             // In-kernel filters (0: off).
             filter_tgid, filter_cgroup,
-            // syscalls:* tracepoint layout.
-            nr_off, args_off, ret_off,
             // writeback:writeback_dirty_inode_enqueue layout, and I_NEW.
             wb_state_off, wb_mode_off, i_new,
             // BTF offsets for task -> files -> fdtable -> file -> inode -> sb.

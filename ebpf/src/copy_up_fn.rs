@@ -16,7 +16,7 @@ use aya_ebpf::{
 use strata_common::{counter, source, InFlight};
 
 use crate::kernel::{current_trigger, dentry_dev_and_size, Globals};
-use crate::maps::{bump, INFLIGHT};
+use crate::maps::{self, bump};
 use crate::report::{self, Finished};
 
 #[fentry(function = "ovl_copy_up_flags")]
@@ -51,11 +51,11 @@ pub fn strata_kretprobe_copy_up(ctx: RetProbeContext) -> u32 {
 fn enter(dentry: u64) {
     let g = Globals::load();
     let pid_tgid = bpf_get_current_pid_tgid();
-    if g.filter_tgid != 0 && (pid_tgid >> 32) != g.filter_tgid {
+    if g.filter_tgid() != 0 && (pid_tgid >> 32) != g.filter_tgid() {
         return;
     }
     // SAFETY: helper with no arguments.
-    if g.filter_cgroup != 0 && unsafe { bpf_get_current_cgroup_id() } != g.filter_cgroup {
+    if g.filter_cgroup() != 0 && unsafe { bpf_get_current_cgroup_id() } != g.filter_cgroup() {
         return;
     }
     let state = InFlight {
@@ -69,10 +69,12 @@ fn enter(dentry: u64) {
         fsync_start_ns: 0,
         fsync_ns: 0,
         subject: dentry,
+        tid: pid_tgid as u32,
         trigger: 0,
-        _pad: [0; 7],
+        spilled: 0,
+        _pad: [0; 2],
     };
-    if INFLIGHT.insert(&(pid_tgid as u32), &state, 0).is_err() {
+    if !maps::begin(&state) {
         bump(counter::INFLIGHT_FULL);
         return;
     }
@@ -82,11 +84,11 @@ fn enter(dentry: u64) {
 #[inline(always)]
 fn exit(ret: i64) {
     let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(call) = INFLIGHT.get_ptr(&tid) else {
+    let Some(ptr) = maps::in_flight(tid) else {
         return;
     };
-    // SAFETY: this thread's own entry; removed only after this.
-    let call = unsafe { &*call };
+    // SAFETY: this thread's own entry; released only after this.
+    let call = unsafe { &*ptr };
     if call.dirs_created != 0 || call.files_created != 0 {
         // SAFETY: helper with no arguments.
         let now = unsafe { bpf_ktime_get_ns() };
@@ -103,7 +105,7 @@ fn exit(ret: i64) {
         };
         report::copy_up(&g, call, &done);
     }
-    let _ = INFLIGHT.remove(&tid);
+    maps::end(tid, ptr);
 }
 
 // Each program spells the name user space loads it by.

@@ -10,12 +10,12 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 
-use crate::maps::INFLIGHT;
+use crate::maps::in_flight;
 
 #[tracepoint]
 pub fn strata_fsync_enter(_ctx: TracePointContext) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
-    if let Some(call) = INFLIGHT.get_ptr_mut(&tid) {
+    if let Some(call) = in_flight(tid) {
         // SAFETY: this thread's own entry, used only by this thread.
         unsafe { (*call).fsync_start_ns = bpf_ktime_get_ns() };
     }
@@ -25,7 +25,7 @@ pub fn strata_fsync_enter(_ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn strata_fsync_exit(_ctx: TracePointContext) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
-    if let Some(call) = INFLIGHT.get_ptr_mut(&tid) {
+    if let Some(call) = in_flight(tid) {
         // SAFETY: this thread's own entry, used only by this thread.
         unsafe {
             if (*call).fsync_start_ns != 0 {

@@ -9,7 +9,9 @@ use aya_ebpf::helpers::generated::{
     bpf_get_current_task_btf, bpf_probe_read_kernel_str, bpf_task_pt_regs,
 };
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
-use strata_common::PATH_CAPTURE;
+use aya_ebpf::programs::TracePointContext;
+use aya_ebpf::EbpfContext;
+use strata_common::{PATH_CAPTURE, SYSCALL_NR_OFFSET, SYSCALL_RET_OFFSET};
 
 macro_rules! globals {
     ($($name:ident),* $(,)?) => {
@@ -21,16 +23,25 @@ macro_rules! globals {
                 pub static $name: u64 = 0;
             )*
         }
-        /// A snapshot of the globals, read once per program run.
-        #[allow(non_snake_case)]
-        pub struct Globals { $(pub $name: u64,)* }
+        /// The globals, each read where it is used: a program run reads
+        /// the few its path needs, not all of them.
+        #[derive(Clone, Copy)]
+        pub struct Globals;
+        #[allow(dead_code)]
         impl Globals {
             #[inline(always)]
             pub fn load() -> Globals {
-                // SAFETY: read_volatile stops the compiler from folding the
-                // zero initialiser; the loader patched the real values in.
-                unsafe { Globals { $($name: core::ptr::read_volatile(&global::$name),)* } }
+                Globals
             }
+            $(
+                #[inline(always)]
+                pub fn $name(&self) -> u64 {
+                    // SAFETY: read_volatile stops the compiler from folding
+                    // the zero initialiser; the loader patched the real
+                    // value in.
+                    unsafe { core::ptr::read_volatile(&global::$name) }
+                }
+            )*
         }
     };
 }
@@ -44,24 +55,47 @@ fn read<T>(base: u64, off: u64) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + off) as *const T).ok() }
 }
 
+/// The syscall number in a syscalls:* tracepoint record.
+#[inline(always)]
+pub fn syscall_nr(ctx: &TracePointContext) -> i32 {
+    // SAFETY: a constant offset inside every syscall tracepoint's record
+    // (checked by user space); the verifier checks the load itself.
+    unsafe {
+        *(ctx.as_ptr() as *const u8)
+            .add(SYSCALL_NR_OFFSET)
+            .cast::<i32>()
+    }
+}
+
+/// The return value in a syscalls:sys_exit_* tracepoint record.
+#[inline(always)]
+pub fn syscall_ret(ctx: &TracePointContext) -> i64 {
+    // SAFETY: as for syscall_nr.
+    unsafe {
+        *(ctx.as_ptr() as *const u8)
+            .add(SYSCALL_RET_OFFSET)
+            .cast::<i64>()
+    }
+}
+
 /// The inode behind the current task's `fd`.
 #[inline(always)]
 pub fn fd_inode(g: &Globals, fd: u32) -> Option<u64> {
     // SAFETY: helper with no arguments; the result is only dereferenced
     // through bpf_probe_read_kernel.
     let task = unsafe { bpf_get_current_task() };
-    let files: u64 = read(task, g.task_files_off)?;
-    let fdt: u64 = read(files, g.files_fdt_off)?;
-    let max_fds: u32 = read(fdt, g.fdt_max_fds_off)?;
+    let files: u64 = read(task, g.task_files_off())?;
+    let fdt: u64 = read(files, g.files_fdt_off())?;
+    let max_fds: u32 = read(fdt, g.fdt_max_fds_off())?;
     if fd >= max_fds {
         return None;
     }
-    let fd_array: u64 = read(fdt, g.fdt_fd_off)?;
+    let fd_array: u64 = read(fdt, g.fdt_fd_off())?;
     let file: u64 = read(fd_array, fd as u64 * 8)?;
     if file == 0 {
         return None;
     }
-    read(file, g.file_inode_off)
+    read(file, g.file_inode_off())
 }
 
 /// How the file behind `fd` is backed, and for a lower-backed overlay file
@@ -71,24 +105,24 @@ pub fn fd_inode(g: &Globals, fd: u32) -> Option<u64> {
 pub fn fd_backing(g: &Globals, fd: u32) -> Option<(u8, u8)> {
     use strata_common::backing;
     let inode = fd_inode(g, fd)?;
-    let sb: u64 = read(inode, g.inode_sb_off)?;
-    let magic: u64 = read(sb, g.sb_magic_off)?;
-    if magic != g.overlay_magic || g.ovl_offsets_valid == 0 {
+    let sb: u64 = read(inode, g.inode_sb_off())?;
+    let magic: u64 = read(sb, g.sb_magic_off())?;
+    if magic != g.overlay_magic() || g.ovl_offsets_valid() == 0 {
         return Some((backing::OTHER, 0));
     }
     // container_of(inode, struct ovl_inode, vfs_inode)
-    let ovl = inode - g.ovl_vfs_inode_off;
-    let upper: u64 = read(ovl, g.ovl_upper_off)?;
+    let ovl = inode - g.ovl_vfs_inode_off();
+    let upper: u64 = read(ovl, g.ovl_upper_off())?;
     if upper != 0 {
         return Some((backing::UPPER, 0));
     }
-    let path = if g.ovl_lower_inline != 0 {
-        ovl + g.ovl_lower_off
+    let path = if g.ovl_lower_inline() != 0 {
+        ovl + g.ovl_lower_off()
     } else {
-        read::<u64>(ovl, g.ovl_lower_off)? + g.ovl_lowerstack_off
+        read::<u64>(ovl, g.ovl_lower_off())? + g.ovl_lowerstack_off()
     };
-    let layer: u64 = read(path, g.ovl_path_layer_off)?;
-    let idx: i32 = read(layer, g.ovl_layer_idx_off)?;
+    let layer: u64 = read(path, g.ovl_path_layer_off())?;
+    let idx: i32 = read(layer, g.ovl_layer_idx_off())?;
     Some((backing::LOWER, idx.clamp(0, 255) as u8))
 }
 
@@ -97,11 +131,11 @@ pub fn fd_backing(g: &Globals, fd: u32) -> Option<(u8, u8)> {
 #[inline(always)]
 pub fn fd_magic_dev_and_size(g: &Globals, fd: u32) -> Option<(u64, u32, i64)> {
     let inode = fd_inode(g, fd)?;
-    let sb: u64 = read(inode, g.inode_sb_off)?;
+    let sb: u64 = read(inode, g.inode_sb_off())?;
     Some((
-        read(sb, g.sb_magic_off)?,
-        read(sb, g.sb_dev_off).unwrap_or(0),
-        read(inode, g.inode_size_off)?,
+        read(sb, g.sb_magic_off())?,
+        read(sb, g.sb_dev_off()).unwrap_or(0),
+        read(inode, g.inode_size_off())?,
     ))
 }
 
@@ -109,12 +143,12 @@ pub fn fd_magic_dev_and_size(g: &Globals, fd: u32) -> Option<(u64, u32, i64)> {
 /// overlay `dentry` (its lower file's size until the copy is done).
 #[inline(always)]
 pub fn dentry_dev_and_size(g: &Globals, dentry: u64) -> (u32, i64) {
-    let dev = read::<u64>(dentry, g.dentry_sb_off)
-        .and_then(|sb| read(sb, g.sb_dev_off))
+    let dev = read::<u64>(dentry, g.dentry_sb_off())
+        .and_then(|sb| read(sb, g.sb_dev_off()))
         .unwrap_or(0);
-    let size = read::<u64>(dentry, g.dentry_inode_off)
+    let size = read::<u64>(dentry, g.dentry_inode_off())
         .filter(|inode| *inode != 0)
-        .and_then(|inode| read(inode, g.inode_size_off))
+        .and_then(|inode| read(inode, g.inode_size_off()))
         .unwrap_or(-1);
     (dev, size)
 }
@@ -146,7 +180,7 @@ pub fn dentry_path(
     let mut complete = true;
     let mut d = dentry;
     for _ in 0..MAX_WALK {
-        let Some(parent) = read::<u64>(d, g.dentry_parent_off) else {
+        let Some(parent) = read::<u64>(d, g.dentry_parent_off()) else {
             return (names, false);
         };
         if parent == d || parent == 0 {
@@ -155,7 +189,7 @@ pub fn dentry_path(
         names += 1;
         // SAFETY: `len` points into the caller's reserved event.
         let at = unsafe { core::ptr::read_volatile(len) } as usize;
-        match read::<u64>(d, g.dentry_name_off) {
+        match read::<u64>(d, g.dentry_name_off()) {
             Some(name) if at <= PATH_CAPTURE - NAME_CAPTURE => {
                 // SAFETY: at + NAME_CAPTURE <= PATH_CAPTURE (checked), so
                 // the helper writes inside `path`; it checks `name` itself.
@@ -192,7 +226,7 @@ pub fn current_trigger(g: &Globals) -> u8 {
     use strata_common::Trigger;
     // SAFETY: helper with no arguments; read through probe_read only.
     let task = unsafe { bpf_get_current_task() };
-    let flags: u32 = read(task, g.task_flags_off).unwrap_or(0);
+    let flags: u32 = read(task, g.task_flags_off()).unwrap_or(0);
     if flags & PF_KTHREAD != 0 {
         return Trigger::Kernel as u8;
     }
@@ -200,7 +234,7 @@ pub fn current_trigger(g: &Globals) -> u8 {
     // pointer and returns its saved user registers (the syscall's).
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
     // The low half: x86-64's orig_ax is 8 bytes, arm64's syscallno 4.
-    let Some(nr) = read::<u32>(regs, g.regs_syscall_nr_off) else {
+    let Some(nr) = read::<u32>(regs, g.regs_syscall_nr_off()) else {
         return Trigger::OtherSyscall as u8;
     };
     match crate::maps::TRIGGERS.get(nr) {

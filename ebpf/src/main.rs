@@ -19,6 +19,7 @@ mod maps;
 mod report;
 mod vfs;
 
+use aya_ebpf::EbpfContext;
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
@@ -26,10 +27,10 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use strata_common::{counter, source, InFlight};
+use strata_common::{counter, source, InFlight, Trigger, SYSCALL_ARGS_OFFSET};
 
 use kernel::Globals;
-use maps::{bump, INFLIGHT, TRIGGERS};
+use maps::{bump, TRIGGERS};
 use report::Finished;
 
 // uapi constants, identical on every Linux architecture strata supports.
@@ -38,6 +39,7 @@ const O_TRUNC: u64 = 0o1000;
 const S_IFMT: u16 = 0o170000;
 const S_IFDIR: u16 = 0o040000;
 const S_IFCHR: u16 = 0o020000;
+const AT_FDCWD: i32 = -100;
 
 #[tracepoint]
 pub fn strata_sys_enter(ctx: TracePointContext) -> u32 {
@@ -46,9 +48,7 @@ pub fn strata_sys_enter(ctx: TracePointContext) -> u32 {
 }
 
 fn try_sys_enter(ctx: &TracePointContext) -> Result<(), i64> {
-    let g = Globals::load();
-    // SAFETY: the offset comes from this tracepoint's format file.
-    let nr: i32 = unsafe { ctx.read_at(g.nr_off as usize)? };
+    let nr = kernel::syscall_nr(ctx);
     if nr < 0 {
         return Ok(());
     }
@@ -56,22 +56,14 @@ fn try_sys_enter(ctx: &TracePointContext) -> Result<(), i64> {
         Some(s) if s.trigger != 0 => *s,
         _ => return Ok(()),
     };
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    if g.filter_tgid != 0 && tgid as u64 != g.filter_tgid {
+    let Some(pid_tgid) = passes_filters() else {
         return Ok(());
-    }
-    if g.filter_cgroup != 0 {
-        // SAFETY: helper with no arguments.
-        if unsafe { bpf_get_current_cgroup_id() } != g.filter_cgroup {
-            return Ok(());
-        }
-    }
+    };
     // All six argument slots in one read: each helper call costs more than
     // the bytes it copies.
-    // SAFETY: syscall tracepoints carry six 8-byte args from args_off on
-    // (checked against the format file in user space).
-    let args: [u64; 6] = unsafe { ctx.read_at(g.args_off as usize)? };
+    // SAFETY: syscall tracepoints carry six 8-byte args from
+    // SYSCALL_ARGS_OFFSET on (checked against the format file in user space).
+    let args: [u64; 6] = unsafe { ctx.read_at(SYSCALL_ARGS_OFFSET)? };
     let arg = |i: i8| -> Result<u64, i64> { args.get(i as usize).copied().ok_or(0) };
     // Only an open for writing (or truncating) can copy up.
     let mut open_flags = None;
@@ -82,12 +74,78 @@ fn try_sys_enter(ctx: &TracePointContext) -> Result<(), i64> {
         // SAFETY: reading user memory through the helper, which checks it.
         open_flags = Some(unsafe { bpf_probe_read_user(arg(spec.how_arg)? as *const u64)? });
     }
-    if let Some(flags) = open_flags {
-        if flags & O_ACCMODE == 0 && flags & O_TRUNC == 0 {
-            return Ok(());
-        }
+    if open_flags.is_some_and(|flags| !opens_for_writing(flags)) {
+        return Ok(());
     }
+    let dfd = if spec.dfd_arg >= 0 {
+        arg(spec.dfd_arg)? as i32
+    } else {
+        AT_FDCWD
+    };
+    let path = if spec.path_arg >= 0 {
+        arg(spec.path_arg)?
+    } else {
+        0
+    };
+    track(nr, spec.trigger, pid_tgid, dfd, path);
+    Ok(())
+}
 
+/// openat(dfd, path, flags, mode) alone: the watched syscall nearly every
+/// program makes, most often to read. Its arguments are loaded straight
+/// from the record (its four are all there, so constant offsets pass the
+/// verifier), and a read-only open returns before anything else is done.
+#[tracepoint]
+pub fn strata_sys_enter_openat(ctx: TracePointContext) -> u32 {
+    let arg = |i: usize| -> u64 {
+        // SAFETY: a constant offset inside sys_enter_openat's record.
+        unsafe {
+            *(ctx.as_ptr() as *const u8)
+                .add(SYSCALL_ARGS_OFFSET + 8 * i)
+                .cast::<u64>()
+        }
+    };
+    if !opens_for_writing(arg(2)) {
+        return 0;
+    }
+    let Some(pid_tgid) = passes_filters() else {
+        return 0;
+    };
+    let nr = kernel::syscall_nr(&ctx);
+    track(
+        nr,
+        Trigger::OpenWrite as u8,
+        pid_tgid,
+        arg(0) as i32,
+        arg(1),
+    );
+    0
+}
+
+/// Only an open for writing (or truncating) can copy up.
+#[inline(always)]
+fn opens_for_writing(flags: u64) -> bool {
+    flags & O_ACCMODE != 0 || flags & O_TRUNC != 0
+}
+
+/// The current task's pid_tgid, if the in-kernel filters let it through.
+#[inline(always)]
+fn passes_filters() -> Option<u64> {
+    let g = Globals::load();
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if g.filter_tgid() != 0 && (pid_tgid >> 32) != g.filter_tgid() {
+        return None;
+    }
+    // SAFETY: helper with no arguments.
+    if g.filter_cgroup() != 0 && unsafe { bpf_get_current_cgroup_id() } != g.filter_cgroup() {
+        return None;
+    }
+    Some(pid_tgid)
+}
+
+/// Starts tracking the current thread's watched call.
+#[inline(always)]
+fn track(nr: i32, trigger: u8, pid_tgid: u64, dfd: i32, path: u64) {
     let state = InFlight {
         // SAFETY: helper with no arguments.
         start_ns: unsafe { bpf_ktime_get_ns() },
@@ -95,28 +153,20 @@ fn try_sys_enter(ctx: &TracePointContext) -> Result<(), i64> {
         dirs_created: 0,
         files_created: 0,
         syscall_nr: nr as u32,
-        dfd: if spec.dfd_arg >= 0 {
-            arg(spec.dfd_arg)? as i32
-        } else {
-            -100
-        },
+        dfd,
         fsync_start_ns: 0,
         fsync_ns: 0,
-        subject: if spec.path_arg >= 0 {
-            arg(spec.path_arg)?
-        } else {
-            0
-        },
-        trigger: spec.trigger,
-        _pad: [0; 7],
+        subject: path,
+        tid: pid_tgid as u32,
+        trigger,
+        spilled: 0,
+        _pad: [0; 2],
     };
-    let tid = pid_tgid as u32;
-    if INFLIGHT.insert(&tid, &state, 0).is_err() {
+    if !maps::begin(&state) {
         bump(counter::INFLIGHT_FULL);
-        return Ok(());
+        return;
     }
     bump(counter::WATCHED_CALLS);
-    Ok(())
 }
 
 #[tracepoint]
@@ -126,21 +176,20 @@ pub fn strata_inode_created(ctx: TracePointContext) -> u32 {
 }
 
 fn try_inode_created(ctx: &TracePointContext) -> Result<(), i64> {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(call) = INFLIGHT.get_ptr_mut(&tid) else {
-        return Ok(());
-    };
     let g = Globals::load();
-    // SAFETY: offsets come from this tracepoint's format file.
-    let (state, mode) = unsafe {
-        (
-            ctx.read_at::<u64>(g.wb_state_off as usize)?,
-            ctx.read_at::<u16>(g.wb_mode_off as usize)?,
-        )
-    };
-    if state & g.i_new == 0 {
+    // Most enqueued inodes are old ones made dirty, in threads in no
+    // watched call: I_NEW first, one read, before any table lookup.
+    // SAFETY: the offset comes from this tracepoint's format file.
+    let state: u64 = unsafe { ctx.read_at(g.wb_state_off() as usize)? };
+    if state & g.i_new() == 0 {
         return Ok(());
     }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let Some(call) = maps::in_flight(tid) else {
+        return Ok(());
+    };
+    // SAFETY: as above.
+    let mode: u16 = unsafe { ctx.read_at(g.wb_mode_off() as usize)? };
     // SAFETY: the entry belongs to this thread, which is running this program.
     let call = unsafe { &mut *call };
     match mode & S_IFMT {
@@ -163,12 +212,12 @@ pub fn strata_sys_exit(ctx: TracePointContext) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
     // Most exits (a read-only open, a filtered-out process) have no entry:
     // one lookup, not a lookup and a delete.
-    let Some(call) = INFLIGHT.get_ptr(&tid) else {
+    let Some(call) = maps::in_flight(tid) else {
         return 0;
     };
-    // SAFETY: the entry belongs to this thread; removed only after this.
+    // SAFETY: this thread's own entry; released only after this.
     let _ = try_sys_exit(&ctx, unsafe { &*call }, tid);
-    let _ = INFLIGHT.remove(&tid);
+    maps::end(tid, call);
     0
 }
 
@@ -179,8 +228,7 @@ fn try_sys_exit(ctx: &TracePointContext, call: &InFlight, tid: u32) -> Result<()
     // SAFETY: helper with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let g = Globals::load();
-    // SAFETY: the offset comes from this tracepoint's format file.
-    let ret: i64 = unsafe { ctx.read_at(g.ret_off as usize)? };
+    let ret = kernel::syscall_ret(ctx);
     let mut done = Finished {
         latency_ns: now.saturating_sub(call.start_ns),
         file_size: -1,
@@ -194,9 +242,9 @@ fn try_sys_exit(ctx: &TracePointContext, call: &InFlight, tid: u32) -> Result<()
         .get(call.syscall_nr)
         .map(|s| s.returns_fd)
         .unwrap_or(0);
-    if returns_fd != 0 && ret >= 0 && g.offsets_valid != 0 {
+    if returns_fd != 0 && ret >= 0 && g.offsets_valid() != 0 {
         if let Some((magic, dev, size)) = kernel::fd_magic_dev_and_size(&g, ret as u32) {
-            if magic != g.overlay_magic {
+            if magic != g.overlay_magic() {
                 // An O_CREAT of a new file on a plain filesystem: not ours.
                 return Ok(());
             }
@@ -216,6 +264,10 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 
 // Each program spells the name user space loads it by.
 strata_common::named!(strata_common::names::program::SYS_ENTER, strata_sys_enter);
+strata_common::named!(
+    strata_common::names::program::SYS_ENTER_OPENAT,
+    strata_sys_enter_openat
+);
 strata_common::named!(
     strata_common::names::program::INODE_CREATED,
     strata_inode_created

@@ -8,7 +8,7 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use strata_common::{log2_floor, vfs_op, VfsCall, VfsKey, LOG2_SLOTS};
+use strata_common::{log2_floor, vfs_op, VfsCall, VfsKey, LOG2_SLOTS, SYSCALL_ARGS_OFFSET};
 
 use crate::kernel::{fd_backing, Globals};
 use crate::maps::{VFS_HIST, VFS_INFLIGHT, VFS_OPS, ZERO_HIST};
@@ -21,18 +21,17 @@ pub fn strata_vfs_enter(ctx: TracePointContext) -> u32 {
 
 fn try_enter(ctx: &TracePointContext) -> Result<(), i64> {
     let g = Globals::load();
-    // SAFETY: offsets come from the tracepoint format file.
-    let nr: i32 = unsafe { ctx.read_at(g.nr_off as usize)? };
+    let nr = crate::kernel::syscall_nr(ctx);
     let op = match VFS_OPS.get(nr as u32) {
         Some(op) if *op != 0 => *op,
         _ => return Ok(()),
     };
     let pid_tgid = bpf_get_current_pid_tgid();
-    if g.filter_tgid != 0 && (pid_tgid >> 32) != g.filter_tgid {
+    if g.filter_tgid() != 0 && (pid_tgid >> 32) != g.filter_tgid() {
         return Ok(());
     }
     // SAFETY: helper with no arguments.
-    if g.filter_cgroup != 0 && unsafe { bpf_get_current_cgroup_id() } != g.filter_cgroup {
+    if g.filter_cgroup() != 0 && unsafe { bpf_get_current_cgroup_id() } != g.filter_cgroup() {
         return Ok(());
     }
     // read/write/pread/pwrite/fsync/fdatasync take the fd first; an open's
@@ -41,7 +40,7 @@ fn try_enter(ctx: &TracePointContext) -> Result<(), i64> {
         -1
     } else {
         // SAFETY: as above.
-        unsafe { ctx.read_at(g.args_off as usize)? }
+        unsafe { ctx.read_at(SYSCALL_ARGS_OFFSET)? }
     };
     let call = VfsCall {
         // SAFETY: helper with no arguments.
@@ -71,9 +70,8 @@ fn try_exit(ctx: &TracePointContext, tid: u32) -> Result<(), i64> {
     // SAFETY: helper with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let g = Globals::load();
-    // SAFETY: the offset comes from the tracepoint format file.
-    let ret: i64 = unsafe { ctx.read_at(g.ret_off as usize)? };
-    if ret < 0 || g.offsets_valid == 0 {
+    let ret = crate::kernel::syscall_ret(ctx);
+    if ret < 0 || g.offsets_valid() == 0 {
         return Ok(());
     }
     let fd = if call.op == vfs_op::OPEN {

@@ -8,7 +8,10 @@ use aya::maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::{KProbe, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use strata_common::names::{map, program, GlobalValues};
-use strata_common::{counter, HistKey, Log2Hist, SyscallSpec, VfsKey, MAX_SYSCALL_NR};
+use strata_common::{
+    counter, HistKey, Log2Hist, SyscallSpec, VfsKey, MAX_SYSCALL_NR, SYSCALL_ARGS_OFFSET,
+    SYSCALL_NR_OFFSET, SYSCALL_RET_OFFSET,
+};
 
 use crate::backend::Backend;
 use crate::btf::Btf;
@@ -61,9 +64,6 @@ pub struct Probes {
 /// Offsets resolved from the running kernel.
 #[derive(Debug)]
 pub struct Layout {
-    pub nr_off: u32,
-    pub args_off: u32,
-    pub ret_off: u32,
     /// writeback_dirty_inode_enqueue's state and mode fields.
     pub wb: [u32; 2],
     pub i_new: u64,
@@ -144,6 +144,24 @@ impl OvlChain {
 pub fn resolve_layout(btf: &Btf) -> Result<Layout> {
     let enter = Format::read("syscalls", "sys_enter_openat")?;
     let exit = Format::read("syscalls", "sys_exit_openat")?;
+    // The programs load these at fixed offsets (strata_common): refuse a
+    // kernel whose records differ rather than read the wrong bytes.
+    for (what, found, expected) in [
+        (
+            "__syscall_nr",
+            enter.offset("__syscall_nr")?,
+            SYSCALL_NR_OFFSET,
+        ),
+        ("args", enter.syscall_args_offset()?, SYSCALL_ARGS_OFFSET),
+        ("ret", exit.offset("ret")?, SYSCALL_RET_OFFSET),
+    ] {
+        if found as usize != expected {
+            bail!(
+                "this kernel's syscall tracepoints hold {what} at offset {found}, \
+                 not {expected} as strata's programs read it"
+            );
+        }
+    }
     let wb = Format::read(INODE_TP.0, INODE_TP.1)?;
     // A #define on older kernels (its value is in the format file), an enum
     // constant on newer ones (its value is in BTF).
@@ -176,9 +194,6 @@ pub fn resolve_layout(btf: &Btf) -> Result<Layout> {
     let fn_chain = FnChain::resolve(btf).ok();
     Ok(Layout {
         ovl_chain,
-        nr_off: enter.offset("__syscall_nr")?,
-        args_off: enter.syscall_args_offset()?,
-        ret_off: exit.offset("ret")?,
         wb: [wb.offset("state")?, wb.offset("mode")?],
         i_new,
         fd_chain,
@@ -282,9 +297,6 @@ fn load_object(filters: Filters) -> Result<(Ebpf, Layout)> {
     let globals = GlobalValues {
         filter_tgid: filters.tgid as u64,
         filter_cgroup: filters.cgroup_id,
-        nr_off: l.nr_off as u64,
-        args_off: l.args_off as u64,
-        ret_off: l.ret_off as u64,
         wb_state_off: l.wb[0] as u64,
         wb_mode_off: l.wb[1] as u64,
         i_new: l.i_new,
@@ -363,12 +375,25 @@ fn clear_zero_hist(ebpf: &mut Ebpf) -> Result<()> {
 
 /// The tracepoint backend's entry and exit programs on every watched
 /// syscall.
+/// (openat has an entry program of its own: see strata_sys_enter_openat.)
 fn attach_syscalls(ebpf: &mut Ebpf, watched: &[&str]) -> Result<()> {
-    for (prog, dir) in [(program::SYS_ENTER, "enter"), (program::SYS_EXIT, "exit")] {
-        let names = watched.iter().map(|n| format!("sys_{dir}_{n}"));
-        attach_tracepoint(ebpf, prog, "syscalls", names)?;
-    }
-    Ok(())
+    let (openat, others): (Vec<&str>, Vec<&str>) = watched.iter().partition(|n| **n == "openat");
+    let names = |dir: &str, list: &[&str]| -> Vec<String> {
+        list.iter().map(|n| format!("sys_{dir}_{n}")).collect()
+    };
+    attach_tracepoint(
+        ebpf,
+        program::SYS_ENTER,
+        "syscalls",
+        names("enter", &others),
+    )?;
+    attach_tracepoint(
+        ebpf,
+        program::SYS_ENTER_OPENAT,
+        "syscalls",
+        names("enter", &openat),
+    )?;
+    attach_tracepoint(ebpf, program::SYS_EXIT, "syscalls", names("exit", watched))
 }
 
 /// What tells a call that copied something up from one that did not.
