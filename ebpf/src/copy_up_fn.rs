@@ -83,7 +83,8 @@ fn enter(dentry: u64) {
 
 #[inline(always)]
 fn exit(ret: i64) {
-    let tid = bpf_get_current_pid_tgid() as u32;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
     let Some(ptr) = maps::in_flight(tid) else {
         return;
     };
@@ -99,7 +100,7 @@ fn exit(ret: i64) {
             file_size,
             ret,
             overlay_dev,
-            tid,
+            pid_tgid,
             trigger: current_trigger(&g),
             source: source::COPY_UP_FN,
         };

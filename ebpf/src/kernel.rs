@@ -224,15 +224,16 @@ const PF_KTHREAD: u32 = 0x0020_0000;
 #[inline(always)]
 pub fn current_trigger(g: &Globals) -> u8 {
     use strata_common::Trigger;
-    // SAFETY: helper with no arguments; read through probe_read only.
-    let task = unsafe { bpf_get_current_task() };
-    let flags: u32 = read(task, g.task_flags_off()).unwrap_or(0);
+    // SAFETY: helper with no arguments. The pointer is read through
+    // probe_read only, and handed to bpf_task_pt_regs as the verifier's
+    // BTF pointer to the current task (one call serves both).
+    let task = unsafe { bpf_get_current_task_btf() };
+    let flags: u32 = read(task as u64, g.task_flags_off()).unwrap_or(0);
     if flags & PF_KTHREAD != 0 {
         return Trigger::Kernel as u8;
     }
-    // SAFETY: the helper takes the current task as the verifier's BTF
-    // pointer and returns its saved user registers (the syscall's).
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    // SAFETY: returns the task's saved user registers (the syscall's).
+    let regs = unsafe { bpf_task_pt_regs(task) } as u64;
     // The low half: x86-64's orig_ax is 8 bytes, arm64's syscallno 4.
     let Some(nr) = read::<u32>(regs, g.regs_syscall_nr_off()) else {
         return Trigger::OtherSyscall as u8;

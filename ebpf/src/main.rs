@@ -209,19 +209,20 @@ fn try_inode_created(ctx: &TracePointContext) -> Result<(), i64> {
 
 #[tracepoint]
 pub fn strata_sys_exit(ctx: TracePointContext) -> u32 {
-    let tid = bpf_get_current_pid_tgid() as u32;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
     // Most exits (a read-only open, a filtered-out process) have no entry:
     // one lookup, not a lookup and a delete.
     let Some(call) = maps::in_flight(tid) else {
         return 0;
     };
     // SAFETY: this thread's own entry; released only after this.
-    let _ = try_sys_exit(&ctx, unsafe { &*call }, tid);
+    let _ = try_sys_exit(&ctx, unsafe { &*call }, pid_tgid);
     maps::end(tid, call);
     0
 }
 
-fn try_sys_exit(ctx: &TracePointContext, call: &InFlight, tid: u32) -> Result<(), i64> {
+fn try_sys_exit(ctx: &TracePointContext, call: &InFlight, pid_tgid: u64) -> Result<(), i64> {
     if call.dirs_created == 0 && call.files_created == 0 {
         return Ok(());
     }
@@ -234,7 +235,7 @@ fn try_sys_exit(ctx: &TracePointContext, call: &InFlight, tid: u32) -> Result<()
         file_size: -1,
         ret,
         overlay_dev: 0,
-        tid,
+        pid_tgid,
         trigger: call.trigger,
         source: source::SYSCALL,
     };

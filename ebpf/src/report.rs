@@ -22,7 +22,8 @@ pub struct Finished {
     pub file_size: i64,
     pub ret: i64,
     pub overlay_dev: u32,
-    pub tid: u32,
+    /// bpf_get_current_pid_tgid(), which the caller already has.
+    pub pid_tgid: u64,
     pub trigger: u8,
     /// One of strata_common::source; says what `InFlight::subject` is.
     pub source: u8,
@@ -58,8 +59,8 @@ pub fn copy_up(g: &Globals, call: &InFlight, f: &Finished) {
         (*ev).file_size = f.file_size;
         (*ev).ret = f.ret;
         (*ev).overlay_dev = f.overlay_dev;
-        (*ev).pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-        (*ev).tid = f.tid;
+        (*ev).pid = (f.pid_tgid >> 32) as u32;
+        (*ev).tid = f.pid_tgid as u32;
         (*ev).dirs_created = call.dirs_created;
         (*ev).files_created = call.files_created;
         (*ev).dfd = call.dfd;
