@@ -46,6 +46,29 @@ pub struct BenchResult {
     pub target: Option<f64>,
 }
 
+impl BenchResult {
+    /// `candidate` against `baseline`, with the ratio of their medians;
+    /// reported on stderr as it comes.
+    pub fn new(
+        name: &str,
+        candidate: Measured,
+        baseline_name: &str,
+        baseline: Measured,
+        target: Option<f64>,
+    ) -> BenchResult {
+        let r = BenchResult {
+            name: name.into(),
+            ratio: candidate.median_ns as f64 / baseline.median_ns.max(1) as f64,
+            candidate,
+            baseline_name: baseline_name.into(),
+            baseline,
+            target,
+        };
+        report(&r);
+        r
+    }
+}
+
 /// Something timed: `setup` runs untimed before each sample, `run` is timed.
 pub struct Timed<'a> {
     pub setup: Box<dyn FnMut() -> Result<()> + 'a>,
@@ -98,18 +121,13 @@ pub fn compare(
             c.push(candidate.sample()?);
         }
     }
-    let (candidate, baseline) = (Measured::of(c), Measured::of(b));
-    let ratio = candidate.median_ns as f64 / baseline.median_ns.max(1) as f64;
-    let r = BenchResult {
-        name: name.into(),
-        candidate,
-        baseline_name: baseline_name.into(),
-        baseline,
-        ratio,
+    Ok(BenchResult::new(
+        name,
+        Measured::of(c),
+        baseline_name,
+        Measured::of(b),
         target,
-    };
-    report(&r);
-    Ok(r)
+    ))
 }
 
 /// One line per result as it comes, on stderr.

@@ -19,7 +19,7 @@ use strata_prof::probes::Probes;
 
 use crate::cow::cell_image;
 use crate::fixtures::{Env, ProfilerProcess};
-use crate::harness::{report, BenchResult, Measured};
+use crate::harness::{BenchResult, Measured};
 
 /// bpftrace's answer to "how long do write-mode opens take".
 const BPFTRACE_PROGRAM: &str = "tracepoint:syscalls:sys_enter_openat /(args->flags & 3) != 0/ \
@@ -171,7 +171,7 @@ fn ratios(m: &[Measured], loops: usize) -> Vec<BenchResult> {
     let plain = &m[0];
     let mut out = Vec::new();
     for (w, measured) in Watcher::ALL.iter().zip(m).skip(1) {
-        out.push(result(
+        out.push(BenchResult::new(
             &format!("{loops} open/read/pwrite/close, {}", w.name()),
             measured.clone(),
             Watcher::Plain.name(),
@@ -189,7 +189,7 @@ fn ratios(m: &[Measured], loops: usize) -> Vec<BenchResult> {
         }
     };
     for (peer, bar) in [(Watcher::Floor, 1.3), (Watcher::Bpftrace, 1.0)] {
-        out.push(result(
+        out.push(BenchResult::new(
             "time strata-prof adds to the loop",
             added(Watcher::StrataProf),
             &format!("time {} adds", peer.name()),
@@ -198,25 +198,6 @@ fn ratios(m: &[Measured], loops: usize) -> Vec<BenchResult> {
         ));
     }
     out
-}
-
-fn result(
-    name: &str,
-    candidate: Measured,
-    baseline_name: &str,
-    baseline: Measured,
-    target: Option<f64>,
-) -> BenchResult {
-    let r = BenchResult {
-        name: name.into(),
-        ratio: candidate.median_ns as f64 / baseline.median_ns.max(1) as f64,
-        candidate,
-        baseline_name: baseline_name.into(),
-        baseline,
-        target,
-    };
-    report(&r);
-    r
 }
 
 /// One untimed loop each with the kernel's run-time stats on: mean ns per
@@ -250,7 +231,7 @@ fn cost_per_event(prof: &Path, file: &Path, loops: usize) -> Result<Vec<BenchRes
             max_ns: ns,
             samples: 1,
         };
-        out.push(result(
+        out.push(BenchResult::new(
             &format!("{program}, ns per run"),
             one(ns),
             "the floor program, ns per run",

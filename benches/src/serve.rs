@@ -229,17 +229,13 @@ fn side_by_side(
     baseline: Vec<u64>,
     target: Option<f64>,
 ) -> BenchResult {
-    let (candidate, baseline) = (Measured::of(candidate), Measured::of(baseline));
-    let r = BenchResult {
-        name: name.into(),
-        ratio: candidate.median_ns as f64 / baseline.median_ns.max(1) as f64,
-        candidate,
-        baseline_name: baseline_name.into(),
-        baseline,
+    BenchResult::new(
+        name,
+        Measured::of(candidate),
+        baseline_name,
+        Measured::of(baseline),
         target,
-    };
-    crate::harness::report(&r);
-    r
+    )
 }
 
 /// BPF run time of all programs so far, then stops it: serve's counter,

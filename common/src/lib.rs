@@ -139,6 +139,29 @@ pub struct InFlight {
     pub _pad: [u8; 2],
 }
 
+impl InFlight {
+    /// A call of thread `tid` that started at `start_ns`, about `subject`,
+    /// with nothing created yet.
+    #[inline(always)]
+    pub fn new(start_ns: u64, tid: u32, subject: u64) -> InFlight {
+        InFlight {
+            start_ns,
+            target_created_ns: 0,
+            dirs_created: 0,
+            files_created: 0,
+            syscall_nr: 0,
+            dfd: -100, // AT_FDCWD
+            fsync_start_ns: 0,
+            fsync_ns: 0,
+            subject,
+            tid,
+            trigger: 0,
+            spilled: 0,
+            _pad: [0; 2],
+        }
+    }
+}
+
 /// What a `CopyUpEvent`'s time spans and its path holds (`source`).
 pub mod source {
     /// Syscall entry to exit; `path` is the syscall's path argument as

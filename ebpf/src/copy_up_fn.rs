@@ -13,10 +13,10 @@ use aya_ebpf::{
     macros::{fentry, fexit, kprobe, kretprobe},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
-use strata_common::{counter, source, InFlight};
+use strata_common::{source, InFlight};
 
 use crate::kernel::{current_trigger, dentry_dev_and_size, Globals};
-use crate::maps::{self, bump};
+use crate::maps;
 use crate::report::{self, Finished};
 
 #[fentry(function = "ovl_copy_up_flags")]
@@ -58,27 +58,9 @@ fn enter(dentry: u64) {
     if g.filter_cgroup() != 0 && unsafe { bpf_get_current_cgroup_id() } != g.filter_cgroup() {
         return;
     }
-    let state = InFlight {
-        // SAFETY: helper with no arguments.
-        start_ns: unsafe { bpf_ktime_get_ns() },
-        target_created_ns: 0,
-        dirs_created: 0,
-        files_created: 0,
-        syscall_nr: 0,
-        dfd: -100,
-        fsync_start_ns: 0,
-        fsync_ns: 0,
-        subject: dentry,
-        tid: pid_tgid as u32,
-        trigger: 0,
-        spilled: 0,
-        _pad: [0; 2],
-    };
-    if !maps::begin(&state) {
-        bump(counter::INFLIGHT_FULL);
-        return;
-    }
-    bump(counter::WATCHED_CALLS);
+    // SAFETY: helper with no arguments.
+    let start_ns = unsafe { bpf_ktime_get_ns() };
+    maps::begin(&InFlight::new(start_ns, pid_tgid as u32, dentry));
 }
 
 #[inline(always)]

@@ -27,10 +27,10 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use strata_common::{counter, source, InFlight, Trigger, SYSCALL_ARGS_OFFSET};
+use strata_common::{source, InFlight, Trigger, SYSCALL_ARGS_OFFSET};
 
 use kernel::Globals;
-use maps::{bump, TRIGGERS};
+use maps::TRIGGERS;
 use report::Finished;
 
 // uapi constants, identical on every Linux architecture strata supports.
@@ -146,27 +146,12 @@ fn passes_filters() -> Option<u64> {
 /// Starts tracking the current thread's watched call.
 #[inline(always)]
 fn track(nr: i32, trigger: u8, pid_tgid: u64, dfd: i32, path: u64) {
-    let state = InFlight {
-        // SAFETY: helper with no arguments.
-        start_ns: unsafe { bpf_ktime_get_ns() },
-        target_created_ns: 0,
-        dirs_created: 0,
-        files_created: 0,
-        syscall_nr: nr as u32,
-        dfd,
-        fsync_start_ns: 0,
-        fsync_ns: 0,
-        subject: path,
-        tid: pid_tgid as u32,
-        trigger,
-        spilled: 0,
-        _pad: [0; 2],
-    };
-    if !maps::begin(&state) {
-        bump(counter::INFLIGHT_FULL);
-        return;
-    }
-    bump(counter::WATCHED_CALLS);
+    // SAFETY: helper with no arguments.
+    let mut state = InFlight::new(unsafe { bpf_ktime_get_ns() }, pid_tgid as u32, path);
+    state.syscall_nr = nr as u32;
+    state.dfd = dfd;
+    state.trigger = trigger;
+    maps::begin(&state);
 }
 
 #[tracepoint]

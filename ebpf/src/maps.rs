@@ -26,10 +26,20 @@ pub static INFLIGHT: Array<InFlight> = Array::with_max_entries(INFLIGHT_SLOTS, 0
 #[map]
 pub static INFLIGHT_SPILL: HashMap<u32, InFlight> = HashMap::with_max_entries(4096, 0);
 
-/// Starts tracking `state` as thread `state.tid`'s call; false when
-/// neither its slot nor the spill table had room.
+/// Starts tracking `state` as thread `state.tid`'s call, and counts it
+/// as watched, or as lost when neither its slot nor the spill table had
+/// room.
 #[inline(always)]
-pub fn begin(state: &InFlight) -> bool {
+pub fn begin(state: &InFlight) {
+    bump(if claim(state) {
+        counter::WATCHED_CALLS
+    } else {
+        counter::INFLIGHT_FULL
+    });
+}
+
+#[inline(always)]
+fn claim(state: &InFlight) -> bool {
     let Some(slot) = INFLIGHT.get_ptr_mut(state.tid % INFLIGHT_SLOTS) else {
         return false;
     };
@@ -45,7 +55,7 @@ pub fn begin(state: &InFlight) -> bool {
             (*slot).spilled = spilled;
             return true;
         }
-        if INFLIGHT_SPILL.insert(&state.tid, state, 0).is_err() {
+        if INFLIGHT_SPILL.insert(state.tid, state, 0).is_err() {
             return false;
         }
         (*slot).spilled = 1;
@@ -64,7 +74,7 @@ pub fn in_flight(tid: u32) -> Option<*mut InFlight> {
     if owner == tid {
         Some(slot)
     } else if spilled != 0 {
-        INFLIGHT_SPILL.get_ptr_mut(&tid)
+        INFLIGHT_SPILL.get_ptr_mut(tid)
     } else {
         None
     }
@@ -80,7 +90,7 @@ pub fn end(tid: u32, call: *mut InFlight) {
             return;
         }
     }
-    let _ = INFLIGHT_SPILL.remove(&tid);
+    let _ = INFLIGHT_SPILL.remove(tid);
 }
 
 /// The always-on view: latency log2 histograms per key, per CPU.

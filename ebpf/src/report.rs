@@ -4,7 +4,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_probe_read_user_str_bytes},
+    helpers::{bpf_get_current_cgroup_id, bpf_probe_read_user_str_bytes},
 };
 use strata_common::{
     counter, log2_floor, source, CopyUpEvent, HistKey, InFlight, PATH_CAPTURE, SIZE_UNKNOWN,
@@ -113,12 +113,12 @@ fn count(f: &Finished, ancestors: u32) {
         },
         _pad: 0,
     };
-    if HIST.get_ptr_mut(&key).is_none() {
+    if HIST.get_ptr_mut(key).is_none() {
         if let Some(zero) = ZERO_HIST.get(0) {
-            let _ = HIST.insert(&key, zero, 0);
+            let _ = HIST.insert(key, zero, 0);
         }
     }
-    if let Some(hist) = HIST.get_ptr_mut(&key) {
+    if let Some(hist) = HIST.get_ptr_mut(key) {
         let slot = log2_floor(f.latency_ns) as usize;
         if slot < strata_common::LOG2_SLOTS {
             // SAFETY: per-CPU value of this CPU; index bounds-checked above.

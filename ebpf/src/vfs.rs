@@ -49,7 +49,7 @@ fn try_enter(ctx: &TracePointContext) -> Result<(), i64> {
         op,
         _pad: [0; 7],
     };
-    let _ = VFS_INFLIGHT.insert(&(pid_tgid as u32), &call, 0);
+    let _ = VFS_INFLIGHT.insert(pid_tgid as u32, call, 0);
     Ok(())
 }
 
@@ -57,12 +57,12 @@ fn try_enter(ctx: &TracePointContext) -> Result<(), i64> {
 pub fn strata_vfs_exit(ctx: TracePointContext) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
     let _ = try_exit(&ctx, tid);
-    let _ = VFS_INFLIGHT.remove(&tid);
+    let _ = VFS_INFLIGHT.remove(tid);
     0
 }
 
 fn try_exit(ctx: &TracePointContext, tid: u32) -> Result<(), i64> {
-    let Some(call) = VFS_INFLIGHT.get_ptr(&tid) else {
+    let Some(call) = VFS_INFLIGHT.get_ptr(tid) else {
         return Ok(());
     };
     // SAFETY: this thread's own entry, removed only after we return.
@@ -88,12 +88,12 @@ fn try_exit(ctx: &TracePointContext, tid: u32) -> Result<(), i64> {
         layer: if call.op == vfs_op::OPEN { layer } else { 0 },
         _pad: 0,
     };
-    if VFS_HIST.get_ptr_mut(&key).is_none() {
+    if VFS_HIST.get_ptr_mut(key).is_none() {
         if let Some(zero) = ZERO_HIST.get(0) {
-            let _ = VFS_HIST.insert(&key, zero, 0);
+            let _ = VFS_HIST.insert(key, zero, 0);
         }
     }
-    if let Some(h) = VFS_HIST.get_ptr_mut(&key) {
+    if let Some(h) = VFS_HIST.get_ptr_mut(key) {
         let slot = log2_floor(now.saturating_sub(call.start_ns)) as usize;
         if slot < LOG2_SLOTS {
             // SAFETY: per-CPU value of this CPU; index bounds-checked above.
