@@ -95,8 +95,9 @@ macro_rules! with_globals {
             // they report from the dentry being copied up and the current
             // task: dentry -> parent, name, inode, sb; sb -> s_dev; task ->
             // flags; pt_regs -> the syscall number (orig_ax on x86-64,
-            // syscallno on arm64). fn_offsets_valid: 1 when all resolved.
-            fn_offsets_valid, dentry_parent_off, dentry_name_off, dentry_inode_off,
+            // syscallno on arm64). User space attaches those backends only
+            // where all of them resolved.
+            dentry_parent_off, dentry_name_off, dentry_inode_off,
             dentry_sb_off, sb_dev_off, task_flags_off, regs_syscall_nr_off,
         }
     };

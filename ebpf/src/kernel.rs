@@ -2,7 +2,10 @@
 //!
 //! Rust eBPF has no CO-RE, so every struct offset here is resolved by user
 //! space from the running kernel's BTF (and tracepoint format files) and
-//! written into these globals before load. Nothing is hard-coded.
+//! written into these globals before load. The one exception, the syscall
+//! tracepoints' record layout (strata_common::SYSCALL_*_OFFSET), is a
+//! constant so that it can be loaded straight from the record; user space
+//! checks it against the format files.
 
 use aya_ebpf::cty::c_void;
 use aya_ebpf::helpers::generated::{

@@ -196,8 +196,8 @@ fn dentry_names(ev: &CopyUpEvent) -> Option<PathBuf> {
     if ev.path_complete == 0 || ev.components == 0 {
         return None;
     }
-    let names: Vec<&[u8]> = ev
-        .path
+    let used = (ev.path_len as usize).min(ev.path.len());
+    let names: Vec<&[u8]> = ev.path[..used]
         .split(|b| *b == 0)
         .take(ev.components as usize)
         .collect();
@@ -245,4 +245,41 @@ fn absolute(p: &Path, pid: u32, dfd: i32) -> PathBuf {
     std::fs::read_link(&base)
         .map(|b| b.join(p))
         .unwrap_or_else(|_| p.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A copy-up function event whose path holds `names` as the kernel
+    /// writes them (file first, each NUL-terminated).
+    fn dentry_event(names: &[&str], components: u16, complete: bool) -> CopyUpEvent {
+        // SAFETY: CopyUpEvent is plain integers and bytes; all-zero is valid.
+        let mut ev: CopyUpEvent = unsafe { std::mem::zeroed() };
+        let mut at = 0;
+        for n in names {
+            ev.path[at..at + n.len()].copy_from_slice(n.as_bytes());
+            at += n.len() + 1;
+        }
+        ev.path_len = at as u16;
+        ev.components = components;
+        ev.path_complete = complete as u8;
+        ev.source = source::COPY_UP_FN;
+        ev
+    }
+
+    #[test]
+    fn dentry_names_read_file_first_and_refuse_a_cut_path() {
+        let ev = dentry_event(&["f0", "d1", "d0"], 3, true);
+        assert_eq!(dentry_names(&ev), Some(PathBuf::from("d0/d1/f0")));
+        // Deeper than the buffer held: the depth is known, the path not.
+        assert_eq!(dentry_names(&dentry_event(&["f0", "d1"], 3, false)), None);
+        assert_eq!(dentry_names(&dentry_event(&["f0", "d1"], 3, true)), None);
+        let ev = dentry_event(&["f0", "d1"], 3, false);
+        let cu = attribute(&ev, &[], false);
+        assert_eq!(
+            (cu.dir_depth, cu.path, cu.timed),
+            (Some(2), None, Timed::CopyUpFunction)
+        );
+    }
 }

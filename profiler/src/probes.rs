@@ -319,7 +319,6 @@ fn load_object(filters: Filters) -> Result<(Ebpf, Layout)> {
         ovl_lowerstack_off: ovl.lowerstack as u64,
         ovl_path_layer_off: ovl.path_layer as u64,
         ovl_layer_idx_off: ovl.layer_idx as u64,
-        fn_offsets_valid: l.fn_chain.is_some() as u64,
         dentry_parent_off: func.dentry_parent as u64,
         dentry_name_off: func.dentry_name as u64,
         dentry_inode_off: func.dentry_inode as u64,
