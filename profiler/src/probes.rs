@@ -142,26 +142,6 @@ impl OvlChain {
 }
 
 pub fn resolve_layout(btf: &Btf) -> Result<Layout> {
-    let enter = Format::read("syscalls", "sys_enter_openat")?;
-    let exit = Format::read("syscalls", "sys_exit_openat")?;
-    // The programs load these at fixed offsets (strata_common): refuse a
-    // kernel whose records differ rather than read the wrong bytes.
-    for (what, found, expected) in [
-        (
-            "__syscall_nr",
-            enter.offset("__syscall_nr")?,
-            SYSCALL_NR_OFFSET,
-        ),
-        ("args", enter.syscall_args_offset()?, SYSCALL_ARGS_OFFSET),
-        ("ret", exit.offset("ret")?, SYSCALL_RET_OFFSET),
-    ] {
-        if found as usize != expected {
-            bail!(
-                "this kernel's syscall tracepoints hold {what} at offset {found}, \
-                 not {expected} as strata's programs read it"
-            );
-        }
-    }
     let wb = Format::read(INODE_TP.0, INODE_TP.1)?;
     // A #define on older kernels (its value is in the format file), an enum
     // constant on newer ones (its value is in BTF).
@@ -210,7 +190,8 @@ impl Probes {
     /// the upper filesystem's fsync ones where it has them.
     pub fn attach(filters: Filters, backend: Backend, vfs: bool) -> Result<Probes> {
         let (mut ebpf, layout) = load_object(filters)?;
-        let (watched, missing) = fill_triggers(&mut ebpf)?;
+        let traced = backend == Backend::Tracepoint;
+        let (watched, missing) = fill_triggers(&mut ebpf, traced)?;
         clear_zero_hist(&mut ebpf)?;
         // The function probes first: where the kernel refuses them, that
         // is known before anything else is attached and detached again.
@@ -222,7 +203,7 @@ impl Probes {
             );
         }
         let fn_links = attach_copy_up_fn(&mut ebpf, backend)?;
-        let attached = if backend == Backend::Tracepoint {
+        let attached = if traced {
             attach_syscalls(&mut ebpf, &watched)?;
             watched
         } else {
@@ -250,7 +231,8 @@ impl Probes {
     /// measured against. Its `program_costs` are the floor's.
     pub fn attach_floor() -> Result<Probes> {
         let (mut ebpf, _) = load_object(Filters::default())?;
-        let (watched, missing) = fill_triggers(&mut ebpf)?;
+        check_syscall_records()?;
+        let (watched, missing) = fill_triggers(&mut ebpf, true)?;
         let mut tracepoints: Vec<(&str, String)> = Vec::new();
         for dir in ["enter", "exit"] {
             tracepoints.extend(
@@ -336,10 +318,10 @@ fn load_object(filters: Filters) -> Result<(Ebpf, Layout)> {
 }
 
 /// Fills the trigger table (syscall number -> how to read the call) for
-/// the watched syscalls this kernel has: the tracepoint backend's filter,
-/// and the function backends' trigger names. Returns those syscalls, and
-/// the ones this kernel lacks.
-fn fill_triggers(ebpf: &mut Ebpf) -> Result<(Vec<&'static str>, Vec<&'static str>)> {
+/// the watched syscalls this kernel has (with a tracepoint, where
+/// `traced`): the tracepoint backend's filter, and the function backends'
+/// trigger names. Returns those syscalls, and the ones it lacks.
+fn fill_triggers(ebpf: &mut Ebpf, traced: bool) -> Result<(Vec<&'static str>, Vec<&'static str>)> {
     let mut triggers: Array<_, SyscallSpec> = Array::try_from(
         ebpf.map_mut(map::TRIGGERS)
             .with_context(|| format!("map {}", map::TRIGGERS))?,
@@ -348,7 +330,8 @@ fn fill_triggers(ebpf: &mut Ebpf) -> Result<(Vec<&'static str>, Vec<&'static str
     let mut missing = Vec::new();
     for w in syscalls::watched() {
         let enter = format!("sys_enter_{}", w.name);
-        if w.nr < 0 || w.nr >= MAX_SYSCALL_NR as i64 || !tracefs::exists("syscalls", &enter) {
+        let in_table = (0..MAX_SYSCALL_NR as i64).contains(&w.nr);
+        if !in_table || traced && !tracefs::exists("syscalls", &enter) {
             missing.push(w.name);
             continue;
         }
@@ -372,10 +355,37 @@ fn clear_zero_hist(ebpf: &mut Ebpf) -> Result<()> {
     Ok(())
 }
 
+/// The syscall tracepoints' records hold the number, arguments and return
+/// value where the programs load them from (strata_common's constants):
+/// checked before any syscall tracepoint is attached, so that a kernel
+/// whose records differ is refused rather than misread.
+fn check_syscall_records() -> Result<()> {
+    let enter = Format::read("syscalls", "sys_enter_openat")?;
+    let exit = Format::read("syscalls", "sys_exit_openat")?;
+    for (what, found, expected) in [
+        (
+            "__syscall_nr",
+            enter.offset("__syscall_nr")?,
+            SYSCALL_NR_OFFSET,
+        ),
+        ("args", enter.syscall_args_offset()?, SYSCALL_ARGS_OFFSET),
+        ("ret", exit.offset("ret")?, SYSCALL_RET_OFFSET),
+    ] {
+        if found as usize != expected {
+            bail!(
+                "this kernel's syscall tracepoints hold {what} at offset {found}, \
+                 not {expected} as strata's programs read it"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The tracepoint backend's entry and exit programs on every watched
 /// syscall.
 /// (openat has an entry program of its own: see strata_sys_enter_openat.)
 fn attach_syscalls(ebpf: &mut Ebpf, watched: &[&str]) -> Result<()> {
+    check_syscall_records()?;
     let (openat, others): (Vec<&str>, Vec<&str>) = watched.iter().partition(|n| **n == "openat");
     let names = |dir: &str, list: &[&str]| -> Vec<String> {
         list.iter().map(|n| format!("sys_{dir}_{n}")).collect()
@@ -436,6 +446,7 @@ fn attach_fsync(ebpf: &mut Ebpf) -> Result<bool> {
 
 /// The --vfs view: read/write/fsync/open timed by what backs the file.
 fn attach_vfs(ebpf: &mut Ebpf) -> Result<()> {
+    check_syscall_records()?;
     let mut ops: Array<_, u8> = Array::try_from(
         ebpf.map_mut(map::VFS_OPS)
             .with_context(|| format!("map {}", map::VFS_OPS))?,

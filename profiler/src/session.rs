@@ -92,7 +92,7 @@ impl Session {
         };
         if !probes.missing.is_empty() {
             reason.push_str(&format!(
-                " (no tracepoint on this kernel for: {})",
+                " (not on this kernel: {})",
                 probes.missing.join(", ")
             ));
         }
