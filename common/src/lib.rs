@@ -199,7 +199,8 @@ pub struct CopyUpEvent {
     pub files_created: u32,
     pub dfd: i32,
     /// `source::COPY_UP_FN`: names walked from the file up to the overlay
-    /// root (the file's directory depth + 1), counted even past `path`.
+    /// root (the file's directory depth + 1), counted even past `path`;
+    /// 0 when the walk did not reach the root (too deep, a failed read).
     pub components: u16,
     pub trigger: u8,
     /// One of [`source`].

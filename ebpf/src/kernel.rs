@@ -156,16 +156,20 @@ pub fn dentry_dev_and_size(g: &Globals, dentry: u64) -> (u32, i64) {
     (dev, size)
 }
 
-/// Names longer than this are cut (and the path marked incomplete): the
-/// verifier needs a fixed size for each read into the event.
-const NAME_CAPTURE: usize = 64;
-/// Directory levels walked at most; deeper paths keep their last ones.
+/// Each name is read into a window of this many bytes (the verifier needs
+/// a fixed size for each read into the event); a longer name, or one
+/// starting past PATH_CAPTURE - NAME_CAPTURE, leaves the path incomplete.
+/// Half the path: names of packaged files run long (dist-info, hashed
+/// node_modules entries), and short ones still fit 40 levels.
+const NAME_CAPTURE: usize = 128;
+/// Directory levels walked at most; a deeper file's depth is unknown.
 const MAX_WALK: usize = 96;
 
 /// Writes `dentry`'s name and its parents' up to the filesystem root into
 /// `path`, file first, each NUL-terminated, keeping the bytes used in
 /// `*len` (which must start at 0). Returns how many names there were
-/// (counted on past a full `path`) and whether all of them fit.
+/// (counted on past a full `path`; 0 when the root was not reached) and
+/// whether all of them fit.
 ///
 /// `*len` is event memory, read and written volatile on purpose: an
 /// offset kept in a register has a different range on every path through
@@ -179,17 +183,16 @@ pub fn dentry_path(
     path: &mut [u8; PATH_CAPTURE],
     len: *mut u16,
 ) -> (u16, bool) {
-    let mut names = 0u16;
     let mut complete = true;
     let mut d = dentry;
-    for _ in 0..MAX_WALK {
+    // `walked`: names below `d`, which is the root once its parent is itself.
+    for walked in 0..MAX_WALK as u16 {
         let Some(parent) = read::<u64>(d, g.dentry_parent_off()) else {
-            return (names, false);
+            return (0, false);
         };
         if parent == d || parent == 0 {
-            return (names, complete);
+            return (walked, complete);
         }
-        names += 1;
         // SAFETY: `len` points into the caller's reserved event.
         let at = unsafe { core::ptr::read_volatile(len) } as usize;
         match read::<u64>(d, g.dentry_name_off()) {
@@ -215,7 +218,7 @@ pub fn dentry_path(
         }
         d = parent;
     }
-    (names, false)
+    (0, false)
 }
 
 /// Kernel threads carry this in task_struct.flags (include/linux/sched.h;
