@@ -281,5 +281,8 @@ mod tests {
             (cu.dir_depth, cu.path, cu.timed),
             (Some(2), None, Timed::CopyUpFunction)
         );
+        // The walk never reached the overlay root: no depth at all.
+        let cu = attribute(&dentry_event(&["f0", "d1"], 0, false), &[], false);
+        assert_eq!((cu.dir_depth, cu.path), (None, None));
     }
 }
