@@ -9,13 +9,13 @@
 
 use aya_ebpf::{
     cty::c_void,
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{fentry, fexit, kprobe, kretprobe},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
 use strata_common::{source, InFlight};
 
-use crate::kernel::{current_trigger, dentry_dev_and_size, Globals};
+use crate::kernel::{current_trigger, dentry_dev_and_size, passes_filters, Globals};
 use crate::maps;
 use crate::report::{self, Finished};
 
@@ -49,15 +49,9 @@ pub fn strata_kretprobe_copy_up(ctx: RetProbeContext) -> u32 {
 
 #[inline(always)]
 fn enter(dentry: u64) {
-    let g = Globals::load();
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if g.filter_tgid() != 0 && (pid_tgid >> 32) != g.filter_tgid() {
+    let Some(pid_tgid) = passes_filters() else {
         return;
-    }
-    // SAFETY: helper with no arguments.
-    if g.filter_cgroup() != 0 && unsafe { bpf_get_current_cgroup_id() } != g.filter_cgroup() {
-        return;
-    }
+    };
     // SAFETY: helper with no arguments.
     let start_ns = unsafe { bpf_ktime_get_ns() };
     maps::begin(&InFlight::new(start_ns, pid_tgid as u32, dentry));

@@ -11,7 +11,10 @@ use aya_ebpf::cty::c_void;
 use aya_ebpf::helpers::generated::{
     bpf_get_current_task_btf, bpf_probe_read_kernel_str, bpf_task_pt_regs,
 };
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use aya_ebpf::helpers::{
+    bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
+    bpf_probe_read_kernel,
+};
 use aya_ebpf::programs::TracePointContext;
 use aya_ebpf::EbpfContext;
 use strata_common::{PATH_CAPTURE, SYSCALL_NR_OFFSET, SYSCALL_RET_OFFSET};
@@ -56,6 +59,21 @@ strata_common::with_globals!(globals);
 fn read<T>(base: u64, off: u64) -> Option<T> {
     // SAFETY: bpf_probe_read_kernel checks the address and fails cleanly.
     unsafe { bpf_probe_read_kernel((base + off) as *const T).ok() }
+}
+
+/// The current task's pid_tgid, if the in-kernel filters let it through.
+#[inline(always)]
+pub fn passes_filters() -> Option<u64> {
+    let g = Globals::load();
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if g.filter_tgid() != 0 && (pid_tgid >> 32) != g.filter_tgid() {
+        return None;
+    }
+    // SAFETY: helper with no arguments.
+    if g.filter_cgroup() != 0 && unsafe { bpf_get_current_cgroup_id() } != g.filter_cgroup() {
+        return None;
+    }
+    Some(pid_tgid)
 }
 
 /// The syscall number in a syscalls:* tracepoint record.

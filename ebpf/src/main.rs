@@ -21,9 +21,7 @@ mod vfs;
 
 use aya_ebpf::EbpfContext;
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
-    },
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -56,7 +54,7 @@ fn try_sys_enter(ctx: &TracePointContext) -> Result<(), i64> {
         Some(s) if s.trigger != 0 => *s,
         _ => return Ok(()),
     };
-    let Some(pid_tgid) = passes_filters() else {
+    let Some(pid_tgid) = kernel::passes_filters() else {
         return Ok(());
     };
     // All six argument slots in one read: each helper call costs more than
@@ -108,7 +106,7 @@ pub fn strata_sys_enter_openat(ctx: TracePointContext) -> u32 {
     if !opens_for_writing(arg(2)) {
         return 0;
     }
-    let Some(pid_tgid) = passes_filters() else {
+    let Some(pid_tgid) = kernel::passes_filters() else {
         return 0;
     };
     let nr = kernel::syscall_nr(&ctx);
@@ -126,21 +124,6 @@ pub fn strata_sys_enter_openat(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn opens_for_writing(flags: u64) -> bool {
     flags & O_ACCMODE != 0 || flags & O_TRUNC != 0
-}
-
-/// The current task's pid_tgid, if the in-kernel filters let it through.
-#[inline(always)]
-fn passes_filters() -> Option<u64> {
-    let g = Globals::load();
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if g.filter_tgid() != 0 && (pid_tgid >> 32) != g.filter_tgid() {
-        return None;
-    }
-    // SAFETY: helper with no arguments.
-    if g.filter_cgroup() != 0 && unsafe { bpf_get_current_cgroup_id() } != g.filter_cgroup() {
-        return None;
-    }
-    Some(pid_tgid)
 }
 
 /// Starts tracking the current thread's watched call.

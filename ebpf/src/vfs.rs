@@ -4,7 +4,7 @@
 //! Only in-kernel log2 histograms: these calls are far too many to stream.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -20,26 +20,21 @@ pub fn strata_vfs_enter(ctx: TracePointContext) -> u32 {
 }
 
 fn try_enter(ctx: &TracePointContext) -> Result<(), i64> {
-    let g = Globals::load();
     let nr = crate::kernel::syscall_nr(ctx);
     let op = match VFS_OPS.get(nr as u32) {
         Some(op) if *op != 0 => *op,
         _ => return Ok(()),
     };
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if g.filter_tgid() != 0 && (pid_tgid >> 32) != g.filter_tgid() {
+    let Some(pid_tgid) = crate::kernel::passes_filters() else {
         return Ok(());
-    }
-    // SAFETY: helper with no arguments.
-    if g.filter_cgroup() != 0 && unsafe { bpf_get_current_cgroup_id() } != g.filter_cgroup() {
-        return Ok(());
-    }
+    };
     // read/write/pread/pwrite/fsync/fdatasync take the fd first; an open's
     // fd is its return value.
     let fd: i64 = if op == vfs_op::OPEN {
         -1
     } else {
-        // SAFETY: as above.
+        // SAFETY: syscall tracepoints carry their args from
+        // SYSCALL_ARGS_OFFSET on (checked in user space).
         unsafe { ctx.read_at(SYSCALL_ARGS_OFFSET)? }
     };
     let call = VfsCall {
