@@ -166,11 +166,15 @@ fn place_by_dentry(ev: &CopyUpEvent, mounts: &[OverlayMount], out: &mut CopyUp) 
     let Some(m) = mounts::mount_with_dev(mounts, ev.overlay_dev).filter(|m| m.is_current()) else {
         return;
     };
-    out.mount = Some(m.mount_point.clone());
-    out.stack_height = Some(m.lowers.len());
-    if let Some(rel) = names {
-        out.path = Some(m.mount_point.join(&rel));
-        place(m, &rel, out);
+    match names {
+        Some(rel) => {
+            out.path = Some(m.mount_point.join(&rel));
+            place(m, &rel, out);
+        }
+        None => {
+            out.mount = Some(m.mount_point.clone());
+            out.stack_height = Some(m.lowers.len());
+        }
     }
 }
 

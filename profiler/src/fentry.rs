@@ -11,7 +11,7 @@
 
 use std::collections::HashSet;
 use std::ffi::CStr;
-use std::mem::{size_of, zeroed};
+use std::mem::zeroed;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -22,7 +22,7 @@ use aya_obj::generated::{
 };
 
 use crate::btf::Btf;
-use crate::sys_bpf::{bpf, bpf_fd, next_id, IdAttr, InfoAttr};
+use crate::sys_bpf::{bpf_fd, fd_by_id, next_id, object_info};
 
 #[derive(Clone, Copy)]
 pub enum Hook {
@@ -42,12 +42,7 @@ impl FnLink {
     pub fn run_stats(&self) -> Result<(u64, u64)> {
         // SAFETY: bpf_prog_info is plain integers; all-zero is valid.
         let mut info: bpf_prog_info = unsafe { zeroed() };
-        let mut get = InfoAttr {
-            bpf_fd: self.prog.as_raw_fd() as u32,
-            info_len: size_of::<bpf_prog_info>() as u32,
-            info: &mut info as *mut bpf_prog_info as u64,
-        };
-        bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut get).context("reading program info")?;
+        object_info(self.prog.as_fd(), &mut info).context("reading program info")?;
         Ok((info.run_cnt, info.run_time_ns))
     }
 }
@@ -176,11 +171,7 @@ fn kernel_btf_object(module: &str) -> Result<OwnedFd> {
     loop {
         id = next_id(bpf_cmd::BPF_BTF_GET_NEXT_ID, id)?
             .ok_or_else(|| anyhow!("no kernel BTF object is named {module}"))?;
-        let mut by_id = IdAttr {
-            id,
-            ..Default::default()
-        };
-        let Ok(fd) = bpf_fd(bpf_cmd::BPF_BTF_GET_FD_BY_ID, &mut by_id) else {
+        let Ok(fd) = fd_by_id(bpf_cmd::BPF_BTF_GET_FD_BY_ID, id) else {
             continue; // unloaded meanwhile
         };
         let mut name = [0u8; 64];
@@ -188,12 +179,7 @@ fn kernel_btf_object(module: &str) -> Result<OwnedFd> {
         let mut info: bpf_btf_info = unsafe { zeroed() };
         info.name = name.as_mut_ptr() as u64;
         info.name_len = name.len() as u32;
-        let mut get = InfoAttr {
-            bpf_fd: fd.as_raw_fd() as u32,
-            info_len: size_of::<bpf_btf_info>() as u32,
-            info: &mut info as *mut bpf_btf_info as u64,
-        };
-        bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut get).context("reading a BTF object's name")?;
+        object_info(fd.as_fd(), &mut info).context("reading a BTF object's name")?;
         let found =
             CStr::from_bytes_until_nul(&name).is_ok_and(|n| n.to_bytes() == module.as_bytes());
         if info.kernel_btf != 0 && found {

@@ -4,14 +4,14 @@
 //! bookkeeping.
 
 use std::ffi::CStr;
-use std::mem::{size_of, zeroed};
-use std::os::fd::AsRawFd;
+use std::mem::zeroed;
+use std::os::fd::AsFd;
 
 use anyhow::{Context, Result};
 use aya_obj::generated::{bpf_cmd, bpf_prog_info};
 use serde::Serialize;
 
-use crate::sys_bpf::{bpf, bpf_fd, next_id, IdAttr, InfoAttr};
+use crate::sys_bpf::{fd_by_id, next_id, object_info};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct KernelLink {
@@ -52,11 +52,7 @@ pub fn kernel_links() -> Result<Vec<KernelLink>> {
     let mut id = 0;
     while let Some(next) = next_id(bpf_cmd::BPF_LINK_GET_NEXT_ID, id)? {
         id = next;
-        let mut by_id = IdAttr {
-            id,
-            ..Default::default()
-        };
-        let Ok(fd) = bpf_fd(bpf_cmd::BPF_LINK_GET_FD_BY_ID, &mut by_id) else {
+        let Ok(fd) = fd_by_id(bpf_cmd::BPF_LINK_GET_FD_BY_ID, id) else {
             continue; // detached meanwhile
         };
         let mut name = [0u8; 128];
@@ -64,12 +60,7 @@ pub fn kernel_links() -> Result<Vec<KernelLink>> {
         let mut info: LinkInfo = unsafe { zeroed() };
         info.tp_name = name.as_mut_ptr() as u64;
         info.name_len = name.len() as u32;
-        let mut get = InfoAttr {
-            bpf_fd: fd.as_raw_fd() as u32,
-            info_len: size_of::<LinkInfo>() as u32,
-            info: &mut info as *mut LinkInfo as u64,
-        };
-        bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut get).context("reading a link's info")?;
+        object_info(fd.as_fd(), &mut info).context("reading a link's info")?;
         // Kernels before 6.6 fill nothing past prog_id for perf links: the
         // type we zeroed stays 0 and the name unknown.
         let tracepoint = (info.perf_event_type == BPF_PERF_EVENT_TRACEPOINT)
@@ -89,19 +80,10 @@ pub fn kernel_links() -> Result<Vec<KernelLink>> {
 
 /// The name and type of program `id`, or None if it went away.
 fn program_of(id: u32) -> Option<(String, u32)> {
-    let mut by_id = IdAttr {
-        id,
-        ..Default::default()
-    };
-    let fd = bpf_fd(bpf_cmd::BPF_PROG_GET_FD_BY_ID, &mut by_id).ok()?;
+    let fd = fd_by_id(bpf_cmd::BPF_PROG_GET_FD_BY_ID, id).ok()?;
     // SAFETY: bpf_prog_info is plain integers; all-zero is valid.
     let mut info: bpf_prog_info = unsafe { zeroed() };
-    let mut get = InfoAttr {
-        bpf_fd: fd.as_raw_fd() as u32,
-        info_len: size_of::<bpf_prog_info>() as u32,
-        info: &mut info as *mut bpf_prog_info as u64,
-    };
-    bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut get).ok()?;
+    object_info(fd.as_fd(), &mut info).ok()?;
     let name: Vec<u8> = info.name.iter().map(|c| *c as u8).collect();
     Some((c_string(&name).unwrap_or_default(), info.type_))
 }

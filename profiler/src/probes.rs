@@ -233,30 +233,15 @@ impl Probes {
         let (mut ebpf, _) = load_object(Filters::default())?;
         check_syscall_records()?;
         let (watched, missing) = fill_triggers(&mut ebpf, true)?;
-        let mut tracepoints: Vec<(&str, String)> = Vec::new();
-        for dir in ["enter", "exit"] {
-            tracepoints.extend(
-                watched
-                    .iter()
-                    .map(|n| ("syscalls", format!("sys_{dir}_{n}"))),
-            );
-        }
+        let mut tracepoints = syscall_tracepoints("enter", &watched);
+        tracepoints.extend(syscall_tracepoints("exit", &watched));
         tracepoints.push((INODE_TP.0, INODE_TP.1.to_string()));
         let (cat, enter, exit) = FSYNC_TPS;
-        let fsync_traced = tracefs::exists(cat, enter) && tracefs::exists(cat, exit);
+        let fsync_traced = fsync_traced();
         if fsync_traced {
             tracepoints.extend([(cat, enter.to_string()), (cat, exit.to_string())]);
         }
-        let p: &mut TracePoint = ebpf
-            .program_mut(program::FLOOR)
-            .with_context(|| format!("program {}", program::FLOOR))?
-            .try_into()?;
-        p.load()
-            .with_context(|| format!("loading {}", program::FLOOR))?;
-        for (category, name) in tracepoints {
-            p.attach(category, &name)
-                .with_context(|| format!("attaching the floor to {category}:{name}"))?;
-        }
+        attach_tracepoint(&mut ebpf, program::FLOOR, tracepoints)?;
         Ok(Probes {
             ebpf,
             backend: Backend::Tracepoint,
@@ -387,42 +372,43 @@ fn check_syscall_records() -> Result<()> {
 fn attach_syscalls(ebpf: &mut Ebpf, watched: &[&str]) -> Result<()> {
     check_syscall_records()?;
     let (openat, others): (Vec<&str>, Vec<&str>) = watched.iter().partition(|n| **n == "openat");
-    let names = |dir: &str, list: &[&str]| -> Vec<String> {
-        list.iter().map(|n| format!("sys_{dir}_{n}")).collect()
-    };
+    let enter = syscall_tracepoints("enter", &others);
+    attach_tracepoint(ebpf, program::SYS_ENTER, enter)?;
+    let enter_openat = syscall_tracepoints("enter", &openat);
+    attach_tracepoint(ebpf, program::SYS_ENTER_OPENAT, enter_openat)?;
     attach_tracepoint(
         ebpf,
-        program::SYS_ENTER,
-        "syscalls",
-        names("enter", &others),
-    )?;
-    attach_tracepoint(
-        ebpf,
-        program::SYS_ENTER_OPENAT,
-        "syscalls",
-        names("enter", &openat),
-    )?;
-    attach_tracepoint(ebpf, program::SYS_EXIT, "syscalls", names("exit", watched))
+        program::SYS_EXIT,
+        syscall_tracepoints("exit", watched),
+    )
+}
+
+/// ("syscalls", "sys_<dir>_<name>") for each syscall in `names`.
+fn syscall_tracepoints(dir: &str, names: &[&str]) -> Vec<(&'static str, String)> {
+    names
+        .iter()
+        .map(|n| ("syscalls", format!("sys_{dir}_{n}")))
+        .collect()
 }
 
 /// What tells a call that copied something up from one that did not.
 fn attach_inode_created(ebpf: &mut Ebpf) -> Result<()> {
     let (category, name) = INODE_TP;
-    attach_tracepoint(ebpf, program::INODE_CREATED, category, [name.to_string()])
+    attach_tracepoint(ebpf, program::INODE_CREATED, [(category, name.to_string())])
 }
 
-fn attach_tracepoint(
+/// Loads `prog` and attaches it to every (category, name) tracepoint.
+fn attach_tracepoint<'a>(
     ebpf: &mut Ebpf,
     prog: &str,
-    category: &str,
-    names: impl IntoIterator<Item = String>,
+    tracepoints: impl IntoIterator<Item = (&'a str, String)>,
 ) -> Result<()> {
     let p: &mut TracePoint = ebpf
         .program_mut(prog)
         .with_context(|| format!("program {prog}"))?
         .try_into()?;
     p.load().with_context(|| format!("loading {prog}"))?;
-    for name in names {
+    for (category, name) in tracepoints {
         p.attach(category, &name)
             .with_context(|| format!("attaching {prog} to {category}:{name}"))?;
     }
@@ -433,13 +419,18 @@ fn attach_tracepoint(
 /// has them; elsewhere the part is not measured (and says so: None).
 const FSYNC_TPS: (&str, &str, &str) = ("ext4", "ext4_sync_file_enter", "ext4_sync_file_exit");
 
-fn attach_fsync(ebpf: &mut Ebpf) -> Result<bool> {
+fn fsync_traced() -> bool {
     let (cat, enter, exit) = FSYNC_TPS;
-    if !tracefs::exists(cat, enter) || !tracefs::exists(cat, exit) {
+    tracefs::exists(cat, enter) && tracefs::exists(cat, exit)
+}
+
+fn attach_fsync(ebpf: &mut Ebpf) -> Result<bool> {
+    if !fsync_traced() {
         return Ok(false);
     }
+    let (cat, enter, exit) = FSYNC_TPS;
     for (prog, tp) in [(program::FSYNC_ENTER, enter), (program::FSYNC_EXIT, exit)] {
-        attach_tracepoint(ebpf, prog, cat, [tp.to_string()])?;
+        attach_tracepoint(ebpf, prog, [(cat, tp.to_string())])?;
     }
     Ok(true)
 }
@@ -461,8 +452,7 @@ fn attach_vfs(ebpf: &mut Ebpf) -> Result<()> {
         }
     }
     for (prog, dir) in [(program::VFS_ENTER, "enter"), (program::VFS_EXIT, "exit")] {
-        let tps = names.iter().map(|n| format!("sys_{dir}_{n}"));
-        attach_tracepoint(ebpf, prog, "syscalls", tps)?;
+        attach_tracepoint(ebpf, prog, syscall_tracepoints(dir, &names))?;
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 
 use std::io;
 use std::mem::size_of;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use anyhow::{Context, Result};
 use aya_obj::generated::bpf_cmd;
@@ -13,17 +13,17 @@ use aya_obj::generated::bpf_cmd;
 /// out; the kernel accepts a shorter attr than its own.
 #[repr(C)]
 #[derive(Default)]
-pub(crate) struct IdAttr {
-    pub id: u32,
-    pub next_id: u32,
-    pub open_flags: u32,
+struct IdAttr {
+    id: u32,
+    next_id: u32,
+    open_flags: u32,
 }
 
 #[repr(C)]
-pub(crate) struct InfoAttr {
-    pub bpf_fd: u32,
-    pub info_len: u32,
-    pub info: u64,
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
 }
 
 pub(crate) fn bpf<T>(cmd: bpf_cmd, attr: &mut T) -> io::Result<i64> {
@@ -62,4 +62,24 @@ pub(crate) fn next_id(cmd: bpf_cmd, id: u32) -> Result<Option<u32>> {
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
         Err(e) => Err(e).context("listing kernel objects"),
     }
+}
+
+/// A new fd for kernel object `id`; `cmd` is one of the `*_GET_FD_BY_ID`.
+pub(crate) fn fd_by_id(cmd: bpf_cmd, id: u32) -> io::Result<OwnedFd> {
+    let mut by_id = IdAttr {
+        id,
+        ..Default::default()
+    };
+    bpf_fd(cmd, &mut by_id)
+}
+
+/// Fills `info` (a uapi `bpf_*_info`, with any pointers in it already
+/// set) for the object behind `fd`.
+pub(crate) fn object_info<T>(fd: BorrowedFd<'_>, info: &mut T) -> io::Result<()> {
+    let mut get = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: size_of::<T>() as u32,
+        info: info as *mut T as u64,
+    };
+    bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut get).map(drop)
 }
