@@ -210,8 +210,20 @@ pub struct CopyUpEvent {
     pub _pad: u8,
     /// Bytes of `path` written (NULs included).
     pub path_len: u16,
+    /// The lower layer the file was copied up from, as overlayfs numbers
+    /// it (1 = right below the writable layer), read from the overlay
+    /// inode; [`LOWER_NONE`] when that inode has no lower (a file made in
+    /// the writable layer, not a copy-up); 0 where it could not be read.
+    pub lower_layer: u16,
+    /// How many lower layers the overlay has (from its superblock), or 0
+    /// where it could not be read.
+    pub lower_count: u16,
+    pub _pad2: [u8; 4],
     pub path: [u8; PATH_CAPTURE],
 }
+
+/// `CopyUpEvent::lower_layer` of a file that no lower layer had.
+pub const LOWER_NONE: u16 = u16::MAX;
 
 /// Key of the in-kernel log2 histograms.
 #[repr(C)]

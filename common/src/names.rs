@@ -91,6 +91,11 @@ macro_rules! with_globals {
             ovl_offsets_valid, ovl_vfs_inode_off, ovl_upper_off,
             ovl_lower_inline, ovl_lower_off, ovl_lowerstack_off,
             ovl_path_layer_off, ovl_layer_idx_off,
+            // ovl_entry.__numlower (6.5+: a lower stack may be empty), and
+            // super_block.s_fs_info -> ovl_fs.numlayer (the writable layer
+            // counts as one): which lower a file came from, and how many
+            // lowers its overlay has, known without any mount option.
+            ovl_numlower_off, sb_fs_info_off, ovl_numlayer_off,
             // BTF offsets for the copy-up function backends, which read all
             // they report from the dentry being copied up and the current
             // task: dentry -> parent, name, inode, sb; sb -> s_dev; task ->

@@ -15,7 +15,7 @@ use aya_ebpf::{
 };
 use strata_common::{source, InFlight};
 
-use crate::kernel::{current_trigger, dentry_dev_and_size, passes_filters, Globals};
+use crate::kernel::{current_trigger, dentry_facts, passes_filters, Globals};
 use crate::maps;
 use crate::report::{self, Finished};
 
@@ -70,12 +70,10 @@ fn exit(ret: i64) {
         // SAFETY: helper with no arguments.
         let now = unsafe { bpf_ktime_get_ns() };
         let g = Globals::load();
-        let (overlay_dev, file_size) = dentry_dev_and_size(&g, call.subject);
         let done = Finished {
             latency_ns: now.saturating_sub(call.start_ns),
-            file_size,
             ret,
-            overlay_dev,
+            file: dentry_facts(&g, call.subject),
             pid_tgid,
             trigger: current_trigger(&g),
             source: source::COPY_UP_FN,

@@ -132,46 +132,108 @@ pub fn fd_backing(g: &Globals, fd: u32) -> Option<(u8, u8)> {
         return Some((backing::OTHER, 0));
     }
     // container_of(inode, struct ovl_inode, vfs_inode)
-    let ovl = inode - g.ovl_vfs_inode_off();
-    let upper: u64 = read(ovl, g.ovl_upper_off())?;
+    let upper: u64 = read(inode - g.ovl_vfs_inode_off(), g.ovl_upper_off())?;
     if upper != 0 {
         return Some((backing::UPPER, 0));
     }
-    let path = if g.ovl_lower_inline() != 0 {
-        ovl + g.ovl_lower_off()
-    } else {
-        read::<u64>(ovl, g.ovl_lower_off())? + g.ovl_lowerstack_off()
-    };
-    let layer: u64 = read(path, g.ovl_path_layer_off())?;
-    let idx: i32 = read(layer, g.ovl_layer_idx_off())?;
+    let idx = lower_layer(g, inode)?;
     Some((backing::LOWER, idx.clamp(0, 255) as u8))
 }
 
-/// The filesystem magic, device and size of the file behind the current
-/// task's `fd`.
+/// The lower layer an overlay `inode` came from (overlayfs numbers them
+/// from 1, top first), which it keeps after its copy-up; Some(0) when it
+/// has none (a file made in the writable layer); None where a read failed.
 #[inline(always)]
-pub fn fd_magic_dev_and_size(g: &Globals, fd: u32) -> Option<(u64, u32, i64)> {
-    let inode = fd_inode(g, fd)?;
-    let sb: u64 = read(inode, g.inode_sb_off())?;
-    Some((
-        read(sb, g.sb_magic_off())?,
-        read(sb, g.sb_dev_off()).unwrap_or(0),
-        read(inode, g.inode_size_off())?,
-    ))
+fn lower_layer(g: &Globals, inode: u64) -> Option<u16> {
+    // container_of(inode, struct ovl_inode, vfs_inode)
+    let ovl = inode - g.ovl_vfs_inode_off();
+    let path = if g.ovl_lower_inline() != 0 {
+        ovl + g.ovl_lower_off()
+    } else {
+        let oe: u64 = read(ovl, g.ovl_lower_off())?;
+        if oe == 0 || read::<u32>(oe, g.ovl_numlower_off())? == 0 {
+            return Some(0);
+        }
+        oe + g.ovl_lowerstack_off()
+    };
+    let layer: u64 = read(path, g.ovl_path_layer_off())?;
+    if layer == 0 {
+        return Some(0);
+    }
+    let idx: i32 = read(layer, g.ovl_layer_idx_off())?;
+    Some(idx.clamp(0, u16::MAX as i32 - 1) as u16)
 }
 
-/// The overlay superblock's device and the size of the inode behind an
-/// overlay `dentry` (its lower file's size until the copy is done).
+/// An overlay file's lower layer (`CopyUpEvent::lower_layer`'s encoding)
+/// and its overlay's number of lower layers, from the overlay inode and
+/// superblock: no mount option involved. (0, 0) where overlay's types are
+/// not in BTF.
 #[inline(always)]
-pub fn dentry_dev_and_size(g: &Globals, dentry: u64) -> (u32, i64) {
-    let dev = read::<u64>(dentry, g.dentry_sb_off())
-        .and_then(|sb| read(sb, g.sb_dev_off()))
+pub fn overlay_layers(g: &Globals, inode: u64, sb: u64) -> (u16, u16) {
+    if g.ovl_offsets_valid() == 0 || inode == 0 {
+        return (0, 0);
+    }
+    let lower = match lower_layer(g, inode) {
+        Some(0) => strata_common::LOWER_NONE,
+        Some(idx) => idx,
+        None => 0,
+    };
+    let count = read::<u64>(sb, g.sb_fs_info_off())
+        .filter(|ofs| *ofs != 0)
+        .and_then(|ofs| read::<u32>(ofs, g.ovl_numlayer_off()))
+        .map(|n| n.saturating_sub(1).min(u16::MAX as u32) as u16)
         .unwrap_or(0);
-    let size = read::<u64>(dentry, g.dentry_inode_off())
-        .filter(|inode| *inode != 0)
-        .and_then(|inode| read(inode, g.inode_size_off()))
-        .unwrap_or(-1);
-    (dev, size)
+    (lower, count)
+}
+
+/// What a finished call learns from an overlay file's inode.
+#[derive(Clone, Copy)]
+pub struct InodeFacts {
+    /// The superblock's device (kernel encoding), 0 where unread.
+    pub dev: u32,
+    pub size: i64,
+    pub lower_layer: u16,
+    pub lower_count: u16,
+}
+
+/// The filesystem magic of the file behind the current task's `fd`, and
+/// its device, size and (on an overlay) layers.
+#[inline(always)]
+pub fn fd_facts(g: &Globals, fd: u32) -> Option<(u64, InodeFacts)> {
+    let inode = fd_inode(g, fd)?;
+    let sb: u64 = read(inode, g.inode_sb_off())?;
+    let magic = read(sb, g.sb_magic_off())?;
+    let (lower_layer, lower_count) = if magic == g.overlay_magic() {
+        overlay_layers(g, inode, sb)
+    } else {
+        (0, 0)
+    };
+    let facts = InodeFacts {
+        dev: read(sb, g.sb_dev_off()).unwrap_or(0),
+        size: read(inode, g.inode_size_off())?,
+        lower_layer,
+        lower_count,
+    };
+    Some((magic, facts))
+}
+
+/// What the overlay `dentry` being copied up tells: its superblock's
+/// device, its size (the lower file's until the copy is done) and layers.
+#[inline(always)]
+pub fn dentry_facts(g: &Globals, dentry: u64) -> InodeFacts {
+    let sb = read::<u64>(dentry, g.dentry_sb_off()).unwrap_or(0);
+    let inode = read::<u64>(dentry, g.dentry_inode_off()).unwrap_or(0);
+    let (lower_layer, lower_count) = overlay_layers(g, inode, sb);
+    InodeFacts {
+        dev: read(sb, g.sb_dev_off()).unwrap_or(0),
+        size: if inode != 0 {
+            read(inode, g.inode_size_off()).unwrap_or(-1)
+        } else {
+            -1
+        },
+        lower_layer,
+        lower_count,
+    }
 }
 
 /// Each name is read into a window of this many bytes (the verifier needs

@@ -27,7 +27,7 @@ use aya_ebpf::{
 };
 use strata_common::{source, InFlight, Trigger, SYSCALL_ARGS_OFFSET};
 
-use kernel::Globals;
+use kernel::{Globals, InodeFacts};
 use maps::TRIGGERS;
 use report::Finished;
 
@@ -200,25 +200,35 @@ fn try_sys_exit(ctx: &TracePointContext, call: &InFlight, pid_tgid: u64) -> Resu
     let ret = kernel::syscall_ret(ctx);
     let mut done = Finished {
         latency_ns: now.saturating_sub(call.start_ns),
-        file_size: -1,
         ret,
-        overlay_dev: 0,
+        file: InodeFacts {
+            dev: 0,
+            size: -1,
+            lower_layer: 0,
+            lower_count: 0,
+        },
         pid_tgid,
         trigger: call.trigger,
         source: source::SYSCALL,
     };
-    let returns_fd = TRIGGERS
-        .get(call.syscall_nr)
-        .map(|s| s.returns_fd)
-        .unwrap_or(0);
-    if returns_fd != 0 && ret >= 0 && g.offsets_valid() != 0 {
-        if let Some((magic, dev, size)) = kernel::fd_magic_dev_and_size(&g, ret as u32) {
+    // The file is reachable where the call returned an fd to it (an open)
+    // or was given one (fchmod, ftruncate, ...: `dfd` holds it then).
+    let spec = TRIGGERS.get(call.syscall_nr);
+    let returns_fd = spec.is_some_and(|s| s.returns_fd != 0);
+    let fd = if returns_fd {
+        (ret >= 0).then_some(ret as u32)
+    } else {
+        spec.filter(|s| s.path_arg < 0 && s.dfd_arg >= 0 && call.dfd >= 0)
+            .map(|_| call.dfd as u32)
+    };
+    if let Some(fd) = fd.filter(|_| g.offsets_valid() != 0) {
+        if let Some((magic, file)) = kernel::fd_facts(&g, fd) {
             if magic != g.overlay_magic() {
-                // An O_CREAT of a new file on a plain filesystem: not ours.
+                // An O_CREAT of a new file on a plain filesystem (or a
+                // copy-up's side effect elsewhere): not ours.
                 return Ok(());
             }
-            done.overlay_dev = dev;
-            done.file_size = size;
+            done.file = file;
         }
     }
     report::copy_up(&g, call, &done);

@@ -10,7 +10,7 @@ use strata_common::{
     counter, log2_floor, source, CopyUpEvent, HistKey, InFlight, PATH_CAPTURE, SIZE_UNKNOWN,
 };
 
-use crate::kernel::{dentry_path, Globals};
+use crate::kernel::{dentry_path, Globals, InodeFacts};
 use crate::maps::{bump, EVENTS, HIST, ZERO_HIST};
 
 /// Queued bytes at which a report wakes the ring buffer's reader.
@@ -19,9 +19,10 @@ const WAKEUP_BYTES: u64 = 64 * core::mem::size_of::<CopyUpEvent>() as u64;
 /// What the backend learned about the call, besides its `InFlight` state.
 pub struct Finished {
     pub latency_ns: u64,
-    pub file_size: i64,
     pub ret: i64,
-    pub overlay_dev: u32,
+    /// The overlay file, where the backend could reach its inode (size -1
+    /// and the rest 0 where not).
+    pub file: InodeFacts,
     /// bpf_get_current_pid_tgid(), which the caller already has.
     pub pid_tgid: u64,
     pub trigger: u8,
@@ -56,9 +57,12 @@ pub fn copy_up(g: &Globals, call: &InFlight, f: &Finished) {
         };
         (*ev).fsync_ns = call.fsync_ns;
         (*ev).cgroup_id = bpf_get_current_cgroup_id();
-        (*ev).file_size = f.file_size;
+        (*ev).file_size = f.file.size;
         (*ev).ret = f.ret;
-        (*ev).overlay_dev = f.overlay_dev;
+        (*ev).overlay_dev = f.file.dev;
+        (*ev).lower_layer = f.file.lower_layer;
+        (*ev).lower_count = f.file.lower_count;
+        (*ev)._pad2 = [0; 4];
         (*ev).pid = (f.pid_tgid >> 32) as u32;
         (*ev).tid = f.pid_tgid as u32;
         (*ev).dirs_created = call.dirs_created;
@@ -101,8 +105,8 @@ pub fn copy_up(g: &Globals, call: &InFlight, f: &Finished) {
 fn count(f: &Finished, ancestors: u32) {
     let key = HistKey {
         trigger: f.trigger,
-        size_log2: if f.file_size >= 0 {
-            log2_floor(f.file_size as u64) as u8
+        size_log2: if f.file.size >= 0 {
+            log2_floor(f.file.size as u64) as u8
         } else {
             SIZE_UNKNOWN
         },

@@ -6,7 +6,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use strata_common::{source, CopyUpEvent, Trigger};
+use strata_common::{source, CopyUpEvent, Trigger, LOWER_NONE};
 
 use crate::mounts::{self, OverlayMount};
 
@@ -128,6 +128,10 @@ pub fn attribute(ev: &CopyUpEvent, mounts: &[OverlayMount], fsync_traced: bool) 
         start_ns: ev.start_ns,
         ret: ev.ret,
     };
+    // The kernel's word on layers, where it read the overlay inode; mount
+    // options fill in only what it could not.
+    out.layer_depth = kernel_layer(ev);
+    out.stack_height = (ev.lower_count > 0).then_some(ev.lower_count as usize);
     if ev.source == source::COPY_UP_FN {
         out.timed = Timed::CopyUpFunction;
         place_by_dentry(ev, mounts, &mut out);
@@ -137,22 +141,44 @@ pub fn attribute(ev: &CopyUpEvent, mounts: &[OverlayMount], fsync_traced: bool) 
     out
 }
 
+/// The lower layer the kernel read from the overlay inode (None where it
+/// read none, or the file had no lower).
+pub fn kernel_layer(ev: &CopyUpEvent) -> Option<usize> {
+    (ev.lower_layer != 0 && ev.lower_layer != LOWER_NONE).then_some(ev.lower_layer as usize)
+}
+
 /// The syscall's path argument, made absolute and seen from the host,
-/// names the file; its mount is the longest mount point above it.
+/// names the file. Its mount is the overlay the kernel named by device
+/// where it could read the file, else the longest mount point above it.
 fn place_by_syscall_path(ev: &CopyUpEvent, mounts: &[OverlayMount], out: &mut CopyUp) {
     let raw = &ev.path[..ev
         .path
         .iter()
         .position(|b| *b == 0)
         .unwrap_or(ev.path.len())];
+    let by_dev = mounts::mount_with_dev(mounts, ev.overlay_dev).filter(|m| m.is_current());
     if raw.is_empty() {
+        // A call on an fd: the overlay is known, the path is not.
+        if let Some(m) = by_dev {
+            out.mount = Some(m.mount_point.clone());
+            fill_from_options(m, None, out);
+        }
         return;
     }
     let p = absolute(Path::new(OsStr::from_bytes(raw)), ev.pid, ev.dfd);
     let p = in_host_view(p, ev.pid, mounts);
     out.path = Some(p.clone());
-    if let Some((m, rel)) = mounts::mount_of(mounts, &p) {
-        place(m, &rel, out);
+    let by_path = mounts::mount_of(mounts, &p);
+    match (by_dev, by_path) {
+        (Some(m), Some((pm, rel))) if pm.dev == m.dev => place(pm, &rel, out),
+        (Some(m), _) => {
+            // The path names the file through some other view (a bind
+            // mount, another namespace's root): the overlay still counts.
+            out.mount = Some(m.mount_point.clone());
+            fill_from_options(m, None, out);
+        }
+        (None, Some((m, rel))) if ev.overlay_dev == 0 => place(m, &rel, out),
+        _ => {}
     }
 }
 
@@ -173,20 +199,34 @@ fn place_by_dentry(ev: &CopyUpEvent, mounts: &[OverlayMount], out: &mut CopyUp) 
         }
         None => {
             out.mount = Some(m.mount_point.clone());
-            out.stack_height = Some(m.lowers.len());
+            fill_from_options(m, None, out);
         }
     }
 }
 
 /// `rel` (relative to `m`'s root) is where the copied-up file lives: its
-/// directory depth, and the lower layer it came from.
+/// directory depth, and what the kernel did not say of its layers.
 fn place(m: &OverlayMount, rel: &Path, out: &mut CopyUp) {
     out.mount = Some(m.mount_point.clone());
-    out.stack_height = Some(m.lowers.len());
     out.dir_depth = Some(rel.components().count().saturating_sub(1));
-    out.layer_depth = m.layer_of(rel);
+    fill_from_options(m, Some(rel), out);
+}
+
+/// Layer depth, stack height and size from the mount's layer list, where
+/// the kernel did not give them and the list names real directories.
+fn fill_from_options(m: &OverlayMount, rel: Option<&Path>, out: &mut CopyUp) {
+    if !m.lowers_found {
+        return;
+    }
+    out.stack_height.get_or_insert(m.lowers.len());
+    let Some(rel) = rel else {
+        return;
+    };
+    if out.layer_depth.is_none() {
+        out.layer_depth = m.layer_of(rel);
+    }
     if out.file_size.is_none() {
-        if let Some(d) = out.layer_depth {
+        if let Some(d) = out.layer_depth.filter(|d| *d <= m.lowers.len()) {
             out.file_size = std::fs::symlink_metadata(m.lowers[d - 1].join(rel))
                 .ok()
                 .map(|md| md.len());

@@ -16,6 +16,11 @@ pub struct OverlayMount {
     pub lowers: Vec<PathBuf>,
     /// The writable layer, if the mount has one.
     pub upper: Option<PathBuf>,
+    /// Every lower (and the upper) names an existing directory. Options
+    /// given relative to the mounting process's cwd, which mountinfo does
+    /// not keep, may resolve nowhere: then the kernel's word is all there
+    /// is about this mount's layers.
+    pub lowers_found: bool,
 }
 
 impl OverlayMount {
@@ -56,21 +61,23 @@ fn parse_line(line: &str) -> Option<OverlayMount> {
     let dev = (major.parse::<u32>().ok()? << 20) | minor.parse::<u32>().ok()?;
     let whole = *fields.get(3)? == "/";
     let options = post.nth(1)?;
-    let upper = split_unescaped(options, ',')
+    let opts = split_unescaped(options, ',');
+    let upper = opts.iter().find_map(|o| o.strip_prefix("upperdir="));
+    // Top first; `lowerdir=` is split on ':' the kernel did not escape.
+    let lowers: Vec<String> = opts
         .iter()
-        .find_map(|o| o.strip_prefix("upperdir=").map(unescape));
-    // Long layer lists may be named relative to the mounting process's
-    // cwd: strata's legacy mounts run from its store's l/, and containerd
-    // moves into the common parent of the l/ links strata hands it. The
-    // store root is three levels above the container's upper/ (or, for a
-    // CLI mount, its merged/).
-    let base = upper
-        .as_deref()
-        .unwrap_or(&mount_point)
-        .ancestors()
-        .nth(3)
-        .map(|root| root.join("l"))
-        .unwrap_or_default();
+        .flat_map(|o| {
+            if let Some(v) = o.strip_prefix("lowerdir+=") {
+                vec![v.to_string()]
+            } else if let Some(v) = o.strip_prefix("lowerdir=") {
+                split_unescaped(v, ':')
+            } else {
+                Vec::new()
+            }
+        })
+        .filter(|p| !p.is_empty())
+        .collect();
+    let (base, lowers_found) = relative_base(&mount_point, upper, &lowers);
     let abs = |p: &str| {
         let p = unescape(p);
         if p.is_absolute() {
@@ -79,21 +86,49 @@ fn parse_line(line: &str) -> Option<OverlayMount> {
             base.join(p)
         }
     };
-    let mut lowers = Vec::new();
-    for opt in split_unescaped(options, ',') {
-        if let Some(v) = opt.strip_prefix("lowerdir+=") {
-            lowers.push(abs(v));
-        } else if let Some(v) = opt.strip_prefix("lowerdir=") {
-            lowers.extend(split_unescaped(v, ':').iter().map(|p| abs(p)));
-        }
-    }
     Some(OverlayMount {
+        upper: upper.map(abs),
+        lowers: lowers.iter().map(|p| abs(p)).collect(),
         mount_point,
         dev,
         whole,
-        lowers,
-        upper,
+        lowers_found,
     })
+}
+
+/// Where relative layer options are relative to: the mounting process's
+/// cwd, which mountinfo does not keep. Tries where engines mount from and
+/// takes the first where every layer is an existing directory: strata's
+/// store `l/` (three levels above a container's upper or merged), the
+/// parent of a hand-made mount made from its own directory, and docker's
+/// and containers/storage's home (two above `<id>/merged`). Returns the
+/// base, and whether every layer was found.
+fn relative_base(mount_point: &Path, upper: Option<&str>, lowers: &[String]) -> (PathBuf, bool) {
+    let layers: Vec<PathBuf> = upper
+        .into_iter()
+        .chain(lowers.iter().map(String::as_str))
+        .map(unescape)
+        .collect();
+    let exists_under =
+        |base: &Path| layers.iter().all(|l| base.join(l).is_dir()) && !layers.is_empty();
+    if layers.iter().all(|l| l.is_absolute()) {
+        return (PathBuf::new(), exists_under(Path::new("/")));
+    }
+    let upper_abs = upper.map(unescape).filter(|u| u.is_absolute());
+    let strata = |p: &Path| p.ancestors().nth(3).map(|root| root.join("l"));
+    let candidates: Vec<PathBuf> = [
+        upper_abs.as_deref().and_then(strata),
+        strata(mount_point),
+        mount_point.parent().map(Path::to_path_buf),
+        mount_point.ancestors().nth(2).map(Path::to_path_buf),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    match candidates.iter().find(|b| exists_under(b)) {
+        Some(b) => (b.clone(), true),
+        None => (candidates.into_iter().next().unwrap_or_default(), false),
+    }
 }
 
 /// Splits on `sep` except where the kernel escaped it with a backslash.

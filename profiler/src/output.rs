@@ -54,10 +54,11 @@ pub fn print_counters(
     out: &mut impl Write,
     c: &KernelCounters,
     new_files: u64,
+    unnamed_mount: u64,
 ) -> std::io::Result<()> {
     writeln!(
         out,
-        "  kernel: {} watched calls, {} copy-ups; lost: {} (ring buffer full: {}, in-flight table full: {}); new files (not copy-ups): {new_files}",
+        "  kernel: {} watched calls, {} copy-ups; lost: {} (ring buffer full: {}, in-flight table full: {}); new files (not copy-ups): {new_files}; copy-ups on no visible mount: {unnamed_mount}",
         c.watched_calls,
         c.copy_ups,
         c.lost(),

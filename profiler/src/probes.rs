@@ -89,6 +89,10 @@ pub struct OvlChain {
     pub lowerstack: u32,
     pub path_layer: u32,
     pub layer_idx: u32,
+    /// ovl_entry.__numlower (6.5+; 0 where the lower path is inline).
+    pub numlower: u32,
+    pub sb_fs_info: u32,
+    pub numlayer: u32,
 }
 
 /// The copy-up function backends' view: the dentry being copied up (its
@@ -125,9 +129,15 @@ impl FnChain {
 
 impl OvlChain {
     fn resolve(btf: &Btf) -> Result<OvlChain, crate::btf::BtfError> {
-        let (lower_inline, lower, lowerstack) = match btf.member_offset("ovl_inode", "oe") {
-            Ok(oe) => (false, oe, btf.member_offset("ovl_entry", "__lowerstack")?),
-            Err(_) => (true, btf.member_offset("ovl_inode", "lowerpath")?, 0),
+        let (lower_inline, lower, lowerstack, numlower) = match btf.member_offset("ovl_inode", "oe")
+        {
+            Ok(oe) => (
+                false,
+                oe,
+                btf.member_offset("ovl_entry", "__lowerstack")?,
+                btf.member_offset("ovl_entry", "__numlower")?,
+            ),
+            Err(_) => (true, btf.member_offset("ovl_inode", "lowerpath")?, 0, 0),
         };
         Ok(OvlChain {
             vfs_inode: btf.member_offset("ovl_inode", "vfs_inode")?,
@@ -137,6 +147,9 @@ impl OvlChain {
             lowerstack,
             path_layer: btf.member_offset("ovl_path", "layer")?,
             layer_idx: btf.member_offset("ovl_layer", "idx")?,
+            numlower,
+            sb_fs_info: btf.member_offset("super_block", "s_fs_info")?,
+            numlayer: btf.member_offset("ovl_fs", "numlayer")?,
         })
     }
 }
@@ -286,6 +299,9 @@ fn load_object(filters: Filters) -> Result<(Ebpf, Layout)> {
         ovl_lowerstack_off: ovl.lowerstack as u64,
         ovl_path_layer_off: ovl.path_layer as u64,
         ovl_layer_idx_off: ovl.layer_idx as u64,
+        ovl_numlower_off: ovl.numlower as u64,
+        sb_fs_info_off: ovl.sb_fs_info as u64,
+        ovl_numlayer_off: ovl.numlayer as u64,
         dentry_parent_off: func.dentry_parent as u64,
         dentry_name_off: func.dentry_name as u64,
         dentry_inode_off: func.dentry_inode as u64,

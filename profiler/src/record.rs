@@ -243,6 +243,7 @@ impl Watching {
             histograms: &clock.interval,
             counters: self.session.counters()?,
             new_files: self.session.new_files,
+            unnamed_mount: self.session.unnamed_mount,
             backend: self.session.backend(),
             vfs: vfs.as_deref(),
         })?;
@@ -271,6 +272,7 @@ impl Watching {
             histograms: &clock.total,
             counters,
             new_files: self.session.new_files,
+            unnamed_mount: self.session.unnamed_mount,
             kernel_histograms: &probes.kernel_histograms()?,
             vfs: vfs.as_deref(),
             probe_costs: costs.as_deref(),

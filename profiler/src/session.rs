@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use aya::maps::{MapData, RingBuf};
-use strata_common::{counter, source};
+use strata_common::{counter, source, CopyUpEvent, LOWER_NONE};
 
 use crate::backend::Backend;
 use crate::events::{self, CopyUp};
@@ -23,6 +23,9 @@ pub struct Session {
     /// Calls that created a file that no lower layer had: a new file, not
     /// a copy-up. Counted, not reported as copy-ups.
     pub new_files: u64,
+    /// Copy-ups reported without a mount: their overlay is not mounted
+    /// where this process can see it (or already gone).
+    pub unnamed_mount: u64,
     /// Why the backend was chosen.
     pub reason: String,
 }
@@ -102,6 +105,7 @@ impl Session {
             mounts: mounts::overlay_mounts(),
             scope,
             new_files: 0,
+            unnamed_mount: 0,
             reason,
         })
     }
@@ -140,12 +144,12 @@ impl Session {
                     continue;
                 }
             }
-            // A syscall that created a file no lower layer has made a new
-            // file, not a copy-up. (The function backends see copy-ups
-            // only: a layer they cannot name stays unknown.)
-            if !by_dentry && cu.mount.is_some() && cu.layer_depth.is_none() {
+            if is_new_file(&ev, &cu, &self.mounts) {
                 self.new_files += 1;
                 continue;
+            }
+            if cu.mount.is_none() {
+                self.unnamed_mount += 1;
             }
             out.push(cu);
         }
@@ -161,4 +165,24 @@ impl Session {
             inflight_full: c[counter::INFLIGHT_FULL as usize],
         })
     }
+}
+
+/// A call that created a file no lower layer had made a new file, not a
+/// copy-up. The kernel says so where it read the overlay inode; else
+/// (an older kernel without overlay's BTF) the mount's layer list does,
+/// where it names real directories. The function backends see copy-ups
+/// only.
+fn is_new_file(ev: &CopyUpEvent, cu: &CopyUp, mounts: &[OverlayMount]) -> bool {
+    if ev.source == source::COPY_UP_FN {
+        return false;
+    }
+    if ev.lower_layer != 0 {
+        return ev.lower_layer == LOWER_NONE;
+    }
+    let lowers_found = cu
+        .mount
+        .as_ref()
+        .and_then(|mp| mounts.iter().find(|m| &m.mount_point == mp))
+        .is_some_and(|m| m.lowers_found);
+    lowers_found && cu.path.is_some() && cu.layer_depth.is_none()
 }

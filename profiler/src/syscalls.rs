@@ -13,7 +13,9 @@ pub struct Watched {
     pub spec: SyscallSpec,
 }
 
-/// (trigger, path arg, dfd arg, flags arg, how arg, returns fd)
+/// (trigger, path arg, dfd arg, flags arg, how arg, returns fd). A call
+/// on an fd (fchmod, ftruncate, ...) has no path and its fd as `dfd`:
+/// the kernel program reads the file's overlay inode through it.
 fn spec(t: Trigger, path: i8, dfd: i8, flags: i8, how: i8, returns_fd: bool) -> SyscallSpec {
     SyscallSpec {
         trigger: t as u8,
@@ -48,12 +50,12 @@ pub fn watched() -> Vec<Watched> {
         w(
             "ftruncate",
             libc::SYS_ftruncate,
-            spec(Truncate, -1, -1, -1, -1, false),
+            spec(Truncate, -1, 0, -1, -1, false),
         ),
         w(
             "fchmod",
             libc::SYS_fchmod,
-            spec(Chmod, -1, -1, -1, -1, false),
+            spec(Chmod, -1, 0, -1, -1, false),
         ),
         w(
             "fchmodat",
@@ -68,7 +70,7 @@ pub fn watched() -> Vec<Watched> {
         w(
             "fchown",
             libc::SYS_fchown,
-            spec(Chown, -1, -1, -1, -1, false),
+            spec(Chown, -1, 0, -1, -1, false),
         ),
         w(
             "fchownat",
@@ -88,7 +90,7 @@ pub fn watched() -> Vec<Watched> {
         w(
             "fsetxattr",
             libc::SYS_fsetxattr,
-            spec(SetXattr, -1, -1, -1, -1, false),
+            spec(SetXattr, -1, 0, -1, -1, false),
         ),
         w(
             "removexattr",
@@ -103,7 +105,7 @@ pub fn watched() -> Vec<Watched> {
         w(
             "fremovexattr",
             libc::SYS_fremovexattr,
-            spec(SetXattr, -1, -1, -1, -1, false),
+            spec(SetXattr, -1, 0, -1, -1, false),
         ),
         w(
             "utimensat",

@@ -302,6 +302,112 @@ fn sweep_truth(backend: &str) {
     );
 }
 
+/// An overlay made by hand with relative options, from its own directory
+/// (as docker's overlay2 mounts deep images): mountinfo shows `l3:l2:l1`,
+/// which names nothing from here. Every copy-up is still caught once,
+/// with size, layer depth and directory depth as built, on every backend.
+#[test]
+fn record_sees_a_hand_made_overlay_mounted_with_relative_options() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let ts = TestStore::new();
+    let ov = ts.scratch("hand-made");
+    // (layer dir, path below it, size); l3 is the top lower (depth 1).
+    let files: [(&str, &str, usize); 5] = [
+        ("l3", "f4k", 4 << 10),
+        ("l2", "a/f64k", 64 << 10),
+        ("l1", "f1m", 1 << 20),
+        ("l1", "a/b/c/f8m", 8 << 20),
+        ("l2", "t/trunc", 20_000),
+    ];
+    for dir in ["l1", "l2", "l3", "u", "w", "merged"] {
+        fs::create_dir_all(ov.join(dir)).unwrap();
+    }
+    for (layer, rel, size) in files {
+        let p = ov.join(layer).join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, vec![b'z'; size]).unwrap();
+    }
+    let mount = |merged: &str| {
+        let st = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o"])
+            .arg("lowerdir=l3:l2:l1,upperdir=u,workdir=w")
+            .arg(merged)
+            .current_dir(&ov)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    let merged = ov.join("merged");
+    for backend in available_backends() {
+        mount("merged");
+        let line = fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .find(|l| l.contains(merged.to_str().unwrap()))
+            .unwrap()
+            .to_string();
+        assert!(line.contains("lowerdir=l3:l2:l1,"), "{line}");
+        let recording = Recording::start(&[
+            "--json".as_ref(),
+            "--backend".as_ref(),
+            backend.as_ref(),
+            "--mount".as_ref(),
+            merged.as_os_str(),
+        ]);
+        let mut stopwatch = Vec::new();
+        for (_, rel, _) in &files[..4] {
+            let t0 = std::time::Instant::now();
+            drop(
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(merged.join(rel))
+                    .unwrap(),
+            );
+            stopwatch.push(t0.elapsed().as_nanos() as u64);
+        }
+        nix::unistd::truncate(&merged.join("t/trunc"), 10).unwrap();
+        fs::write(merged.join("brand-new"), b"n").unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let stdout = recording.stop();
+        nix::mount::umount(&merged).unwrap();
+        fs::remove_dir_all(ov.join("u")).unwrap();
+        fs::remove_dir_all(ov.join("w")).unwrap();
+        fs::create_dir(ov.join("u")).unwrap();
+        fs::create_dir(ov.join("w")).unwrap();
+
+        let lines = json_lines(&stdout);
+        let events: Vec<&Value> = lines.iter().filter(|v| v["type"] == "copy_up").collect();
+        assert_eq!(events.len(), files.len(), "{backend}: {stdout}");
+        for (i, (layer, rel, size)) in files.iter().enumerate() {
+            let path = merged.join(rel);
+            let e = events
+                .iter()
+                .find(|e| e["path"].as_str() == path.to_str())
+                .unwrap_or_else(|| panic!("{backend}: no event for {rel}: {stdout}"));
+            let depth = 4 - layer[1..].parse::<u64>().unwrap();
+            assert_eq!(e["layer_depth"], depth, "{backend}: {e}");
+            assert_eq!(e["stack_height"], 3, "{backend}: {e}");
+            assert_eq!(e["file_size"], *size as u64, "{backend}: {e}");
+            assert_eq!(
+                e["dir_depth"],
+                Path::new(rel).components().count() - 1,
+                "{backend}: {e}"
+            );
+            assert_eq!(e["mount"], merged.to_str().unwrap(), "{backend}: {e}");
+            // The kernel's time lies inside the stopwatch's.
+            if let Some(user_ns) = stopwatch.get(i) {
+                let ns = e["latency_ns"].as_u64().unwrap();
+                assert!(ns > 0 && ns <= *user_ns, "{backend}: {ns} > {user_ns}: {e}");
+            }
+        }
+        let summary = lines.iter().find(|v| v["type"] == "summary").unwrap();
+        assert_eq!(summary["unnamed_mount"], 0, "{summary}");
+    }
+}
+
 /// Every kind of trigger, plus the calls that must not count: a second
 /// open of a copied-up file, a read-only open, a new file, a volume write.
 #[test]

@@ -69,6 +69,7 @@ impl Sink for JsonLinesSink {
             "copy_ups": s.histograms.total(),
             "kernel": s.counters,
             "new_files": s.new_files,
+            "unnamed_mount": s.unnamed_mount,
         });
         writeln!(out, "{summary}")?;
         // The whole recording's rows: the sum of the intervals' "vfs" rows,

@@ -33,6 +33,8 @@ pub struct Interval<'a> {
     pub histograms: &'a Histograms,
     pub counters: KernelCounters,
     pub new_files: u64,
+    /// Copy-ups reported without a mount (see `Session::unnamed_mount`).
+    pub unnamed_mount: u64,
     pub backend: Backend,
     /// The `--vfs` view of this interval, when asked for.
     pub vfs: Option<&'a [VfsRow]>,
@@ -48,6 +50,7 @@ pub struct Summary<'a> {
     pub histograms: &'a Histograms,
     pub counters: KernelCounters,
     pub new_files: u64,
+    pub unnamed_mount: u64,
     /// The always-on in-kernel log2 histograms.
     pub kernel_histograms: &'a [(HistKey, [u64; LOG2_SLOTS])],
     /// The `--vfs` view of the whole recording, when asked for.

@@ -37,7 +37,7 @@ impl Sink for TableSink {
             iv.backend
         )?;
         output::print_tables(&mut out, iv.histograms)?;
-        output::print_counters(&mut out, &iv.counters, iv.new_files)?;
+        output::print_counters(&mut out, &iv.counters, iv.new_files, iv.unnamed_mount)?;
         if let Some(rows) = iv.vfs {
             output::print_vfs(&mut out, rows)?;
         }
@@ -55,7 +55,7 @@ impl Sink for TableSink {
         )?;
         output::print_tables(&mut out, s.histograms)?;
         output::print_kernel_histograms(&mut out, s.kernel_histograms)?;
-        output::print_counters(&mut out, &s.counters, s.new_files)?;
+        output::print_counters(&mut out, &s.counters, s.new_files, s.unnamed_mount)?;
         if let Some(costs) = s.probe_costs {
             writeln!(out, "\nprobe cost (kernel BPF run-time stats):")?;
             for c in costs {
