@@ -38,6 +38,9 @@ pub struct CopyUp {
     /// The writing task's cgroup (v2 id: the cgroup directory's inode).
     #[serde(default)]
     pub cgroup_id: u64,
+    /// The engine's container the writing task ran in, by its cgroup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<crate::engines::Owner>,
     /// Absolute path inside the host, where known.
     pub path: Option<PathBuf>,
     pub mount: Option<PathBuf>,
@@ -75,6 +78,7 @@ impl CopyUp {
             pid: 0,
             tid: 0,
             cgroup_id: 0,
+            container: None,
             path: None,
             mount: None,
             file_size,
@@ -113,6 +117,7 @@ pub fn attribute(ev: &CopyUpEvent, mounts: &[OverlayMount], fsync_traced: bool) 
         pid: ev.pid,
         tid: ev.tid,
         cgroup_id: ev.cgroup_id,
+        container: None,
         path: None,
         mount: None,
         file_size: (ev.file_size >= 0).then_some(ev.file_size as u64),
@@ -172,10 +177,21 @@ fn place_by_syscall_path(ev: &CopyUpEvent, mounts: &[OverlayMount], out: &mut Co
     match (by_dev, by_path) {
         (Some(m), Some((pm, rel))) if pm.dev == m.dev => place(pm, &rel, out),
         (Some(m), _) => {
-            // The path names the file through some other view (a bind
-            // mount, another namespace's root): the overlay still counts.
-            out.mount = Some(m.mount_point.clone());
-            fill_from_options(m, None, out);
+            // The path names the file through some other view: most often
+            // a container's own root, its task gone before its root could
+            // be read. Where the overlay has the file at that path, that
+            // is where it is; else the overlay still counts, pathless.
+            let rel = p.strip_prefix("/").ok().map(Path::to_path_buf);
+            match rel.filter(|r| m.mount_point.join(r).symlink_metadata().is_ok()) {
+                Some(rel) => {
+                    out.path = Some(m.mount_point.join(&rel));
+                    place(m, &rel, out);
+                }
+                None => {
+                    out.mount = Some(m.mount_point.clone());
+                    fill_from_options(m, None, out);
+                }
+            }
         }
         (None, Some((m, rel))) if ev.overlay_dev == 0 => place(m, &rel, out),
         _ => {}

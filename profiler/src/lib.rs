@@ -2,7 +2,8 @@
 //!
 //! The probes ([`probes`], [`backend`], [`fentry`], [`btf`]) feed a
 //! [`session`] whose events are attributed ([`events`], [`mounts`]) and
-//! handed by the [`record`] loop to [`sink`]s: the terminal table, JSON
+//! and named by container ([`engines`]: docker, podman, containerd; and
+//! strata's own, [`containers`]), then handed by the [`record`] loop to [`sink`]s: the terminal table, JSON
 //! lines, the HdrHistogram log, or the Prometheus [`exporter`] of
 //! [`serve`]. [`sweep`] builds its own images and checks the probes
 //! against a stopwatch; [`report`] plots what was recorded.
@@ -10,6 +11,7 @@
 pub mod backend;
 pub mod btf;
 pub mod containers;
+pub mod engines;
 pub mod events;
 pub mod exporter;
 pub mod fentry;

@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 use strata_prof::backend::Backend;
-use strata_prof::{backend, containers, output, probes, record, report, serve, sweep};
+use strata_prof::{backend, containers, engines, output, probes, record, report, serve, sweep};
 
 #[derive(Parser)]
 #[command(
@@ -30,24 +30,15 @@ enum Cmd {
     Record {
         #[command(flatten)]
         args: record::RecordArgs,
-        /// Only this strata container, wherever it is mounted (by strata
-        /// or by containerd through `strata snapshotter`): ID or name.
-        #[arg(long, conflicts_with = "mount")]
-        container: Option<String>,
-        /// strata's store root, for --container.
-        #[arg(long, env = "STRATA_ROOT", default_value = strata_driver::store::DEFAULT_ROOT)]
-        store_root: PathBuf,
+        #[command(flatten)]
+        which: WhichContainer,
     },
     /// Serve copy-up metrics to Prometheus at /metrics until SIGTERM/SIGINT.
     Serve {
         #[command(flatten)]
         args: serve::ServeArgs,
-        /// Only this strata container (ID or name), as with record.
-        #[arg(long, conflicts_with = "mount")]
-        container: Option<String>,
-        /// strata's store root, for --container and --per-container.
-        #[arg(long, env = "STRATA_ROOT", default_value = strata_driver::store::DEFAULT_ROOT)]
-        store_root: PathBuf,
+        #[command(flatten)]
+        which: WhichContainer,
     },
     /// Plot latency against file size and depth from `record --json` or
     /// `sweep --json` output.
@@ -64,6 +55,25 @@ enum Cmd {
     /// Build images over a size x layer-depth x directory-depth grid,
     /// trigger copy-ups, record them and print the matrix.
     Sweep(SweepArgs),
+}
+
+/// `--container` and where to look it up.
+#[derive(clap::Args)]
+struct WhichContainer {
+    /// Only this container: a strata container (ID or name, wherever it is
+    /// mounted), or a running docker, podman or containerd container (its
+    /// ID, a unique prefix of it, or its docker or podman name).
+    #[arg(long, conflicts_with = "mount")]
+    container: Option<String>,
+    /// strata's store root, for --container and --per-container.
+    #[arg(long, env = "STRATA_ROOT", default_value = strata_driver::store::DEFAULT_ROOT)]
+    store_root: PathBuf,
+    /// dockerd's data-root, where --container finds docker's names.
+    #[arg(long, default_value = "/var/lib/docker")]
+    docker_root: PathBuf,
+    /// containers/storage's root, where --container finds podman's names.
+    #[arg(long, default_value = "/var/lib/containers/storage")]
+    podman_root: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -116,22 +126,14 @@ fn parse_size(s: &str) -> Result<u64, String> {
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Doctor { json } => doctor(json),
-        Cmd::Record {
-            mut args,
-            container,
-            store_root,
-        } => {
-            scope(&mut args.watch, container, &store_root)?;
+        Cmd::Record { mut args, which } => {
+            scope(&mut args.watch, &which)?;
             runtime()?.block_on(record::record(args))?;
             Ok(())
         }
-        Cmd::Serve {
-            mut args,
-            container,
-            store_root,
-        } => {
-            scope(&mut args.watch, container, &store_root)?;
-            runtime()?.block_on(serve::serve(args, &store_root))
+        Cmd::Serve { mut args, which } => {
+            scope(&mut args.watch, &which)?;
+            runtime()?.block_on(serve::serve(args, &which.store_root))
         }
         Cmd::Report { file, svg, html } => {
             let report = report::load(&file)?;
@@ -192,14 +194,21 @@ fn sweep_command(args: SweepArgs) -> Result<()> {
     Ok(())
 }
 
-/// Resolves `--container` to its mount, and `--mount` to a canonical path.
-fn scope(
-    watch: &mut record::WatchArgs,
-    container: Option<String>,
-    store_root: &std::path::Path,
-) -> Result<()> {
-    if let Some(id) = container {
-        watch.mount = Some(containers::mount_point(store_root, &id)?);
+/// Resolves `--container` to a strata container's mount or to an engine's
+/// container, and `--mount` to a canonical path.
+fn scope(watch: &mut record::WatchArgs, which: &WhichContainer) -> Result<()> {
+    if let Some(spec) = &which.container {
+        // strata's own first (opening no store where there is none, so
+        // that none is created), then the engines' running containers.
+        let in_store = which.store_root.join("containers").is_dir()
+            && strata_driver::Store::open(&which.store_root)
+                .and_then(|s| s.find_container(spec))
+                .is_ok();
+        if in_store {
+            watch.mount = Some(containers::mount_point(&which.store_root, spec)?);
+        } else {
+            watch.container = Some(engines::resolve(spec, &engine_roots(which))?);
+        }
     } else if let Some(m) = &watch.mount {
         watch.mount = Some(
             m.canonicalize()
@@ -207,6 +216,13 @@ fn scope(
         );
     }
     Ok(())
+}
+
+fn engine_roots(which: &WhichContainer) -> engines::EngineRoots {
+    engines::EngineRoots {
+        docker: which.docker_root.clone(),
+        podman: which.podman_root.clone(),
+    }
 }
 
 /// One thread: the loop, the probes' ring buffer and the HTTP front take

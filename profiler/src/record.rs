@@ -19,7 +19,7 @@ use crate::backend::Backend;
 use crate::histograms::Histograms;
 use crate::output;
 use crate::probes::Filters;
-use crate::session::Session;
+use crate::session::{Scope, Session};
 use crate::sink::{HdrLogSink, Interval, JsonLinesSink, Sink, Summary, TableSink};
 
 /// What to watch: the backend and the in-kernel filters, shared by
@@ -38,6 +38,10 @@ pub struct WatchArgs {
     /// Only this overlay mount point.
     #[arg(long)]
     pub mount: Option<PathBuf>,
+    /// Only this engine's container (`--container` resolved to a docker,
+    /// podman or containerd container).
+    #[arg(skip)]
+    pub container: Option<crate::engines::Owner>,
     /// Also time read/write/fsync/open system-wide by what backs the
     /// file (lower layer, writable layer, not overlay) and, for opens,
     /// how many layers down it lives. Costs more on hot paths.
@@ -139,7 +143,12 @@ impl Watching {
             .then(|| aya::sys::enable_stats(aya::sys::Stats::RunTime))
             .transpose()
             .context("turning on BPF run-time stats")?;
-        let session = Session::start(filters, args.backend, args.mount.clone(), args.vfs)?;
+        let scope = match (&args.mount, &args.container) {
+            (Some(m), _) => Some(Scope::Mount(m.clone())),
+            (None, Some(o)) => Some(Scope::Container(o.clone())),
+            (None, None) => None,
+        };
+        let session = Session::start(filters, args.backend, scope, args.vfs)?;
         eprintln!("strata-prof: {}", session.reason);
         Ok(Watching {
             session,

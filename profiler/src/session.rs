@@ -9,6 +9,7 @@ use aya::maps::{MapData, RingBuf};
 use strata_common::{counter, source, CopyUpEvent, LOWER_NONE};
 
 use crate::backend::Backend;
+use crate::engines::{Owner, Owners};
 use crate::events::{self, CopyUp};
 use crate::mounts::{self, OverlayMount};
 use crate::probes::{Filters, Probes};
@@ -17,9 +18,9 @@ pub struct Session {
     probes: Probes,
     ring: RingBuf<MapData>,
     mounts: Vec<OverlayMount>,
-    /// Only copy-ups under this mount point (the `--container`/`--mount`
-    /// filters), or every overlay mount.
-    pub scope: Option<PathBuf>,
+    /// Only these copy-ups (`--mount`, `--container`), or every one.
+    pub scope: Option<Scope>,
+    owners: Owners,
     /// Calls that created a file that no lower layer had: a new file, not
     /// a copy-up. Counted, not reported as copy-ups.
     pub new_files: u64,
@@ -28,6 +29,26 @@ pub struct Session {
     pub unnamed_mount: u64,
     /// Why the backend was chosen.
     pub reason: String,
+}
+
+/// Which copy-ups a session reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Those on this overlay mount point (`--mount`, or a strata
+    /// container's mount).
+    Mount(PathBuf),
+    /// Those of tasks in this engine's container (`--container` naming a
+    /// docker, podman or containerd container).
+    Container(Owner),
+}
+
+impl Scope {
+    fn admits(&self, cu: &CopyUp) -> bool {
+        match self {
+            Scope::Mount(m) => cu.mount.as_ref() == Some(m),
+            Scope::Container(o) => cu.container.as_ref() == Some(o),
+        }
+    }
 }
 
 /// Counters from the kernel side.
@@ -71,7 +92,7 @@ impl Session {
     pub fn start(
         filters: Filters,
         forced: Option<Backend>,
-        scope: Option<PathBuf>,
+        scope: Option<Scope>,
         vfs: bool,
     ) -> Result<Session> {
         let (mut probes, reason) = match forced {
@@ -104,6 +125,7 @@ impl Session {
             ring,
             mounts: mounts::overlay_mounts(),
             scope,
+            owners: Owners::default(),
             new_files: 0,
             unnamed_mount: 0,
             reason,
@@ -137,12 +159,12 @@ impl Session {
             if cu.mount.is_none() && (cu.path.is_some() || by_dentry) {
                 // A mount made after we started: look again.
                 self.mounts = mounts::overlay_mounts();
+                self.owners.forget_overlays();
                 cu = events::attribute(&ev, &self.mounts, self.probes.fsync_traced);
             }
-            if let Some(scope) = &self.scope {
-                if cu.mount.as_ref() != Some(scope) {
-                    continue;
-                }
+            cu.container = self.owners.of_event(ev.cgroup_id, ev.pid, ev.overlay_dev);
+            if self.scope.as_ref().is_some_and(|s| !s.admits(&cu)) {
+                continue;
             }
             if is_new_file(&ev, &cu, &self.mounts) {
                 self.new_files += 1;
