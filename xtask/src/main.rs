@@ -5,7 +5,7 @@
 
 mod bpf_toolchain;
 mod containerd_suite;
-mod prometheus;
+mod debs;
 mod setup;
 mod vm;
 

@@ -101,8 +101,10 @@ pub fn setup() -> Result<()> {
         did.push(format!("apt-get installed {}", missing.join(" ")));
     }
 
-    if crate::prometheus::fetch()? {
-        did.push("unpacked prometheus and promtool under target/prometheus".into());
+    for (package, needed) in crate::debs::UNPACKED {
+        if crate::debs::fetch(package, needed)? {
+            did.push(format!("unpacked {package} under target/{package}"));
+        }
     }
 
     did.extend(mount_kernel_fs()?);

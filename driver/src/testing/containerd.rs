@@ -247,24 +247,6 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         ]);
         self.ctr_ok(&args)
     }
-
-    /// Kills every process whose command line names this directory:
-    /// containerd's shims outlive containerd itself.
-    fn kill_leftovers(&self) {
-        let needle = self.dir.to_string_lossy().into_owned();
-        for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let cmdline = fs::read(e.path().join("cmdline")).unwrap_or_default();
-            if pid as u32 != std::process::id()
-                && String::from_utf8_lossy(&cmdline).contains(&needle)
-            {
-                let pid = nix::unistd::Pid::from_raw(pid);
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            }
-        }
-    }
 }
 
 impl Containerd {
@@ -291,7 +273,8 @@ impl Drop for Containerd {
             let _ = child.wait();
         }
         self.kill_snapshotter();
-        self.kill_leftovers();
+        // containerd's shims outlive containerd itself.
+        super::kill_processes_naming(&self.dir);
         self.delete_runc_state();
         crate::mount::unmount_beneath(&self.dir);
     }

@@ -15,6 +15,8 @@ use crate::store::StoreOptions;
 use crate::{fsutil, Store};
 
 pub mod containerd;
+pub mod docker;
+pub mod podman;
 
 /// Privileged tests run as root. In CI (CI=true) not being root is a
 /// failure, never a skip.
@@ -104,6 +106,23 @@ impl Drop for TestStore {
 }
 
 pub use crate::mount::unmount_beneath;
+
+/// Kills every process (but this one) whose command line names `dir`:
+/// what an engine started under a test's directory (shims, conmon) can
+/// outlive the engine.
+pub fn kill_processes_naming(dir: &Path) {
+    let needle = dir.to_string_lossy().into_owned();
+    for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if pid as u32 != std::process::id() && String::from_utf8_lossy(&cmdline).contains(&needle) {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
 
 /// Builds the layers (bottom first) as tars in `work` and a `docker
 /// save` directory tagged `tag` from them, `work`/archive, returned.

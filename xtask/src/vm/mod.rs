@@ -44,6 +44,12 @@ const NOT_IN_GUEST: &[(&str, &str, &str)] = &[
          same session as record, whose tests run here on every backend",
     ),
     (
+        "engines",
+        "",
+        "needs dockerd, podman, containerd and runc; the guest is a minimal busybox system \
+         without them (the hand-made relative overlay, the same kernel reads, runs in profiler)",
+    ),
+    (
         "profiler",
         "record_follows_a_containerd_container",
         "needs containerd, ctr and runc; the guest is a minimal busybox system without them",
