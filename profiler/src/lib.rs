@@ -10,6 +10,7 @@
 
 pub mod backend;
 pub mod btf;
+pub mod census;
 pub mod containers;
 pub mod engines;
 pub mod events;

@@ -6,7 +6,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 use strata_prof::backend::Backend;
-use strata_prof::{backend, containers, engines, output, probes, record, report, serve, sweep};
+use strata_prof::{
+    backend, census, containers, engines, output, probes, record, report, serve, sweep,
+};
 
 #[derive(Parser)]
 #[command(
@@ -21,10 +23,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Which backends work on this kernel, and why the others do not.
+    /// Which backends work on this kernel, and why the others do not;
+    /// which engine and container each overlay mount here belongs to.
     Doctor {
         #[arg(long)]
         json: bool,
+        /// strata's store root, to name strata's containers.
+        #[arg(long, env = "STRATA_ROOT", default_value = strata_driver::store::DEFAULT_ROOT)]
+        store_root: PathBuf,
     },
     /// Stream copy-up histograms until Ctrl-C or --duration, then summarise.
     Record {
@@ -125,7 +131,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
-        Cmd::Doctor { json } => doctor(json),
+        Cmd::Doctor { json, store_root } => doctor(json, &store_root),
         Cmd::Record { mut args, which } => {
             scope(&mut args.watch, &which)?;
             runtime()?.block_on(record::record(args))?;
@@ -233,13 +239,16 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn doctor(json: bool) -> Result<()> {
+fn doctor(json: bool, store_root: &std::path::Path) -> Result<()> {
     let d = backend::diagnose(
         probes::try_load(Backend::Fentry),
         probes::try_load(Backend::Kprobe),
     );
+    let mounts = census::overlay_mounts(store_root);
     if json {
-        println!("{}", serde_json::to_string_pretty(&d)?);
+        let mut v = serde_json::to_value(&d)?;
+        v["overlay_mounts"] = serde_json::to_value(&mounts)?;
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     for c in &d.checks {
@@ -262,6 +271,20 @@ fn doctor(json: bool) -> Result<()> {
     match d.chosen {
         Some(b) => println!("\nrecord would use: {b}"),
         None => println!("\nno backend works on this kernel"),
+    }
+    println!("\noverlay mounts: {}", mounts.len());
+    for m in &mounts {
+        let layers = m.lower_layers.map_or("?".into(), |n| n.to_string());
+        let engine = m.engine.as_deref().unwrap_or("?");
+        let who = match (&m.container, &m.unattributed) {
+            (Some(c), _) => c.clone(),
+            (None, Some(why)) => format!("unattributed: {why}"),
+            (None, None) => "?".into(),
+        };
+        println!(
+            "  {}  layers {layers}  {engine}  {who}",
+            m.mount_point.display()
+        );
     }
     Ok(())
 }

@@ -102,6 +102,18 @@ fn mount_options(mount_point: &str) -> String {
     line.split(" - ").nth(1).unwrap().to_string()
 }
 
+/// doctor's entry for the overlay mounted at `mount_point`.
+fn census_entry(mount_point: &str) -> Value {
+    let d = doctor();
+    d["overlay_mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mount_point"] == mount_point)
+        .unwrap_or_else(|| panic!("doctor does not list {mount_point}: {d}"))
+        .clone()
+}
+
 #[test]
 fn docker_containers_shallow_and_deep() {
     if !privileged() {
@@ -159,6 +171,9 @@ fn docker_containers_shallow_and_deep() {
             "{image}: {options}"
         );
         assert!(!stdout.contains(&other), "the other container's copy-ups");
+        let seen = census_entry(&mount);
+        assert_eq!(seen["engine"], "docker", "{seen}");
+        assert_eq!(seen["container"], &id[..12], "{seen}");
         dockerd.docker_ok(&["rm", "-f", "watched", "other"]);
     }
 }
@@ -183,6 +198,13 @@ fn podman_container() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     let stdout = recording.stop();
     check(&stdout, "podman", &id, 3, 0);
+    let lines = json_lines(&stdout);
+    let mount = lines.iter().find(|v| v["type"] == "copy_up").unwrap()["mount"]
+        .as_str()
+        .unwrap();
+    let seen = census_entry(mount);
+    assert_eq!(seen["engine"], "podman", "{seen}");
+    assert_eq!(seen["container"], &id[..12], "{seen}");
 }
 
 #[test]

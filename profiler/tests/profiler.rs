@@ -237,6 +237,20 @@ fn record_sees_a_hand_made_overlay_mounted_with_relative_options() {
             .unwrap()
             .to_string();
         assert!(line.contains("lowerdir=l3:l2:l1,"), "{line}");
+        // doctor lists it, with its layers, and says why it has no owner.
+        let census = doctor()["overlay_mounts"].clone();
+        let seen = census
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["mount_point"] == merged.to_str().unwrap())
+            .unwrap_or_else(|| panic!("{census}"));
+        assert_eq!(seen["lower_layers"], 3, "{seen}");
+        assert!(
+            seen["container"].is_null()
+                && seen["unattributed"].as_str().unwrap().contains("by hand"),
+            "{seen}"
+        );
         let recording = Recording::start(&[
             "--json".as_ref(),
             "--backend".as_ref(),
