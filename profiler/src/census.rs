@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::containers::ContainerNames;
-use crate::engines::{self, Owner};
+use crate::engines;
 use crate::mounts::{self, OverlayMount};
 
 #[derive(Debug, Serialize)]
@@ -44,7 +44,7 @@ fn report(m: &OverlayMount, strata: &ContainerNames) -> MountReport {
     };
     if let Some(owner) = engines::owner_of_overlay(m.dev) {
         r.engine = Some(owner.engine.name().to_string());
-        r.container = Some(label(&owner));
+        r.container = Some(owner.display_name());
         return r;
     }
     if let Some(name) = strata.of_mount(&m.mount_point) {
@@ -70,15 +70,6 @@ fn report(m: &OverlayMount, strata: &ContainerNames) -> MountReport {
     r.engine = engine;
     r.unattributed = Some(why);
     r
-}
-
-/// The container as its engine's CLI shows it.
-fn label(o: &Owner) -> String {
-    match (&o.namespace, &o.pod) {
-        (Some(ns), _) => format!("{ns}/{}", o.id),
-        (_, Some(pod)) => format!("{} (pod {pod})", o.short_id()),
-        _ => o.short_id().to_string(),
-    }
 }
 
 /// The engine whose directory layout the mount point follows: docker's

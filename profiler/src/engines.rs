@@ -66,6 +66,16 @@ impl Owner {
         }
     }
 
+    /// The container as its engine's CLI shows it: docker's and podman's
+    /// short id, containerd's namespace/id, CRI's short id and pod.
+    pub fn display_name(&self) -> String {
+        match (&self.namespace, &self.pod) {
+            (Some(ns), _) => format!("{ns}/{}", self.id),
+            (_, Some(pod)) => format!("{} (pod {pod})", self.short_id()),
+            _ => self.short_id().to_string(),
+        }
+    }
+
     /// The id as `docker ps` shows it: 12 digits of a 64-digit id.
     pub fn short_id(&self) -> &str {
         if is_hex_id(&self.id) {

@@ -576,8 +576,11 @@ fn per_container_labels_follow_live_containers() {
     copy_up(&one_root.join("a"));
     copy_up(&one_root.join("b"));
     copy_up(&other_root.join("a"));
-    let series =
-        |c: &str| format!("strata_copy_ups_total{{trigger=\"open-write\",container=\"{c}\"}}");
+    let series = |c: &str| {
+        format!(
+            "strata_copy_ups_total{{trigger=\"open-write\",container=\"{c}\",engine=\"strata\"}}"
+        )
+    };
     let text = wait_for(Duration::from_secs(10), "both containers' copy-ups", || {
         let (_, text) = serve.scrape("text/plain");
         (sample(&text, &series(&other.name)) == Some(1.0)).then_some(text)

@@ -70,16 +70,25 @@ pub struct CopyUpLabels {
     pub size: &'static str,
     pub layer_depth: &'static str,
     pub dir_depth: &'static str,
-    /// With `--per-container` only: the strata container, or "" where the
-    /// mount is no container of the store's.
-    pub container: Option<String>,
+    /// With `--per-container` only.
+    pub container: Option<ContainerLabel>,
+}
+
+/// The `container` and `engine` labels of `--per-container`: an engine's
+/// container as its CLI names it (docker's short id, containerd's
+/// namespace/id) or a strata container's name; both "" where a copy-up
+/// is in no container anyone made.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ContainerLabel {
+    pub engine: &'static str,
+    pub name: String,
 }
 
 /// Counters by trigger (and container).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TriggerLabels {
     pub trigger: &'static str,
-    pub container: Option<String>,
+    pub container: Option<ContainerLabel>,
 }
 
 #[derive(Default)]
@@ -93,17 +102,29 @@ pub struct CopyUpMetrics {
 }
 
 impl CopyUpMetrics {
-    fn container_of(&mut self, e: &CopyUp) -> Option<String> {
+    fn container_of(&mut self, e: &CopyUp) -> Option<ContainerLabel> {
         let names = self.containers.as_mut()?;
+        if let Some(owner) = &e.container {
+            return Some(ContainerLabel {
+                engine: owner.engine.name(),
+                name: owner.display_name(),
+            });
+        }
         let Some(mount) = e.mount.as_deref() else {
-            return Some(String::new());
+            return Some(ContainerLabel::default());
         };
         if names.of_mount(mount).is_none() && !names.is_known_stranger(mount) {
             // A container mounted since the last look.
             names.refresh();
             names.note_stranger(mount);
         }
-        Some(names.of_mount(mount).unwrap_or_default().to_string())
+        Some(match names.of_mount(mount) {
+            Some(name) => ContainerLabel {
+                engine: "strata",
+                name: name.to_string(),
+            },
+            None => ContainerLabel::default(),
+        })
     }
 
     /// Forgets the series of containers that are gone.
@@ -112,9 +133,16 @@ impl CopyUpMetrics {
             return;
         };
         names.refresh();
-        let live = |c: &Option<String>| {
-            c.as_deref()
-                .is_none_or(|n| n.is_empty() || names.is_live(n))
+        let running: std::collections::HashSet<String> = crate::engines::running()
+            .into_iter()
+            .map(|(o, _)| o.display_name())
+            .collect();
+        let live = |c: &Option<ContainerLabel>| {
+            c.as_ref().is_none_or(|c| match c.engine {
+                "" => true,
+                "strata" => names.is_live(&c.name),
+                _ => running.contains(&c.name),
+            })
         };
         self.duration.retain(|k, _| live(&k.container));
         self.fsync.retain(|k, _| live(&k.container));

@@ -11,7 +11,7 @@ use prometheus_client::registry::Unit;
 use strata_common::{backing, vfs_op, LOG2_SLOTS};
 
 use super::classes::layer_class;
-use super::copy_ups::{CopyUpLabels, Log2Counts, TriggerLabels};
+use super::copy_ups::{ContainerLabel, CopyUpLabels, Log2Counts, TriggerLabels};
 use super::State;
 
 /// One exported family: its full name as scraped, and its labels.
@@ -21,7 +21,8 @@ pub struct Family {
 }
 
 /// Every family `serve` can export (the dashboard may use these alone).
-/// `container` is added to the copy-up families by `--per-container`; the
+/// `container` and `engine` are added to the copy-up families by
+/// `--per-container`; the
 /// `strata_vfs_*` families need `--vfs`, the `strata_prof_probe_*` ones
 /// `--probe-cost`, and the fsync one a traced upper filesystem.
 pub const FAMILIES: &[Family] = &[
@@ -88,9 +89,10 @@ pub fn encode(s: &State, mut enc: DescriptorEncoder<'_>) -> std::fmt::Result {
     Ok(())
 }
 
-fn with_container<'a>(mut labels: Labels<'a>, container: &'a Option<String>) -> Labels<'a> {
+fn with_container<'a>(mut labels: Labels<'a>, container: &'a Option<ContainerLabel>) -> Labels<'a> {
     if let Some(c) = container {
-        labels.push(("container", c));
+        labels.push(("container", &c.name));
+        labels.push(("engine", c.engine));
     }
     labels
 }

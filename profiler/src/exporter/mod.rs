@@ -210,6 +210,58 @@ mod tests {
         text.lines().filter(move |l| l.starts_with(prefix))
     }
 
+    /// With --per-container, an engine's container is labelled as its CLI
+    /// names it, with its engine; a copy-up in no container gets "".
+    #[test]
+    fn engine_containers_get_their_own_labels() {
+        use crate::engines::{Engine, Owner};
+        let mut exporter = Exporter::from_state(
+            State {
+                copy_ups: copy_ups::CopyUpMetrics {
+                    containers: Some(ContainerNames::new(std::path::Path::new(
+                        "/nonexistent-strata-store",
+                    ))),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            false,
+            false,
+        );
+        let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let in_docker = CopyUp {
+            container: Some(Owner {
+                engine: Engine::Docker,
+                id: id.into(),
+                pod: None,
+                namespace: None,
+            }),
+            ..event(4096, 1, 0, 1000)
+        };
+        exporter.copy_up(&in_docker).unwrap();
+        exporter.copy_up(&in_docker).unwrap();
+        exporter.copy_up(&event(4096, 1, 0, 1000)).unwrap();
+        let text = exporter.encode(Format::Text).unwrap();
+        let count = |labels: &str| {
+            lines_of(
+                &text,
+                &format!("strata_copy_ups_total{{trigger=\"open-write\",{labels}}}"),
+            )
+            .map(|l| l.rsplit(' ').next().unwrap().to_string())
+            .next()
+        };
+        assert_eq!(
+            count("container=\"0123456789ab\",engine=\"docker\"").as_deref(),
+            Some("2"),
+            "{text}"
+        );
+        assert_eq!(
+            count("container=\"\",engine=\"\"").as_deref(),
+            Some("1"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn both_formats_close_every_histogram_with_inf_and_count_alike() {
         let mut exporter = Exporter::from_state(
