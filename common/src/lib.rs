@@ -207,7 +207,12 @@ pub struct CopyUpEvent {
     pub source: u8,
     /// 1 when `path` holds the whole path, 0 when it was cut short.
     pub path_complete: u8,
-    pub _pad: u8,
+    /// 1 when `path` holds the file's dentry names up to the overlay root
+    /// (file first, each NUL-terminated; `components` counts them), as
+    /// the function backends always send and the tracepoint backend does
+    /// where it reached the file through an fd; 0 when it holds the
+    /// syscall's path argument.
+    pub names_from_dentry: u8,
     /// Bytes of `path` written (NULs included).
     pub path_len: u16,
     /// The lower layer the file was copied up from, as overlayfs numbers

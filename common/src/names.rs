@@ -104,6 +104,9 @@ macro_rules! with_globals {
             // where all of them resolved.
             dentry_parent_off, dentry_name_off, dentry_inode_off,
             dentry_sb_off, sb_dev_off, task_flags_off, regs_syscall_nr_off,
+            // file.f_path.dentry: the tracepoint backend walks the names of
+            // a file it reached through an fd (0: not resolved, no walk).
+            file_dentry_off,
         }
     };
 }

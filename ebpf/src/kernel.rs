@@ -102,6 +102,12 @@ pub fn syscall_ret(ctx: &TracePointContext) -> i64 {
 /// The inode behind the current task's `fd`.
 #[inline(always)]
 pub fn fd_inode(g: &Globals, fd: u32) -> Option<u64> {
+    read(fd_file(g, fd)?, g.file_inode_off())
+}
+
+/// The `struct file` behind the current task's `fd`.
+#[inline(always)]
+fn fd_file(g: &Globals, fd: u32) -> Option<u64> {
     // SAFETY: helper with no arguments; the result is only dereferenced
     // through bpf_probe_read_kernel.
     let task = unsafe { bpf_get_current_task() };
@@ -113,10 +119,7 @@ pub fn fd_inode(g: &Globals, fd: u32) -> Option<u64> {
     }
     let fd_array: u64 = read(fdt, g.fdt_fd_off())?;
     let file: u64 = read(fd_array, fd as u64 * 8)?;
-    if file == 0 {
-        return None;
-    }
-    read(file, g.file_inode_off())
+    (file != 0).then_some(file)
 }
 
 /// How the file behind `fd` is backed, and for a lower-backed overlay file
@@ -191,6 +194,8 @@ pub fn overlay_layers(g: &Globals, inode: u64, sb: u64) -> (u16, u16) {
 pub struct InodeFacts {
     /// The superblock's device (kernel encoding), 0 where unread.
     pub dev: u32,
+    /// The file's dentry, whose names the report walks; 0 where unread.
+    pub dentry: u64,
     pub size: i64,
     pub lower_layer: u16,
     pub lower_count: u16,
@@ -200,7 +205,8 @@ pub struct InodeFacts {
 /// its device, size and (on an overlay) layers.
 #[inline(always)]
 pub fn fd_facts(g: &Globals, fd: u32) -> Option<(u64, InodeFacts)> {
-    let inode = fd_inode(g, fd)?;
+    let file = fd_file(g, fd)?;
+    let inode: u64 = read(file, g.file_inode_off())?;
     let sb: u64 = read(inode, g.inode_sb_off())?;
     let magic = read(sb, g.sb_magic_off())?;
     let (lower_layer, lower_count) = if magic == g.overlay_magic() {
@@ -208,8 +214,13 @@ pub fn fd_facts(g: &Globals, fd: u32) -> Option<(u64, InodeFacts)> {
     } else {
         (0, 0)
     };
+    let dentry = match g.file_dentry_off() {
+        0 => 0,
+        off => read(file, off).unwrap_or(0),
+    };
     let facts = InodeFacts {
         dev: read(sb, g.sb_dev_off()).unwrap_or(0),
+        dentry,
         size: read(inode, g.inode_size_off())?,
         lower_layer,
         lower_count,
@@ -226,6 +237,7 @@ pub fn dentry_facts(g: &Globals, dentry: u64) -> InodeFacts {
     let (lower_layer, lower_count) = overlay_layers(g, inode, sb);
     InodeFacts {
         dev: read(sb, g.sb_dev_off()).unwrap_or(0),
+        dentry,
         size: if inode != 0 {
             read(inode, g.inode_size_off()).unwrap_or(-1)
         } else {

@@ -203,6 +203,7 @@ fn try_sys_exit(ctx: &TracePointContext, call: &InFlight, pid_tgid: u64) -> Resu
         ret,
         file: InodeFacts {
             dev: 0,
+            dentry: 0,
             size: -1,
             lower_layer: 0,
             lower_count: 0,

@@ -70,16 +70,24 @@ pub fn copy_up(g: &Globals, call: &InFlight, f: &Finished) {
         (*ev).dfd = call.dfd;
         (*ev).trigger = f.trigger;
         (*ev).source = f.source;
-        (*ev)._pad = 0;
+        (*ev).names_from_dentry = 0;
         (*ev).path[0] = 0;
         (*ev).path_len = 0;
         (*ev).components = 0;
         (*ev).path_complete = 0;
-        if f.source == source::COPY_UP_FN {
+        // The function backends' subject is the dentry; the tracepoint
+        // backend's a user path, unless it reached the file by an fd.
+        let dentry = if f.source == source::COPY_UP_FN {
+            call.subject
+        } else {
+            f.file.dentry
+        };
+        if dentry != 0 {
             let len = core::ptr::addr_of_mut!((*ev).path_len);
-            let (names, complete) = dentry_path(g, call.subject, &mut (*ev).path, len);
+            let (names, complete) = dentry_path(g, dentry, &mut (*ev).path, len);
             (*ev).components = names;
             (*ev).path_complete = complete as u8;
+            (*ev).names_from_dentry = 1;
         } else if call.subject != 0 {
             let read = bpf_probe_read_user_str_bytes(call.subject as *const u8, &mut (*ev).path);
             if let Ok(p) = read {

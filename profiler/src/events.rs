@@ -139,6 +139,8 @@ pub fn attribute(ev: &CopyUpEvent, mounts: &[OverlayMount], fsync_traced: bool) 
     out.stack_height = (ev.lower_count > 0).then_some(ev.lower_count as usize);
     if ev.source == source::COPY_UP_FN {
         out.timed = Timed::CopyUpFunction;
+    }
+    if ev.names_from_dentry != 0 {
         place_by_dentry(ev, mounts, &mut out);
     } else {
         place_by_syscall_path(ev, mounts, &mut out);
@@ -250,7 +252,7 @@ fn fill_from_options(m: &OverlayMount, rel: Option<&Path>, out: &mut CopyUp) {
     }
 }
 
-/// The path below the overlay root from a copy-up function event's names
+/// The path below the overlay root from an event's dentry names
 /// (file first, each NUL-terminated), or None where it was cut short.
 fn dentry_names(ev: &CopyUpEvent) -> Option<PathBuf> {
     if ev.path_complete == 0 || ev.components == 0 {
@@ -325,6 +327,7 @@ mod tests {
         ev.components = components;
         ev.path_complete = complete as u8;
         ev.source = source::COPY_UP_FN;
+        ev.names_from_dentry = 1;
         ev
     }
 

@@ -107,6 +107,9 @@ pub struct FnChain {
     pub dentry_sb: u32,
     pub task_flags: u32,
     pub regs_syscall_nr: u32,
+    /// file.f_path.dentry, for the tracepoint backend's walk of a file it
+    /// reached through an fd.
+    pub file_dentry: u32,
 }
 
 impl FnChain {
@@ -123,6 +126,8 @@ impl FnChain {
             dentry_sb: btf.member_offset("dentry", "d_sb")?,
             task_flags: btf.member_offset("task_struct", "flags")?,
             regs_syscall_nr: nr,
+            file_dentry: btf.member_offset("file", "f_path")?
+                + btf.member_offset("path", "dentry")?,
         })
     }
 }
@@ -308,6 +313,7 @@ fn load_object(filters: Filters) -> Result<(Ebpf, Layout)> {
         dentry_sb_off: func.dentry_sb as u64,
         task_flags_off: func.task_flags as u64,
         regs_syscall_nr_off: func.regs_syscall_nr as u64,
+        file_dentry_off: func.file_dentry as u64,
     };
     // The loader keeps a reference to each value until it loads.
     let named: Vec<(&str, u64)> = globals.named().collect();

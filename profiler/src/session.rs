@@ -1,6 +1,7 @@
 //! A profiling session: the chosen backend's probes, the event stream, and
 //! the attribution of each event to its overlay mount and layers.
 
+use std::collections::HashSet;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 
@@ -27,6 +28,9 @@ pub struct Session {
     /// Copy-ups reported without a mount: their overlay is not mounted
     /// where this process can see it (or already gone).
     pub unnamed_mount: u64,
+    /// Overlays (by device) the mount table lacked when last read: their
+    /// events do not make it be read again, until something else does.
+    unmounted_devs: HashSet<u32>,
     /// Why the backend was chosen.
     pub reason: String,
 }
@@ -128,6 +132,7 @@ impl Session {
             owners: Owners::default(),
             new_files: 0,
             unnamed_mount: 0,
+            unmounted_devs: HashSet::new(),
             reason,
         })
     }
@@ -155,12 +160,17 @@ impl Session {
         let mut out = Vec::with_capacity(raw.len());
         for ev in raw {
             let mut cu = events::attribute(&ev, &self.mounts, self.probes.fsync_traced);
-            let by_dentry = ev.source == source::COPY_UP_FN;
-            if cu.mount.is_none() && (cu.path.is_some() || by_dentry) {
+            let by_dev = ev.names_from_dentry != 0 || ev.overlay_dev != 0;
+            let unseen = !self.unmounted_devs.contains(&ev.overlay_dev);
+            if cu.mount.is_none() && (cu.path.is_some() || by_dev) && unseen {
                 // A mount made after we started: look again.
                 self.mounts = mounts::overlay_mounts();
                 self.owners.forget_overlays();
+                self.unmounted_devs.clear();
                 cu = events::attribute(&ev, &self.mounts, self.probes.fsync_traced);
+                if cu.mount.is_none() && ev.overlay_dev != 0 {
+                    self.unmounted_devs.insert(ev.overlay_dev);
+                }
             }
             cu.container = self.owners.of_event(ev.cgroup_id, ev.pid, ev.overlay_dev);
             if self.scope.as_ref().is_some_and(|s| !s.admits(&cu)) {

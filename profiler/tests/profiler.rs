@@ -202,12 +202,14 @@ fn record_sees_a_hand_made_overlay_mounted_with_relative_options() {
     let ts = TestStore::new();
     let ov = ts.scratch("hand-made");
     // (layer dir, path below it, size); l3 is the top lower (depth 1).
-    let files: [(&str, &str, usize); 5] = [
+    // Opened for writing (timed), truncated by path, chmod-ed by fd.
+    let files: [(&str, &str, usize); 6] = [
         ("l3", "f4k", 4 << 10),
         ("l2", "a/f64k", 64 << 10),
         ("l1", "f1m", 1 << 20),
         ("l1", "a/b/c/f8m", 8 << 20),
         ("l2", "t/trunc", 20_000),
+        ("l1", "x/y/fchmod", 30_000),
     ];
     for dir in ["l1", "l2", "l3", "u", "w", "merged"] {
         fs::create_dir_all(ov.join(dir)).unwrap();
@@ -270,6 +272,13 @@ fn record_sees_a_hand_made_overlay_mounted_with_relative_options() {
             stopwatch.push(t0.elapsed().as_nanos() as u64);
         }
         nix::unistd::truncate(&merged.join("t/trunc"), 10).unwrap();
+        let read_only = fs::File::open(merged.join("x/y/fchmod")).unwrap();
+        nix::sys::stat::fchmod(
+            std::os::fd::AsRawFd::as_raw_fd(&read_only),
+            nix::sys::stat::Mode::from_bits(0o600).unwrap(),
+        )
+        .unwrap();
+        drop(read_only);
         fs::write(merged.join("brand-new"), b"n").unwrap();
         std::thread::sleep(Duration::from_millis(300));
         let stdout = recording.stop();
