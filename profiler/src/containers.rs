@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use strata_driver::Store;
 
+use crate::engines::{Engine, Owner};
 use crate::mounts;
 
 /// The mount point of a strata container's overlay, by ID or name,
@@ -40,8 +41,8 @@ pub struct ContainerNames {
     /// Every container in the store (mounted or not), as of the last
     /// refresh.
     live: HashSet<String>,
-    /// Mount point -> container name, as of the last refresh.
-    by_mount: HashMap<PathBuf, String>,
+    /// Mount point -> (container id, name), as of the last refresh.
+    by_mount: HashMap<PathBuf, (String, String)>,
     /// Mounts seen since the last refresh that are no container of the
     /// store's (docker's, hand-made): not worth another look until the
     /// next refresh.
@@ -72,7 +73,7 @@ impl ContainerNames {
         let Ok(containers) = Store::open(&self.store_root).and_then(|s| {
             let uppers = s.containers()?.into_iter().map(|c| {
                 let upper = s.upper_dir(&c.id);
-                (upper.canonicalize().unwrap_or(upper), c.name)
+                (upper.canonicalize().unwrap_or(upper), (c.id, c.name))
             });
             Ok(uppers.collect::<HashMap<_, _>>())
         }) else {
@@ -80,26 +81,31 @@ impl ContainerNames {
         };
         for m in mounts::overlay_mounts() {
             let upper = m.upper.as_deref().and_then(|u| u.canonicalize().ok());
-            if let Some(name) = upper.and_then(|u| containers.get(&u)) {
-                self.by_mount.insert(m.mount_point, name.clone());
+            if let Some(c) = upper.and_then(|u| containers.get(&u)) {
+                self.by_mount.insert(m.mount_point, c.clone());
             }
         }
-        self.live = containers.into_values().collect();
+        self.live = containers.into_values().map(|(_, name)| name).collect();
     }
 
     pub fn of_mount(&self, mount: &Path) -> Option<&str> {
-        self.by_mount.get(mount).map(String::as_str)
+        self.by_mount.get(mount).map(|(_, name)| name.as_str())
     }
 
-    pub fn is_known_stranger(&self, mount: &Path) -> bool {
-        self.strangers.contains(mount)
-    }
-
-    /// Remembers a mount that no refresh could name.
-    pub fn note_stranger(&mut self, mount: &Path) {
-        if !self.by_mount.contains_key(mount) {
-            self.strangers.insert(mount.to_path_buf());
+    /// The strata container mounted at `mount`, looking again (once until
+    /// the next refresh) where the mount is new.
+    pub fn owner_of_mount(&mut self, mount: &Path) -> Option<Owner> {
+        if !self.by_mount.contains_key(mount) && !self.strangers.contains(mount) {
+            // A container mounted since the last look.
+            self.refresh();
+            if !self.by_mount.contains_key(mount) {
+                self.strangers.insert(mount.to_path_buf());
+            }
         }
+        let (id, name) = self.by_mount.get(mount)?;
+        let mut owner = Owner::new(Engine::Strata, id);
+        owner.name = Some(name.clone());
+        Some(owner)
     }
 
     /// Whether a container of this name is still in the store (as of the

@@ -28,6 +28,9 @@ pub enum Engine {
     Containerd,
     /// containerd's CRI plugin: a Kubernetes pod's container.
     Cri,
+    /// strata's own container, known by its overlay mount (it runs no
+    /// task of its own: an engine runs them, or nothing does).
+    Strata,
 }
 
 impl Engine {
@@ -37,6 +40,7 @@ impl Engine {
             Engine::Podman => "podman",
             Engine::Containerd => "containerd",
             Engine::Cri => "cri",
+            Engine::Strata => "strata",
         }
     }
 }
@@ -54,24 +58,30 @@ pub struct Owner {
     /// containerd's namespace (`ctr run` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// The container's name, where known (strata's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl Owner {
-    fn new(engine: Engine, id: &str) -> Owner {
+    pub fn new(engine: Engine, id: &str) -> Owner {
         Owner {
             engine,
             id: id.to_string(),
             pod: None,
             namespace: None,
+            name: None,
         }
     }
 
     /// The container as its engine's CLI shows it: docker's and podman's
-    /// short id, containerd's namespace/id, CRI's short id and pod.
+    /// short id, containerd's namespace/id, CRI's short id and pod,
+    /// strata's name.
     pub fn display_name(&self) -> String {
-        match (&self.namespace, &self.pod) {
-            (Some(ns), _) => format!("{ns}/{}", self.id),
-            (_, Some(pod)) => format!("{} (pod {pod})", self.short_id()),
+        match (&self.namespace, &self.pod, &self.name) {
+            (Some(ns), _, _) => format!("{ns}/{}", self.id),
+            (_, Some(pod), _) => format!("{} (pod {pod})", self.short_id()),
+            (_, _, Some(name)) => name.clone(),
             _ => self.short_id().to_string(),
         }
     }

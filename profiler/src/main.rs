@@ -203,6 +203,7 @@ fn sweep_command(args: SweepArgs) -> Result<()> {
 /// Resolves `--container` to a strata container's mount or to an engine's
 /// container, and `--mount` to a canonical path.
 fn scope(watch: &mut record::WatchArgs, which: &WhichContainer) -> Result<()> {
+    watch.store_root = Some(which.store_root.clone());
     if let Some(spec) = &which.container {
         // strata's own first (opening no store where there is none, so
         // that none is created), then the engines' running containers.

@@ -42,6 +42,9 @@ pub struct WatchArgs {
     /// podman or containerd container).
     #[arg(skip)]
     pub container: Option<crate::engines::Owner>,
+    /// strata's store, to name its containers (set with `--store-root`).
+    #[arg(skip)]
+    pub store_root: Option<PathBuf>,
     /// Also time read/write/fsync/open system-wide by what backs the
     /// file (lower layer, writable layer, not overlay) and, for opens,
     /// how many layers down it lives. Costs more on hot paths.
@@ -148,7 +151,13 @@ impl Watching {
             (None, Some(o)) => Some(Scope::Container(o.clone())),
             (None, None) => None,
         };
-        let session = Session::start(filters, args.backend, scope, args.vfs)?;
+        let session = Session::start(
+            filters,
+            args.backend,
+            scope,
+            args.vfs,
+            args.store_root.as_deref(),
+        )?;
         eprintln!("strata-prof: {}", session.reason);
         Ok(Watching {
             session,

@@ -3,13 +3,14 @@
 
 use std::collections::HashSet;
 use std::os::fd::{AsRawFd, RawFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use aya::maps::{MapData, RingBuf};
 use strata_common::{counter, source, CopyUpEvent, LOWER_NONE};
 
 use crate::backend::Backend;
+use crate::containers::ContainerNames;
 use crate::engines::{Owner, Owners};
 use crate::events::{self, CopyUp};
 use crate::mounts::{self, OverlayMount};
@@ -22,6 +23,8 @@ pub struct Session {
     /// Only these copy-ups (`--mount`, `--container`), or every one.
     pub scope: Option<Scope>,
     owners: Owners,
+    /// strata's containers, by their mounts (where a store root was given).
+    strata: Option<ContainerNames>,
     /// Calls that created a file that no lower layer had: a new file, not
     /// a copy-up. Counted, not reported as copy-ups.
     pub new_files: u64,
@@ -98,6 +101,7 @@ impl Session {
         forced: Option<Backend>,
         scope: Option<Scope>,
         vfs: bool,
+        strata_root: Option<&Path>,
     ) -> Result<Session> {
         let (mut probes, reason) = match forced {
             Some(b) => (
@@ -130,6 +134,7 @@ impl Session {
             mounts: mounts::overlay_mounts(),
             scope,
             owners: Owners::default(),
+            strata: strata_root.map(ContainerNames::new),
             new_files: 0,
             unnamed_mount: 0,
             unmounted_devs: HashSet::new(),
@@ -173,6 +178,11 @@ impl Session {
                 }
             }
             cu.container = self.owners.of_event(ev.cgroup_id, ev.pid, ev.overlay_dev);
+            if cu.container.is_none() {
+                if let (Some(strata), Some(mount)) = (self.strata.as_mut(), &cu.mount) {
+                    cu.container = strata.owner_of_mount(mount);
+                }
+            }
             if self.scope.as_ref().is_some_and(|s| !s.admits(&cu)) {
                 continue;
             }

@@ -149,7 +149,7 @@ pub fn run(
         tgid: std::process::id(),
         cgroup_id: 0,
     };
-    let mut session = Session::start(filters, backend, None, false)?;
+    let mut session = Session::start(filters, backend, None, false, None)?;
     if progress {
         eprintln!("strata-prof: {}", session.reason);
     }

@@ -145,10 +145,12 @@ fn docker_containers_shallow_and_deep() {
             ])
         };
         let (id, other) = (run("watched"), run("other"));
+        // By docker name on one image, by full docker id on the other.
+        let which = if relative { id.as_str() } else { "watched" };
         let recording = Recording::start(&[
             "--json".as_ref(),
             "--container".as_ref(),
-            "watched".as_ref(),
+            which.as_ref(),
             "--docker-root".as_ref(),
             root.as_os_str(),
         ]);

@@ -362,6 +362,8 @@ fn record_streams_one_event_per_copy_up_with_its_trigger() {
         "--hdr-log".as_ref(),
         hdr.as_os_str(),
         "--probe-cost".as_ref(),
+        "--store-root".as_ref(),
+        ts.store.root().as_os_str(),
     ]);
     // "strata-prof: <backend> backend: ..."
     let backend = recording
@@ -463,6 +465,10 @@ fn record_streams_one_event_per_copy_up_with_its_trigger() {
         assert_eq!(e["timed"], timed, "{e}");
         assert!(e["latency_ns"].as_u64().unwrap() > 0);
         assert!(e["cgroup_id"].as_u64().unwrap() > 0, "{e}");
+        // Made by no engine: the container is strata's own, by its mount.
+        assert_eq!(e["container"]["engine"], "strata", "{e}");
+        assert_eq!(e["container"]["id"], c.id.as_str(), "{e}");
+        assert_eq!(e["container"]["name"], c.name.as_str(), "{e}");
     }
     let summary = lines
         .iter()

@@ -97,31 +97,19 @@ pub struct CopyUpMetrics {
     pub fsync: HashMap<TriggerLabels, Log2Counts>,
     pub count: HashMap<TriggerLabels, u64>,
     pub bytes: HashMap<TriggerLabels, u64>,
-    /// Present with `--per-container`.
+    /// Present with `--per-container`: which strata containers are still
+    /// in the store.
     pub containers: Option<ContainerNames>,
 }
 
 impl CopyUpMetrics {
+    /// The session named the container (strata's too, by its mount).
     fn container_of(&mut self, e: &CopyUp) -> Option<ContainerLabel> {
-        let names = self.containers.as_mut()?;
-        if let Some(owner) = &e.container {
-            return Some(ContainerLabel {
+        self.containers.as_ref()?;
+        Some(match &e.container {
+            Some(owner) => ContainerLabel {
                 engine: owner.engine.name(),
                 name: owner.display_name(),
-            });
-        }
-        let Some(mount) = e.mount.as_deref() else {
-            return Some(ContainerLabel::default());
-        };
-        if names.of_mount(mount).is_none() && !names.is_known_stranger(mount) {
-            // A container mounted since the last look.
-            names.refresh();
-            names.note_stranger(mount);
-        }
-        Some(match names.of_mount(mount) {
-            Some(name) => ContainerLabel {
-                engine: "strata",
-                name: name.to_string(),
             },
             None => ContainerLabel::default(),
         })

@@ -230,12 +230,7 @@ mod tests {
         );
         let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
         let in_docker = CopyUp {
-            container: Some(Owner {
-                engine: Engine::Docker,
-                id: id.into(),
-                pod: None,
-                namespace: None,
-            }),
+            container: Some(Owner::new(Engine::Docker, id)),
             ..event(4096, 1, 0, 1000)
         };
         exporter.copy_up(&in_docker).unwrap();
