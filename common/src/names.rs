@@ -24,6 +24,7 @@ pub mod program {
     pub const SYS_ENTER: &str = "strata_sys_enter";
     pub const SYS_ENTER_OPENAT: &str = "strata_sys_enter_openat";
     pub const SYS_EXIT: &str = "strata_sys_exit";
+    pub const SYS_EXIT_NO_WALK: &str = "strata_sys_exit_no_walk";
     pub const INODE_CREATED: &str = "strata_inode_created";
     pub const FSYNC_ENTER: &str = "strata_fsync_enter";
     pub const FSYNC_EXIT: &str = "strata_fsync_exit";

@@ -177,6 +177,19 @@ fn try_inode_created(ctx: &TracePointContext) -> Result<(), i64> {
 
 #[tracepoint]
 pub fn strata_sys_exit(ctx: TracePointContext) -> u32 {
+    sys_exit::<true>(&ctx)
+}
+
+/// strata_sys_exit without the dentry walk, for kernels whose verifier
+/// gives up on the walk inside it (6.1 gives E2BIG): a file reached by fd
+/// then has its layers and size, but no path.
+#[tracepoint]
+pub fn strata_sys_exit_no_walk(ctx: TracePointContext) -> u32 {
+    sys_exit::<false>(&ctx)
+}
+
+#[inline(always)]
+fn sys_exit<const WALK: bool>(ctx: &TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     // Most exits (a read-only open, a filtered-out process) have no entry:
@@ -185,12 +198,17 @@ pub fn strata_sys_exit(ctx: TracePointContext) -> u32 {
         return 0;
     };
     // SAFETY: this thread's own entry; released only after this.
-    let _ = try_sys_exit(&ctx, unsafe { &*call }, pid_tgid);
+    let _ = try_sys_exit::<WALK>(ctx, unsafe { &*call }, pid_tgid);
     maps::end(tid, call);
     0
 }
 
-fn try_sys_exit(ctx: &TracePointContext, call: &InFlight, pid_tgid: u64) -> Result<(), i64> {
+#[inline(always)]
+fn try_sys_exit<const WALK: bool>(
+    ctx: &TracePointContext,
+    call: &InFlight,
+    pid_tgid: u64,
+) -> Result<(), i64> {
     if call.dirs_created == 0 && call.files_created == 0 {
         return Ok(());
     }
@@ -230,6 +248,9 @@ fn try_sys_exit(ctx: &TracePointContext, call: &InFlight, pid_tgid: u64) -> Resu
                 return Ok(());
             }
             done.file = file;
+            if !WALK {
+                done.file.dentry = 0;
+            }
         }
     }
     report::copy_up(&g, call, &done);
@@ -253,3 +274,7 @@ strata_common::named!(
     strata_inode_created
 );
 strata_common::named!(strata_common::names::program::SYS_EXIT, strata_sys_exit);
+strata_common::named!(
+    strata_common::names::program::SYS_EXIT_NO_WALK,
+    strata_sys_exit_no_walk
+);

@@ -59,6 +59,9 @@ pub struct Probes {
     pub fsync_traced: bool,
     /// The fentry backend's programs, loaded outside aya (see fentry.rs).
     fn_links: Vec<FnLink>,
+    /// The tracepoint backend names a file it reached by fd by its dentry
+    /// chain; false where the verifier refused that walk at syscall exit.
+    pub exit_walks: bool,
 }
 
 /// Offsets resolved from the running kernel.
@@ -221,11 +224,11 @@ impl Probes {
             );
         }
         let fn_links = attach_copy_up_fn(&mut ebpf, backend)?;
-        let attached = if traced {
-            attach_syscalls(&mut ebpf, &watched)?;
-            watched
+        let (attached, exit_walks) = if traced {
+            let walks = attach_syscalls(&mut ebpf, &watched)?;
+            (watched, walks)
         } else {
-            Vec::new()
+            (Vec::new(), true)
         };
         attach_inode_created(&mut ebpf)?;
         let fsync_traced = attach_fsync(&mut ebpf)?;
@@ -239,6 +242,7 @@ impl Probes {
             missing,
             fsync_traced,
             fn_links,
+            exit_walks,
         })
     }
 }
@@ -267,6 +271,7 @@ impl Probes {
             missing,
             fsync_traced,
             fn_links: Vec::new(),
+            exit_walks: false,
         })
     }
 }
@@ -391,18 +396,23 @@ fn check_syscall_records() -> Result<()> {
 /// The tracepoint backend's entry and exit programs on every watched
 /// syscall.
 /// (openat has an entry program of its own: see strata_sys_enter_openat.)
-fn attach_syscalls(ebpf: &mut Ebpf, watched: &[&str]) -> Result<()> {
+/// Attaches the syscall programs; false where the exit program had to go
+/// without its dentry walk.
+fn attach_syscalls(ebpf: &mut Ebpf, watched: &[&str]) -> Result<bool> {
     check_syscall_records()?;
     let (openat, others): (Vec<&str>, Vec<&str>) = watched.iter().partition(|n| **n == "openat");
     let enter = syscall_tracepoints("enter", &others);
     attach_tracepoint(ebpf, program::SYS_ENTER, enter)?;
     let enter_openat = syscall_tracepoints("enter", &openat);
     attach_tracepoint(ebpf, program::SYS_ENTER_OPENAT, enter_openat)?;
-    attach_tracepoint(
-        ebpf,
-        program::SYS_EXIT,
-        syscall_tracepoints("exit", watched),
-    )
+    let exits = syscall_tracepoints("exit", watched);
+    if load_tracepoint(ebpf, program::SYS_EXIT).is_ok() {
+        attach_tracepoint(ebpf, program::SYS_EXIT, exits)?;
+        return Ok(true);
+    }
+    // The walk is what some verifiers refuse (6.1: too complex).
+    attach_tracepoint(ebpf, program::SYS_EXIT_NO_WALK, exits)?;
+    Ok(false)
 }
 
 /// ("syscalls", "sys_<dir>_<name>") for each syscall in `names`.
@@ -419,7 +429,17 @@ fn attach_inode_created(ebpf: &mut Ebpf) -> Result<()> {
     attach_tracepoint(ebpf, program::INODE_CREATED, [(category, name.to_string())])
 }
 
-/// Loads `prog` and attaches it to every (category, name) tracepoint.
+fn load_tracepoint(ebpf: &mut Ebpf, prog: &str) -> Result<()> {
+    let p: &mut TracePoint = ebpf
+        .program_mut(prog)
+        .with_context(|| format!("program {prog}"))?
+        .try_into()?;
+    p.load().with_context(|| format!("loading {prog}"))?;
+    Ok(())
+}
+
+/// Loads `prog` (unless it is loaded) and attaches it to every (category,
+/// name) tracepoint.
 fn attach_tracepoint<'a>(
     ebpf: &mut Ebpf,
     prog: &str,
@@ -429,7 +449,9 @@ fn attach_tracepoint<'a>(
         .program_mut(prog)
         .with_context(|| format!("program {prog}"))?
         .try_into()?;
-    p.load().with_context(|| format!("loading {prog}"))?;
+    if p.fd().is_err() {
+        p.load().with_context(|| format!("loading {prog}"))?;
+    }
     for (category, name) in tracepoints {
         p.attach(category, &name)
             .with_context(|| format!("attaching {prog} to {category}:{name}"))?;

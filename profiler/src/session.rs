@@ -122,6 +122,12 @@ impl Session {
                 crate::probes::COPY_UP_FN
             )
         };
+        if !probes.exit_walks {
+            reason.push_str(
+                "; the verifier refused the dentry walk at syscall exit: \
+                 calls on an fd have no path",
+            );
+        }
         if !probes.missing.is_empty() {
             reason.push_str(&format!(
                 " (not on this kernel: {})",
