@@ -229,41 +229,7 @@ pub fn hand_mount(dir: &Path, lowers: &[PathBuf]) -> Result<()> {
     )
 }
 
-/// A filesystem made for the run: a sparse file, mkfs, loop-mounted.
-/// Unmounted and deleted on drop.
-pub struct LoopFs {
-    pub mount: PathBuf,
-    image: PathBuf,
-}
-
-impl LoopFs {
-    pub fn ext4(image: &Path, mount: &Path, bytes: u64) -> Result<LoopFs> {
-        std::fs::File::create(image)?.set_len(bytes)?;
-        sh("mkfs.ext4", &["-q", "-F", image.to_str().unwrap()])?;
-        std::fs::create_dir_all(mount)?;
-        sh(
-            "mount",
-            &[
-                "-o",
-                "loop",
-                image.to_str().unwrap(),
-                mount.to_str().unwrap(),
-            ],
-        )?;
-        Ok(LoopFs {
-            mount: mount.to_path_buf(),
-            image: image.to_path_buf(),
-        })
-    }
-}
-
-impl Drop for LoopFs {
-    fn drop(&mut self) {
-        unmount_all_beneath(&self.mount);
-        let _ = nix::mount::umount2(&self.mount, nix::mount::MntFlags::MNT_DETACH);
-        let _ = std::fs::remove_file(&self.image);
-    }
-}
+pub use strata_driver::testing::loopfs::LoopFs;
 
 /// A running strata-prof (`record` or `serve`), started and waited on
 /// until it attached (and, for serve, says where it listens). Its stdout

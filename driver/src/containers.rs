@@ -16,6 +16,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{self, StagingDir, Txn};
 use crate::layers::now_secs;
 use crate::mount::{self, MountApi, OverlaySpec};
+use crate::quota::{self, ContainerQuota, QuotaLimit};
 use crate::store::Store;
 use crate::volumes::VolumeMount;
 
@@ -33,6 +34,9 @@ pub struct ContainerRecord {
     pub snapshot: Option<String>,
     pub volumes: Vec<VolumeMount>,
     pub volatile: bool,
+    /// The writable layer's project and limit (`create --size`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<ContainerQuota>,
     /// Outstanding `strata mount`s; unmounted when it drops to zero.
     pub mount_count: u32,
     pub created: u64,
@@ -61,6 +65,8 @@ pub struct CreateOptions {
     pub name: Option<String>,
     pub volumes: Vec<VolumeMount>,
     pub volatile: bool,
+    /// `--size`: cap the writable layer (XFS or ext4 with prjquota).
+    pub size: Option<QuotaLimit>,
 }
 
 impl Store {
@@ -139,9 +145,22 @@ impl Store {
         if name.is_empty() || name.contains('/') || name.len() > 128 {
             return Err(Error::Invalid(format!("container name {name:?}")));
         }
-        if self.containers()?.iter().any(|c| c.name == name) {
+        let existing = self.containers()?;
+        if existing.iter().any(|c| c.name == name) {
             return Err(Error::AlreadyExists(format!("container {name}")));
         }
+        let quota = match opts.size {
+            Some(limit) => {
+                let dir = self.containers_dir();
+                quota::check_support(&dir)?;
+                let taken = existing.iter().filter_map(|c| c.quota).map(|q| q.project);
+                Some(ContainerQuota {
+                    project: quota::next_project(&dir, taken)?,
+                    limit,
+                })
+            }
+            None => None,
+        };
         self.publish_container(
             ContainerRecord {
                 id,
@@ -151,6 +170,7 @@ impl Store {
                 snapshot: None,
                 volumes: opts.volumes.clone(),
                 volatile: opts.volatile,
+                quota,
                 mount_count: 0,
                 created: now_secs(),
             },
@@ -182,6 +202,11 @@ impl Store {
         let staged = StagingDir::create(&self.tmp_dir(), "container")?;
         for d in ["upper", "work", "merged"] {
             fs::create_dir(staged.path().join(d)).ctx(|| format!("creating {d}"))?;
+        }
+        // Before the container is visible: a layer that could not be
+        // capped is never published uncapped.
+        if let Some(q) = record.quota {
+            quota::apply(&staged.path().join("upper"), q.project, q.limit)?;
         }
         let json = staged.path().join(RECORD);
         if durable {
@@ -339,6 +364,10 @@ impl Store {
         fs::rename(&dir, &doomed).ctx(|| format!("removing {}", dir.display()))?;
         fsutil::sync_dir(&self.containers_dir())?;
         fsutil::remove_tree(&doomed)?;
+        if let Some(q) = c.quota {
+            // The files are gone; the limit would only hold its id.
+            quota::release(&self.containers_dir(), q.project)?;
+        }
         txn.done();
         Ok(())
     }

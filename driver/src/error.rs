@@ -42,6 +42,8 @@ pub enum Error {
     Conflict(String),
     #[error("invalid argument: {0}")]
     Invalid(String),
+    #[error("not supported here: {0}")]
+    Unsupported(String),
     #[error("corrupt metadata {path}: {reason}")]
     Corrupt { path: PathBuf, reason: String },
 }

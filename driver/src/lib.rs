@@ -18,6 +18,7 @@ pub mod images;
 pub mod import;
 pub mod layers;
 pub mod mount;
+pub mod quota;
 pub mod recovery;
 pub mod sizes;
 pub mod snapshots;

@@ -12,6 +12,7 @@ use strata_driver::export::{self, SaveFormat};
 use strata_driver::image::config;
 use strata_driver::import::{import, ImportOptions};
 use strata_driver::mount::MountApi;
+use strata_driver::quota::QuotaLimit;
 use strata_driver::snapshotter::{self, ServeOptions};
 use strata_driver::store::{StoreOptions, SyncMode, DEFAULT_ROOT};
 use strata_driver::volumes::VolumeMount;
@@ -65,6 +66,14 @@ enum Cmd {
         /// Mount with overlayfs `volatile`: no syncs, lost on a crash.
         #[arg(long)]
         volatile: bool,
+        /// Cap what the container may write (e.g. 10g): a project quota on
+        /// the writable layer; needs XFS, or ext4 with the project and
+        /// quota features, mounted with prjquota.
+        #[arg(long, value_parser = strata_driver::quota::parse_size)]
+        size: Option<u64>,
+        /// With --size: also cap files and directories created.
+        #[arg(long, requires = "size")]
+        inodes: Option<u64>,
         #[command(flatten)]
         out: Output,
     },
@@ -246,6 +255,8 @@ fn main() -> Result<()> {
             name,
             volumes,
             volatile,
+            size,
+            inodes,
             out,
         } => {
             let c = store.create_container(
@@ -254,6 +265,7 @@ fn main() -> Result<()> {
                     name,
                     volumes,
                     volatile,
+                    size: size.map(|bytes| QuotaLimit { bytes, inodes }),
                 },
             )?;
             emit(out, &c, || println!("{}", c.id))

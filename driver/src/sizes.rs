@@ -150,7 +150,11 @@ impl Store {
             .iter()
             .map(|l| sizes.get(*l).copied().unwrap_or(0))
             .sum();
-        let size = apparent_size(&self.upper_dir(&c.id))?;
+        // A capped layer's quota knows its usage: no walk.
+        let size = match c.quota {
+            Some(q) => crate::quota::usage(&self.upper_dir(&c.id), q.project)?,
+            None => apparent_size(&self.upper_dir(&c.id))?,
+        };
         Ok(ContainerUsage {
             container: c.clone(),
             size,

@@ -26,6 +26,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("busybox", "busybox-static"),
     ("mkfs.ext4", "e2fsprogs"),
+    // Per-container quota tests: XFS with project quotas.
+    ("mkfs.xfs", "xfsprogs"),
     ("xz", "xz-utils"),
     ("depmod", "kmod"),
     // containerd's proxy snapshotter: containerd and runc for the real

@@ -175,6 +175,7 @@ impl Store {
                     snapshot: Some(key.to_string()),
                     volumes: Vec::new(),
                     volatile: false,
+                    quota: None,
                     mount_count: 0,
                     created: now_secs(),
                 },

@@ -16,6 +16,7 @@ use crate::{fsutil, Store};
 
 pub mod containerd;
 pub mod docker;
+pub mod loopfs;
 pub mod podman;
 
 /// Privileged tests run as root. In CI (CI=true) not being root is a
@@ -122,6 +123,23 @@ pub fn kill_processes_naming(dir: &Path) {
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         }
     }
+}
+
+/// `docker_archive_dir`, packed as the one tar `docker save` writes:
+/// `work`/image.tar, returned.
+pub fn docker_save_tar(work: &Path, tag: &str, layers: Vec<LayerFn>) -> PathBuf {
+    let archive = docker_archive_dir(work, tag, layers);
+    let tar = work.join("image.tar");
+    let ok = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&archive)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    tar
 }
 
 /// Builds the layers (bottom first) as tars in `work` and a `docker

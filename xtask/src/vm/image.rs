@@ -24,7 +24,8 @@ const BUSYBOX: &str = "/bin/busybox";
 pub const MARK: &str = "@@strata-vm";
 
 /// Host tools the tests run by name (busybox covers the rest).
-const TOOLS: &[&str] = &["/usr/sbin/mkfs.ext4"];
+/// mkfs.xfs for the quota tests' XFS.
+const TOOLS: &[&str] = &["/usr/sbin/mkfs.ext4", "/usr/sbin/mkfs.xfs"];
 
 /// The initramfs: `/init` loads the modules in order and hands over to the
 /// disk's runner.
@@ -75,7 +76,7 @@ exec switch_root /newroot /strata-vm/run
 /// /tmp and /run stay the disk's own directories: the checkout (and so
 /// the binaries' paths) may well be under /tmp, and a tmpfs would hide it.
 const RUNNER: &str = "#!/bin/sh
-export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root CI=true RUST_BACKTRACE=1
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root CI=true RUST_BACKTRACE=1 STRATA_KERNEL_MATRIX=1
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t tracefs tracefs /sys/kernel/tracing

@@ -23,7 +23,15 @@ pub const KERNELS: &[(&str, &str)] = &[
 
 /// Modules the guest loads, in no particular order; dependencies are added
 /// from modules.dep. A module built into a kernel is simply absent.
-const MODULES: &[&str] = &["virtio_pci", "virtio_blk", "overlay", "loop"];
+/// xfs and quota_v2 (ext4's quota file format) for the quota tests.
+const MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_blk",
+    "overlay",
+    "loop",
+    "xfs",
+    "quota_v2",
+];
 
 pub struct Kernel {
     pub name: String,
