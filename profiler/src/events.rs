@@ -167,8 +167,7 @@ fn place_by_syscall_path(ev: &CopyUpEvent, mounts: &[OverlayMount], out: &mut Co
     if raw.is_empty() {
         // A call on an fd: the overlay is known, the path is not.
         if let Some(m) = by_dev {
-            out.mount = Some(m.mount_point.clone());
-            fill_from_options(m, None, out);
+            place_on(m, None, out);
         }
         return;
     }
@@ -184,16 +183,8 @@ fn place_by_syscall_path(ev: &CopyUpEvent, mounts: &[OverlayMount], out: &mut Co
             // be read. Where the overlay has the file at that path, that
             // is where it is; else the overlay still counts, pathless.
             let rel = p.strip_prefix("/").ok().map(Path::to_path_buf);
-            match rel.filter(|r| m.mount_point.join(r).symlink_metadata().is_ok()) {
-                Some(rel) => {
-                    out.path = Some(m.mount_point.join(&rel));
-                    place(m, &rel, out);
-                }
-                None => {
-                    out.mount = Some(m.mount_point.clone());
-                    fill_from_options(m, None, out);
-                }
-            }
+            let rel = rel.filter(|r| m.mount_point.join(r).symlink_metadata().is_ok());
+            place_on(m, rel, out);
         }
         (None, Some((m, rel))) if ev.overlay_dev == 0 => place(m, &rel, out),
         _ => {}
@@ -210,7 +201,12 @@ fn place_by_dentry(ev: &CopyUpEvent, mounts: &[OverlayMount], out: &mut CopyUp) 
     let Some(m) = mounts::mount_with_dev(mounts, ev.overlay_dev).filter(|m| m.is_current()) else {
         return;
     };
-    match names {
+    place_on(m, names, out);
+}
+
+/// The file is on `m`, at `rel` below its root where that is known.
+fn place_on(m: &OverlayMount, rel: Option<PathBuf>, out: &mut CopyUp) {
+    match rel {
         Some(rel) => {
             out.path = Some(m.mount_point.join(&rel));
             place(m, &rel, out);

@@ -12,7 +12,7 @@ use serde_json::Value;
 use strata_driver::testing::containerd::{busybox_image, Containerd, BOTTOM, IMAGE};
 use strata_driver::testing::docker::Dockerd;
 use strata_driver::testing::podman::Podman;
-use strata_driver::testing::{docker_archive_dir, layer, privileged, LayerFn, TestStore};
+use strata_driver::testing::{docker_save_tar, layer, privileged, LayerFn, TestStore};
 
 mod common;
 use common::*;
@@ -78,18 +78,7 @@ fn deep_image(work: &Path, tag: &str, deeper: usize) -> std::path::PathBuf {
             t.file(&format!("filler-{i}"), b"f\n", 0o644).unwrap();
         }));
     }
-    let archive = docker_archive_dir(&work.join("deep"), tag, layers);
-    let tar = work.join("deep.tar");
-    let ok = std::process::Command::new("tar")
-        .arg("-C")
-        .arg(&archive)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    tar
+    docker_save_tar(&work.join("deep"), tag, layers)
 }
 
 /// The overlay options docker mounted container `id` with.

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::testing::{docker_archive_dir, layer, LayerFn};
+use crate::testing::{layer, LayerFn};
 use crate::Store;
 
 pub const SNAPSHOTTER: &str = "strata";
@@ -313,16 +313,5 @@ pub fn busybox_image(work: &Path, pad_files: usize) -> PathBuf {
             t.file("top", b"top layer\n", 0o644).unwrap();
         }),
     ];
-    let archive = docker_archive_dir(work, IMAGE, layers);
-    let tar = work.join("image.tar");
-    let ok = Command::new("tar")
-        .arg("-C")
-        .arg(&archive)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    tar
+    super::docker_save_tar(work, IMAGE, layers)
 }
