@@ -6,14 +6,20 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::fixtures::{deep_image, hand_mount, image, layer_dirs, sh, unmount_all_beneath, Env};
+use crate::fixtures::{
+    deep_image, hand_mount, image, layer_dirs, sh, unmount_all_beneath, Env, LoopFs,
+};
 use crate::harness::{compare, BenchResult, Timed};
 
 pub fn all(env: &Env, cache: &std::path::Path) -> Result<Vec<BenchResult>> {
     let mut out = Vec::new();
-    out.extend(import(env)?);
+    for (fs_name, fs) in fresh_filesystems(env, "import-fs")? {
+        out.extend(import(env, &fs.mount, fs_name)?);
+    }
     if !env.quick {
-        out.extend(import_debian(env, cache)?);
+        for (fs_name, fs) in fresh_filesystems(env, "import-debian-fs")? {
+            out.extend(import_debian(env, cache, &fs.mount, fs_name)?);
+        }
     }
     out.extend(containers(env)?);
     out.extend(ps(env)?);
@@ -22,20 +28,39 @@ pub fn all(env: &Env, cache: &std::path::Path) -> Result<Vec<BenchResult>> {
     Ok(out)
 }
 
+/// A fresh ext4 and a fresh XFS, loop-mounted for `name`: what creates
+/// files is measured on a filesystem made for the run, never on the root
+/// filesystem (here a journal-less ext4 whose inode allocator, after the
+/// mass deletes of earlier repetitions, dominates every import).
+fn fresh_filesystems(env: &Env, name: &str) -> Result<Vec<(&'static str, LoopFs)>> {
+    let dir = env.dir(name);
+    let mut out = Vec::new();
+    for (fs_name, mkfs) in [
+        ("ext4", &["mkfs.ext4", "-q", "-F"][..]),
+        ("XFS", &["mkfs.xfs", "-q", "-f"][..]),
+    ] {
+        let image = dir.join(format!("{fs_name}.img"));
+        let mount = dir.join(fs_name);
+        out.push((fs_name, LoopFs::make(&image, &mount, 8 << 30, mkfs, &[])?));
+    }
+    Ok(out)
+}
+
 /// Import of a multi-layer image vs `tar -x` of the same layers, without
-/// and with a sync (strata's import is durable when it returns).
-fn import(env: &Env) -> Result<Vec<BenchResult>> {
+/// and with a sync (strata's import is durable when it returns), both on
+/// `target`, a fresh `fs_name`.
+fn import(env: &Env, target: &std::path::Path, fs_name: &str) -> Result<Vec<BenchResult>> {
     let dir = env.dir("import");
     let (layers, files) = if env.quick { (4, 300) } else { (6, 2000) };
     let img = image(&dir, layers, files, "bench:import")?;
-    let root = dir.join("store");
-    let extract = dir.join("extract");
+    let root = target.join("store");
+    let extract = target.join("extract");
     let archive = img.archive.to_str().unwrap().to_string();
     let mut out = Vec::new();
     for durable in [false, true] {
         out.push(compare(
             &format!(
-                "import {layers}x{files} files ({} MB){}",
+                "import {layers}x{files} files ({} MB) on fresh {fs_name}{}",
                 img.bytes / 1_000_000,
                 if durable { " (vs durable tar)" } else { "" }
             ),
@@ -83,7 +108,12 @@ fn import(env: &Env) -> Result<Vec<BenchResult>> {
 
 /// Import of a real Debian rootfs (OCI, one gzip layer) vs extracting the
 /// same layer with tar (decompressing too).
-fn import_debian(env: &Env, cache: &std::path::Path) -> Result<Vec<BenchResult>> {
+fn import_debian(
+    env: &Env,
+    cache: &std::path::Path,
+    target: &std::path::Path,
+    fs_name: &str,
+) -> Result<Vec<BenchResult>> {
     let layout = match crate::fixtures::debian_image(cache) {
         Ok(l) => l,
         Err(why) => {
@@ -91,9 +121,8 @@ fn import_debian(env: &Env, cache: &std::path::Path) -> Result<Vec<BenchResult>>
             return Ok(Vec::new());
         }
     };
-    let dir = env.dir("import-debian");
-    let root = dir.join("store");
-    let extract = dir.join("extract");
+    let root = target.join("store");
+    let extract = target.join("extract");
     let index: serde_json::Value = serde_json::from_slice(&fs::read(layout.join("index.json"))?)?;
     let digest = |v: &serde_json::Value| {
         v["digest"]
@@ -112,7 +141,7 @@ fn import_debian(env: &Env, cache: &std::path::Path) -> Result<Vec<BenchResult>>
         .join(digest(&manifest["layers"][0]));
     let src = format!("{}:bookworm", layout.display());
     Ok(vec![compare(
-        "import Debian bookworm minbase (OCI, gzip)",
+        &format!("import Debian bookworm minbase (OCI, gzip) on fresh {fs_name}"),
         env.reps,
         Timed::new(
             || {
