@@ -273,9 +273,10 @@ pub struct Owners {
     cgroup2: Option<PathBuf>,
     /// Looked up once: a cgroup id is not reused while the system runs.
     by_cgroup: HashMap<u64, Option<Owner>>,
-    /// Overlay device -> the container on it, until the mount table is
+    /// Overlay device -> the container on it, or none (a scan of /proc
+    /// per event would cost more than the event), until the mount table is
     /// read again (a device number is reused after an unmount).
-    by_overlay: HashMap<u32, Owner>,
+    by_overlay: HashMap<u32, Option<Owner>>,
 }
 
 impl Default for Owners {
@@ -299,12 +300,10 @@ impl Owners {
         if overlay_dev == 0 {
             return None;
         }
-        if let Some(owner) = self.by_overlay.get(&overlay_dev) {
-            return Some(owner.clone());
-        }
-        let owner = owner_of_overlay(overlay_dev)?;
-        self.by_overlay.insert(overlay_dev, owner.clone());
-        Some(owner)
+        self.by_overlay
+            .entry(overlay_dev)
+            .or_insert_with(|| owner_of_overlay(overlay_dev))
+            .clone()
     }
 
     fn of_cgroup(&mut self, id: u64) -> Option<Owner> {
