@@ -219,7 +219,12 @@ fn record_sees_a_hand_made_overlay_mounted_with_relative_options() {
         fs::write(&p, vec![b'z'; size]).unwrap();
     }
     let merged = ov.join("merged");
-    for (i, backend) in available_backends().into_iter().enumerate() {
+    // The kernel matrix runs it on the function backends, which this
+    // host lacks; the tracepoint one runs here (and in the guests' sweep).
+    let backends = available_backends()
+        .into_iter()
+        .filter(|b| std::env::var_os("STRATA_KERNEL_MATRIX").is_none() || b != "tracepoint");
+    for (i, backend) in backends.enumerate() {
         mount_relative(&ov);
         if i == 0 {
             // Once: doctor loads every backend's probes, which takes
