@@ -41,19 +41,23 @@ pub enum MountApi {
 impl MountApi {
     /// `lowerdir+` where the kernel has it (Linux >= 6.7), else legacy.
     pub fn for_kernel() -> MountApi {
-        let release = nix::sys::utsname::uname()
-            .map(|u| u.release().to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let mut parts = release
-            .split(|c: char| !c.is_ascii_digit())
-            .filter_map(|p| p.parse::<u32>().ok());
-        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-        if (major, minor) >= (6, 7) {
+        if kernel_version() >= (6, 7) {
             MountApi::LowerdirPlus
         } else {
             MountApi::Legacy
         }
     }
+}
+
+/// (major, minor) of the running kernel; (0, 0) where unreadable.
+pub fn kernel_version() -> (u32, u32) {
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
 impl std::str::FromStr for MountApi {

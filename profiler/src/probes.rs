@@ -409,7 +409,7 @@ fn attach_syscalls(ebpf: &mut Ebpf, watched: &[&str]) -> Result<bool> {
     // 6.1's verifier refuses the walk only after running to its
     // complexity limit, seconds of CPU (a minute under emulation): not
     // tried where it is known to fail.
-    let known_refused = kernel_version() < (6, 2);
+    let known_refused = strata_driver::mount::kernel_version() < (6, 2);
     if !known_refused && load_tracepoint(ebpf, program::SYS_EXIT).is_ok() {
         attach_tracepoint(ebpf, program::SYS_EXIT, exits)?;
         return Ok(true);
@@ -431,13 +431,6 @@ fn syscall_tracepoints(dir: &str, names: &[&str]) -> Vec<(&'static str, String)>
 fn attach_inode_created(ebpf: &mut Ebpf) -> Result<()> {
     let (category, name) = INODE_TP;
     attach_tracepoint(ebpf, program::INODE_CREATED, [(category, name.to_string())])
-}
-
-/// (major, minor) of the running kernel; (0, 0) where unreadable.
-fn kernel_version() -> (u32, u32) {
-    let release = crate::backend::kernel_release();
-    let mut parts = release.split(['.', '-']).map(|p| p.parse().unwrap_or(0));
-    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
 fn load_tracepoint(ebpf: &mut Ebpf, prog: &str) -> Result<()> {
