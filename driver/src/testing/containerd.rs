@@ -219,14 +219,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     /// Runs `ctr`, panicking with its stderr unless it succeeds.
     pub fn ctr_ok(&self, args: &[&str]) -> String {
-        let out = self.ctr(args);
-        assert!(
-            out.status.success(),
-            "ctr {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        super::stdout_of_success(self.ctr(args), &format!("ctr {args:?}"))
     }
 
     /// `ctr run` of `/bin/sh -c script` as container `id`, on strata, from

@@ -95,14 +95,10 @@ impl Dockerd {
     /// Runs `docker`, panicking with its output unless it succeeds;
     /// returns stdout, trimmed.
     pub fn docker_ok(&self, args: &[&str]) -> String {
-        let out = self.docker(args);
-        assert!(
-            out.status.success(),
-            "docker {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        let what = format!("docker {args:?}");
+        super::stdout_of_success(self.docker(args), &what)
+            .trim()
+            .to_string()
     }
 }
 

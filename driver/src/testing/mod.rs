@@ -108,6 +108,18 @@ impl Drop for TestStore {
 
 pub use crate::mount::unmount_beneath;
 
+/// stdout of an engine CLI's run `what` (e.g. `ctr ["run", ...]`), which
+/// must have succeeded: else a panic with everything it printed.
+pub fn stdout_of_success(out: std::process::Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Kills every process (but this one) whose command line names `dir`:
 /// what an engine started under a test's directory (shims, conmon) can
 /// outlive the engine.

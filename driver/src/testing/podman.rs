@@ -50,14 +50,10 @@ impl Podman {
     /// Runs podman, panicking with its output unless it succeeds; returns
     /// stdout, trimmed.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "podman {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        let what = format!("podman {args:?}");
+        super::stdout_of_success(self.run(args), &what)
+            .trim()
+            .to_string()
     }
 
     /// `podman run -d` of `cmd` in `image` as `name`; returns its id.
