@@ -54,6 +54,8 @@ pub fn commit(store: &Store, container: &str, name: &str) -> Result<ImageRecord>
         &staged.path().join("diff"),
         &lowers,
         store.options().sync,
+        // A committed layer's tar is canonical: rebuilt the same on save.
+        None,
     )?;
     fsutil::syncfs(&store.tmp_dir())?;
 

@@ -1,20 +1,20 @@
 //! `strata image save`: an image out as a `docker save` archive or an OCI
 //! image layout tarball, loadable by docker and podman.
 //!
-//! Layers are stored extracted, so each is written out again as a tar in
-//! canonical order (write_layer_tar). Its digest is the diffID the exported
-//! config lists; where that differs from the imported tar's (another tool
-//! ordered entries differently), the exported config says so and the
-//! exported image ID differs accordingly.
+//! Layers are stored extracted. An imported layer is rebuilt into the very
+//! tar it came from (its tar-split, archive::split), so the image keeps
+//! its diffIDs, config and ID. A layer strata made (commit) is written as
+//! a canonical tar (write_layer_tar); the exported config then lists the
+//! new diffIDs and the exported image ID differs accordingly.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 use tar::{Builder, EntryType, Header};
 
-use crate::archive::write_layer_tar;
+use crate::archive::{split, write_layer_tar};
 use crate::digest::{Digest, HashingWriter};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::StagingDir;
@@ -42,7 +42,7 @@ impl std::str::FromStr for SaveFormat {
 
 /// A layer written out for export.
 struct ExportedLayer {
-    path: std::path::PathBuf,
+    path: PathBuf,
     digest: Digest,
     size: u64,
 }
@@ -56,25 +56,22 @@ pub fn save(store: &Store, reference: &str, out: &Path, format: SaveFormat) -> R
     let mut layers = Vec::new();
     for (i, chain) in image.layers.iter().enumerate() {
         let path = work.path().join(format!("layer{i}.tar"));
-        let f = File::create(&path).ctx(|| format!("creating {}", path.display()))?;
-        let w = write_layer_tar(
-            &store.layer_diff(chain),
-            HashingWriter::new(BufWriter::new(f)),
-        )?;
-        let (buf, digest, size) = w.finish();
-        buf.into_inner()
-            .map_err(|e| e.into_error())
-            .ctx(|| "writing layer tar".into())?;
-        layers.push(ExportedLayer { path, digest, size });
+        layers.push(export_layer(store, chain, &image.diff_ids[i], path)?);
     }
-    let mut config: Value =
-        serde_json::from_slice(&store.image_config(&image.id)?).map_err(|e| Error::Corrupt {
+    let exported: Vec<&Digest> = layers.iter().map(|l| &l.digest).collect();
+    let config = store.image_config(&image.id)?;
+    let config = if exported.iter().copied().eq(image.diff_ids.iter()) {
+        // Every layer is the tar it was imported as: the config, and so
+        // the image ID, stay the source's, byte for byte.
+        config
+    } else {
+        let mut config: Value = serde_json::from_slice(&config).map_err(|e| Error::Corrupt {
             path: store.image_dir(&image.id),
             reason: e.to_string(),
         })?;
-    config["rootfs"] =
-        json!({"type": "layers", "diff_ids": layers.iter().map(|l| &l.digest).collect::<Vec<_>>()});
-    let config = serde_json::to_vec(&config).expect("JSON values serialise");
+        config["rootfs"] = json!({"type": "layers", "diff_ids": exported});
+        serde_json::to_vec(&config).expect("JSON values serialise")
+    };
     let config_digest = Digest::of_bytes(&config);
     let tag = image.names.first().cloned();
 
@@ -144,6 +141,38 @@ pub fn save(store: &Store, reference: &str, out: &Path, format: SaveFormat) -> R
         .ctx(|| "syncing archive".into())?;
     std::fs::rename(&tmp, out).ctx(|| format!("renaming into {}", out.display()))?;
     Ok(config_digest)
+}
+
+/// Writes layer `chain` as a tar at `path`: the very tar it was imported
+/// from where its tar-split says how (verified against `diff_id`), else a
+/// canonical one.
+fn export_layer(
+    store: &Store,
+    chain: &Digest,
+    diff_id: &Digest,
+    path: PathBuf,
+) -> Result<ExportedLayer> {
+    let f = File::create(&path).ctx(|| format!("creating {}", path.display()))?;
+    let mut out = HashingWriter::new(BufWriter::new(f));
+    let rebuilt = split::rebuild(&store.layer_dir(chain), &mut out)?;
+    let out = if rebuilt {
+        out
+    } else {
+        write_layer_tar(&store.layer_diff(chain), out)?
+    };
+    let (buf, digest, size) = out.finish();
+    buf.into_inner()
+        .map_err(|e| e.into_error())
+        .ctx(|| "writing layer tar".into())?;
+    if rebuilt && &digest != diff_id {
+        return Err(Error::Corrupt {
+            path: store.layer_dir(chain),
+            reason: format!(
+                "the layer's files no longer rebuild its tar: diffID {diff_id} recorded, {digest} rebuilt"
+            ),
+        });
+    }
+    Ok(ExportedLayer { path, digest, size })
 }
 
 fn header(size: u64) -> Header {

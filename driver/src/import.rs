@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::archive::split::{TarSplit, TAR_SPLIT_FILE};
 use crate::archive::{apply_layer, compression, write_layer_tar};
 use crate::digest::{Digest, HashingReader};
 use crate::error::{Error, IoContext, Result};
@@ -61,7 +62,7 @@ pub fn import(store: &Store, src: &str, opts: &ImportOptions) -> Result<ImportRe
             let (_, reader) =
                 compression::decompress(f).ctx(|| format!("reading {}", path.display()))?;
             // Scratch, read once and deleted: never synced file by file.
-            apply_layer(reader, &dir, &[], SyncMode::Filesystem)
+            apply_layer(reader, &dir, &[], SyncMode::Filesystem, None)
                 .map_err(|e| image::invalid(&path, e.to_string()))?;
             unpacked = Some(staged);
             dir
@@ -183,14 +184,19 @@ fn import_source(
         let f = File::open(&layer.blob).ctx(|| format!("opening {}", layer.blob.display()))?;
         let (_, decompressed) =
             compression::decompress(progress.wrap(f)).ctx(|| format!("reading {what}"))?;
-        let mut diff_hash = HashingReader::new(decompressed);
+        let split = TarSplit::create(&dir.path().join(TAR_SPLIT_FILE))?;
+        // The hasher drains the stream's tail through the split, which
+        // records it too.
+        let mut diff_hash = HashingReader::new(split.reader(decompressed));
         let lowers: Vec<PathBuf> = staged.iter().rev().map(|s| s.diff_dir(store)).collect();
         let sync = store.options().sync;
-        let applied = apply_layer(&mut diff_hash, &dir.path().join("diff"), &lowers, sync)
+        let diff = dir.path().join("diff");
+        let applied = apply_layer(&mut diff_hash, &diff, &lowers, sync, Some(&split))
             .map_err(|e| image::invalid(src, format!("{what}: {e}")))?;
         let (diff_id, _) = diff_hash
             .finish()
             .map_err(|e| image::invalid(src, format!("{what}: corrupt data: {e}")))?;
+        split.finish()?;
         if let Some(expected) = expected {
             if &diff_id != expected {
                 return Err(Error::DigestMismatch {

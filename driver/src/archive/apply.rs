@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use tar::{EntryType, Header};
 
 use super::beneath::{cstr, cvt, join, open_beneath, open_or_create_dirs};
+use super::split::TarSplit;
 use super::{OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, OVERLAY_XATTR_PREFIX, WHITEOUT_PREFIX};
 use crate::error::{entry_error, Error, IoContext, Result};
 use crate::store::SyncMode;
@@ -33,11 +34,15 @@ pub struct AppliedLayer {
 /// owner and mtime from the first of them that has it, as
 /// containers/storage does: otherwise a layer that just deletes `/etc/x`
 /// would reset `/etc` to 0755 root in every container above it.
+///
+/// With `split`, whose reader `reader` must be, each file extracted
+/// verbatim is named to it, so the tar can be rebuilt on save.
 pub fn apply_layer(
     reader: impl Read,
     dest: &Path,
     lowers: &[PathBuf],
     sync: SyncMode,
+    split: Option<&TarSplit>,
 ) -> Result<AppliedLayer> {
     let root = File::open(dest)
         .map(OwnedFd::from)
@@ -50,6 +55,7 @@ pub fn apply_layer(
         stats: AppliedLayer::default(),
         lowers: lowers.to_vec(),
         sync_each_file: sync == SyncMode::PerFile,
+        split: split.cloned(),
     };
     let mut archive = tar::Archive::new(reader);
     let entries = archive.entries().ctx(|| "reading tar stream".to_string())?;
@@ -101,6 +107,7 @@ struct Applier {
     /// fsync every file as it is written (SyncMode::PerFile) instead of
     /// the one syncfs the importer does before publishing.
     sync_each_file: bool,
+    split: Option<TarSplit>,
 }
 
 /// A layer member's name (or hardlink target) as components inside the
@@ -164,6 +171,13 @@ impl Applier {
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 let file = create_file(pfd, name)?;
+                if let (Some(split), false) = (&self.split, kind == EntryType::GNUSparse) {
+                    // A sparse entry's tar data is not the file's bytes:
+                    // it stays in the record.
+                    split
+                        .file(entry.raw_file_position(), entry.size(), &path)
+                        .ctx(|| "recording the tar layout".into())?;
+                }
                 let written = copy_data(entry, &file, kind == EntryType::GNUSparse)?;
                 let size = header.size().unwrap_or(written).max(written);
                 if kind == EntryType::GNUSparse {

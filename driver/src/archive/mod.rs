@@ -2,11 +2,13 @@
 //!
 //! `apply` turns an OCI layer tar into an overlay lower directory (whiteouts
 //! become 0/0 char devices, opaque markers become `trusted.overlay.opaque`);
-//! `write` does the reverse for commit and save.
+//! `write` does the reverse for commit and save; `split` keeps what an
+//! imported tar needs to be rebuilt bit for bit.
 
 pub mod apply;
 pub mod beneath;
 pub mod compression;
+pub mod split;
 pub mod write;
 
 pub use apply::{apply_layer, AppliedLayer};
