@@ -3,16 +3,19 @@
 //! The upper directory is walked; whiteouts are deletions, opaque
 //! directories hide what lay below. Whether an upper entry is an addition
 //! or a change is one lookup of that path down the lower layers, never a
-//! walk of the image.
+//! walk of the image. A directory renamed with redirect_dir (metacopy
+//! containers) is an addition, with everything it brought along.
 
+use std::collections::HashSet;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Serialize;
 
 use crate::archive::write::{is_whiteout, xattr_is};
 use crate::archive::OVERLAY_OPAQUE_XATTR;
 use crate::error::{IoContext, Result};
+use crate::lowerstack::{is_redirected, origin_of, Lowers};
 use crate::store::Store;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -42,97 +45,44 @@ pub struct Change {
     pub path: String,
 }
 
-/// The lower layers of a container, top first.
-pub struct Lowers(Vec<PathBuf>);
-
-impl Lowers {
-    /// Is `rel` visible in the lower stack (before the upper applies)?
-    pub fn exists(&self, rel: &Path) -> bool {
-        let comps: Vec<_> = rel.components().collect();
-        for layer in &self.0 {
-            let mut p = layer.clone();
-            let mut hidden_below = false;
-            for (i, comp) in comps.iter().enumerate() {
-                p.push(comp);
-                let Ok(md) = fs::symlink_metadata(&p) else {
-                    break; // not in this layer; maybe in a lower one
-                };
-                if is_whiteout(&md) {
-                    return false;
-                }
-                let last = i + 1 == comps.len();
-                if last {
-                    return true;
-                }
-                if !md.is_dir() {
-                    return false;
-                }
-                if xattr_is(&p, OVERLAY_OPAQUE_XATTR, b"y") {
-                    hidden_below = true;
-                }
-            }
-            if hidden_below {
-                return false;
-            }
-        }
-        false
-    }
-
-    /// Names visible in lower directory `rel` (for an opaque upper dir,
-    /// these are what it deleted).
-    fn list(&self, rel: &Path) -> Vec<String> {
-        let mut names = std::collections::BTreeSet::new();
-        let mut whited = std::collections::HashSet::new();
-        for layer in &self.0 {
-            let dir = layer.join(rel);
-            let Ok(rd) = fs::read_dir(&dir) else { continue };
-            for e in rd.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                match e.metadata() {
-                    Ok(md) if is_whiteout(&md) => {
-                        whited.insert(name);
-                    }
-                    Ok(_) if !whited.contains(&name) => {
-                        names.insert(name);
-                    }
-                    _ => {}
-                }
-            }
-            if xattr_is(&dir, OVERLAY_OPAQUE_XATTR, b"y") {
-                break;
-            }
-        }
-        names
-            .into_iter()
-            .filter(|n| self.exists(&rel.join(n)))
-            .collect()
-    }
-}
-
 impl Store {
     pub fn container_changes(&self, reference: &str) -> Result<Vec<Change>> {
         let _lock = self.lock_shared()?;
         let c = self.find_container(reference)?;
-        let lowers = Lowers(c.layers.iter().rev().map(|l| self.layer_diff(l)).collect());
+        let lowers = Lowers::of(self, &c.layers);
         let mut out = Vec::new();
         walk(
             &self.upper_dir(&c.id),
             Path::new(""),
+            Path::new(""),
             &lowers,
-            true,
+            Below::Same,
             &mut out,
         )?;
         Ok(out)
     }
 }
 
-/// `parent_in_lower`: whether `rel` exists below. When it does not, nothing
-/// under it can, so its whole subtree is additions and no lookup is made.
+/// How an upper directory relates to the lower layers at its own path.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Below {
+    /// The path exists below: entries are changes or additions.
+    Same,
+    /// Nothing exists below: everything here is an addition, and no
+    /// lookup is made.
+    Nothing,
+    /// A directory renamed here (redirect_dir): everything in it is an
+    /// addition, including what it brought from its origin below, and its
+    /// whiteouts delete nothing that was here.
+    Moved,
+}
+
 fn walk(
     upper: &Path,
     rel: &Path,
+    origin: &Path,
     lowers: &Lowers,
-    parent_in_lower: bool,
+    below: Below,
     out: &mut Vec<Change>,
 ) -> Result<()> {
     let dir = upper.join(rel);
@@ -142,6 +92,14 @@ fn walk(
         .collect::<std::io::Result<_>>()
         .ctx(|| format!("reading {}", dir.display()))?;
     entries.sort_by(|a, b| a.0.cmp(&b.0));
+    if below == Below::Moved {
+        let here: HashSet<_> = entries.iter().map(|(n, _)| n.clone()).collect();
+        for name in lowers.list(origin) {
+            if !here.contains(&name) {
+                added_tree(&rel.join(&name), &origin.join(&name), lowers, out);
+            }
+        }
+    }
     for (name, file_type) in entries {
         let relp = rel.join(&name);
         let abs = upper.join(&relp);
@@ -151,14 +109,16 @@ fn walk(
         if std::os::unix::fs::FileTypeExt::is_char_device(&file_type) {
             let md = fs::symlink_metadata(&abs).ctx(|| format!("stat {}", abs.display()))?;
             if is_whiteout(&md) {
-                out.push(Change {
-                    kind: ChangeKind::Deleted,
-                    path: shown,
-                });
+                if below != Below::Moved {
+                    out.push(Change {
+                        kind: ChangeKind::Deleted,
+                        path: shown,
+                    });
+                }
                 continue;
             }
         }
-        let in_lower = parent_in_lower && lowers.exists(&relp);
+        let in_lower = below == Below::Same && lowers.exists(&relp);
         out.push(Change {
             kind: if in_lower {
                 ChangeKind::Changed
@@ -167,19 +127,51 @@ fn walk(
             },
             path: shown.clone(),
         });
-        if file_type.is_dir() {
-            if in_lower && xattr_is(&abs, OVERLAY_OPAQUE_XATTR, b"y") {
-                for gone in lowers.list(&relp) {
-                    if fs::symlink_metadata(abs.join(&gone)).is_err() {
-                        out.push(Change {
-                            kind: ChangeKind::Deleted,
-                            path: format!("{shown}/{gone}"),
-                        });
-                    }
+        if !file_type.is_dir() {
+            continue;
+        }
+        let opaque = xattr_is(&abs, OVERLAY_OPAQUE_XATTR, b"y");
+        if in_lower && opaque {
+            for gone in lowers.list(&relp) {
+                if fs::symlink_metadata(abs.join(&gone)).is_err() {
+                    out.push(Change {
+                        kind: ChangeKind::Deleted,
+                        path: format!("{shown}/{}", gone.to_string_lossy()),
+                    });
                 }
             }
-            walk(upper, &relp, lowers, in_lower, out)?;
         }
+        let child_below = if opaque {
+            if in_lower {
+                Below::Same
+            } else {
+                Below::Nothing
+            }
+        } else if below == Below::Moved || is_redirected(&abs)? {
+            Below::Moved
+        } else if in_lower {
+            Below::Same
+        } else {
+            Below::Nothing
+        };
+        let child_origin = origin_of(&abs, &name, origin)?;
+        walk(upper, &relp, &child_origin, lowers, child_below, out)?;
     }
     Ok(())
+}
+
+/// Lower entry `origin`, and all beneath it, brought to `rel` by a rename.
+fn added_tree(rel: &Path, origin: &Path, lowers: &Lowers, out: &mut Vec<Change>) {
+    out.push(Change {
+        kind: ChangeKind::Added,
+        path: format!("/{}", rel.display()),
+    });
+    if lowers
+        .find(origin)
+        .is_some_and(|p| p.is_dir() && !p.is_symlink())
+    {
+        for name in lowers.list(origin) {
+            added_tree(&rel.join(&name), &origin.join(&name), lowers, out);
+        }
+    }
 }

@@ -5,13 +5,15 @@
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
 
-use crate::archive::{apply_layer, write_layer_tar};
+use crate::archive::apply_layer;
+use crate::archive::write::write_upper_tar;
 use crate::digest::{Digest, HashingWriter};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{self, StagingDir, Txn};
 use crate::image::config;
 use crate::images::{normalize_name, ImageRecord};
 use crate::layers::now_secs;
+use crate::lowerstack::Lowers;
 use crate::store::Store;
 
 pub fn commit(store: &Store, container: &str, name: &str) -> Result<ImageRecord> {
@@ -29,8 +31,10 @@ pub fn commit(store: &Store, container: &str, name: &str) -> Result<ImageRecord>
     let work = StagingDir::create(&store.tmp_dir(), "commit")?;
     let tar_path = work.path().join("layer.tar");
     let out = File::create(&tar_path).ctx(|| format!("creating {}", tar_path.display()))?;
-    let hashing = write_layer_tar(
+    let lowers = Lowers::of(store, &c.layers);
+    let hashing = write_upper_tar(
         &store.upper_dir(&c.id),
+        &lowers,
         HashingWriter::new(BufWriter::new(out)),
     )?;
     let (writer, diff_id, _) = hashing.finish();

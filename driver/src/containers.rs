@@ -34,6 +34,10 @@ pub struct ContainerRecord {
     pub snapshot: Option<String>,
     pub volumes: Vec<VolumeMount>,
     pub volatile: bool,
+    /// Mounted with metacopy=on: its upper may hold metacopy files and
+    /// redirected directories, which it must always be mounted to read.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub metacopy: bool,
     /// The writable layer's project and limit (`create --size`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota: Option<ContainerQuota>,
@@ -65,6 +69,8 @@ pub struct CreateOptions {
     pub name: Option<String>,
     pub volumes: Vec<VolumeMount>,
     pub volatile: bool,
+    /// `--metacopy`: metadata-only copy-up (the store's default if unset).
+    pub metacopy: bool,
     /// `--size`: cap the writable layer (XFS or ext4 with prjquota).
     pub size: Option<QuotaLimit>,
 }
@@ -149,6 +155,10 @@ impl Store {
         if existing.iter().any(|c| c.name == name) {
             return Err(Error::AlreadyExists(format!("container {name}")));
         }
+        let metacopy = opts.metacopy || self.options().metacopy;
+        if metacopy {
+            mount::check_metacopy_support()?;
+        }
         let quota = match opts.size {
             Some(limit) => {
                 let dir = self.containers_dir();
@@ -170,6 +180,7 @@ impl Store {
                 snapshot: None,
                 volumes: opts.volumes.clone(),
                 volatile: opts.volatile,
+                metacopy,
                 quota,
                 mount_count: 0,
                 created: now_secs(),
@@ -268,6 +279,7 @@ impl Store {
                 work: &work,
                 target: &merged,
                 volatile: c.volatile,
+                metacopy: c.metacopy,
             },
             api,
         )?;

@@ -17,6 +17,7 @@ pub mod image;
 pub mod images;
 pub mod import;
 pub mod layers;
+pub mod lowerstack;
 pub mod mount;
 pub mod quota;
 pub mod recovery;

@@ -33,6 +33,10 @@ struct Cli {
     /// `filesystem` or `per-file`.
     #[arg(long, env = "STRATA_SYNC", default_value = "filesystem", global = true)]
     sync: SyncMode,
+    /// Store default: create every container with metadata-only copy-up,
+    /// as `create --metacopy` does for one.
+    #[arg(long, env = "STRATA_METACOPY", global = true)]
+    metacopy_default: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -66,6 +70,10 @@ enum Cmd {
         /// Mount with overlayfs `volatile`: no syncs, lost on a crash.
         #[arg(long)]
         volatile: bool,
+        /// Mount with overlayfs `metacopy=on` (and the `redirect_dir=on` it
+        /// needs): chmod, chown and xattr changes copy up metadata only.
+        #[arg(long)]
+        metacopy: bool,
         /// Cap what the container may write (e.g. 10g): a project quota on
         /// the writable layer; needs XFS, or ext4 with the project and
         /// quota features, mounted with prjquota.
@@ -203,6 +211,7 @@ fn main() -> Result<()> {
     let options = StoreOptions {
         mount_api: cli.mount_api,
         sync: cli.sync,
+        metacopy: cli.metacopy_default,
     };
     let store = Store::open_with(&cli.root, options)
         .with_context(|| format!("opening store {}", cli.root.display()))?;
@@ -255,6 +264,7 @@ fn main() -> Result<()> {
             name,
             volumes,
             volatile,
+            metacopy,
             size,
             inodes,
             out,
@@ -265,6 +275,7 @@ fn main() -> Result<()> {
                     name,
                     volumes,
                     volatile,
+                    metacopy,
                     size: size.map(|bytes| QuotaLimit { bytes, inodes }),
                 },
             )?;

@@ -111,6 +111,8 @@ pub struct OverlaySpec<'a> {
     pub target: &'a Path,
     /// No syncs in the upper layer: faster, but lost on a crash.
     pub volatile: bool,
+    /// Metadata-only copy-up (see overlay_options).
+    pub metacopy: bool,
 }
 
 pub fn mount_overlay(spec: &OverlaySpec<'_>, api: MountApi) -> Result<MountApi> {
@@ -181,7 +183,7 @@ fn mount_new_api(spec: &OverlaySpec<'_>) -> Result<()> {
     }
     set(c"upperdir", Some(spec.upper.as_os_str().as_bytes()))?;
     set(c"workdir", Some(spec.work.as_os_str().as_bytes()))?;
-    for (k, v) in fixed_options() {
+    for (k, v) in overlay_options(spec.metacopy) {
         set(k, Some(v.as_bytes()))?;
     }
     if spec.volatile {
@@ -237,14 +239,31 @@ fn mount_new_api(spec: &OverlaySpec<'_>) -> Result<()> {
 }
 
 /// Options strata always sets, so copy-up and export behave the same on
-/// every kernel whatever its build defaults: no inode index, no
-/// metadata-only copy-up, no redirected directories.
-pub(crate) fn fixed_options() -> [(&'static CStr, &'static str); 3] {
+/// every kernel whatever its build defaults: no inode index, and unless
+/// asked for, no metadata-only copy-up and no redirected directories.
+/// metacopy needs redirect_dir=on (a renamed metacopy file must find its
+/// data again); commit and diff understand both (lowerstack).
+pub(crate) fn overlay_options(metacopy: bool) -> [(&'static CStr, &'static str); 3] {
+    let on_off = if metacopy { "on" } else { "off" };
     [
         (c"index", "off"),
-        (c"metacopy", "off"),
-        (c"redirect_dir", "off"),
+        (c"metacopy", on_off),
+        (c"redirect_dir", on_off),
     ]
+}
+
+/// Refuses metacopy where this kernel's overlayfs lacks it (before 4.19),
+/// saying so.
+pub fn check_metacopy_support() -> Result<()> {
+    if Path::new("/sys/module/overlay/parameters/metacopy").exists() {
+        Ok(())
+    } else {
+        Err(Error::Unsupported(
+            "metacopy: this kernel's overlayfs has no metacopy option \
+             (/sys/module/overlay/parameters/metacopy is missing; it needs Linux 4.19)"
+                .into(),
+        ))
+    }
 }
 
 /// Messages the kernel queued on the fs context explain a failed mount.
@@ -270,7 +289,7 @@ fn mount_legacy(spec: &OverlaySpec<'_>) -> Result<()> {
         spec.upper.display(),
         spec.work.display()
     );
-    for (k, v) in fixed_options() {
+    for (k, v) in overlay_options(spec.metacopy) {
         opts.push_str(&format!(",{}={v}", k.to_string_lossy()));
     }
     if spec.volatile {

@@ -17,6 +17,7 @@ use crate::containers::ContainerRecord;
 use crate::digest::Digest;
 use crate::error::{IoContext, Result};
 use crate::images::ImageRecord;
+use crate::lowerstack::is_metacopy;
 use crate::store::Store;
 
 pub fn apparent_size(dir: &Path) -> Result<u64> {
@@ -51,11 +52,19 @@ fn walk(dir: &Path, seen: &mut HashSet<(u64, u64)>, total: &mut DirUsage) -> Res
         }
         if md.is_dir() {
             walk(&entry.path(), seen, total)?;
-        } else if first_link {
+        } else if first_link && !data_elsewhere(&entry.path(), &md)? {
             total.bytes += md.len();
         }
     }
     Ok(())
+}
+
+/// A metacopy file (a chmod'ed lower file in a metacopy container) has
+/// its size but no data blocks: the data is the lower layer's, counted
+/// there. Only files with fewer blocks than bytes (its xattrs may take a
+/// block) are worth the xattr lookup.
+fn data_elsewhere(path: &Path, md: &fs::Metadata) -> Result<bool> {
+    Ok(md.is_file() && md.blocks() * 512 < md.len() && is_metacopy(path)?)
 }
 
 #[derive(Debug, Serialize)]

@@ -54,6 +54,9 @@ pub struct StoreOptions {
     /// version decides (see MountApi::for_kernel).
     pub mount_api: Option<crate::mount::MountApi>,
     pub sync: SyncMode,
+    /// New containers copy up metadata only (metacopy=on) unless asked
+    /// otherwise: the store-wide form of `create --metacopy`.
+    pub metacopy: bool,
 }
 
 #[derive(Clone, Debug)]

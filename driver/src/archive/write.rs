@@ -1,6 +1,8 @@
 //! Writing a layer directory (a lower layer, or a container's upper) as an
 //! OCI layer tar: overlay whiteouts become `.wh.NAME`, opaque directories get
 //! a `.wh..wh..opq` marker, hardlinks are kept, xattrs go in PAX records.
+//! A container's upper may hold what only its overlay understands
+//! (metacopy files, redirected directories): write_upper_tar resolves them.
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -13,59 +15,128 @@ use std::path::{Path, PathBuf};
 use tar::{Builder, EntryType, Header};
 
 use super::{OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, OVERLAY_XATTR_PREFIX, WHITEOUT_PREFIX};
-use crate::error::{IoContext, Result};
+use crate::error::{Error, IoContext, Result};
+use crate::lowerstack::{is_metacopy, is_redirected, origin_of, Lowers};
 
 /// Streams `dir` as a layer tar into `out`, in sorted (reproducible) order.
 pub fn write_layer_tar<W: Write>(dir: &Path, out: W) -> Result<W> {
+    write_tar(dir, None, out)
+}
+
+/// Streams a container's upper directory as a layer tar, resolving what
+/// only overlayfs knows against `lowers`: a metacopy file's data comes
+/// from its lower file, and a directory renamed with redirect_dir becomes
+/// an opaque directory holding everything it brought from its origin.
+pub fn write_upper_tar<W: Write>(upper: &Path, lowers: &Lowers, out: W) -> Result<W> {
+    write_tar(upper, Some(lowers), out)
+}
+
+fn write_tar<W: Write>(dir: &Path, lowers: Option<&Lowers>, out: W) -> Result<W> {
     let mut w = LayerWriter {
         builder: Builder::new(out),
         links: HashMap::new(),
+        lowers,
     };
     w.builder.follow_symlinks(false);
-    w.walk(dir, Path::new(""))?;
+    w.walk(dir, Path::new(""), Path::new(""), false)?;
     w.builder.into_inner().ctx(|| "finishing tar stream".into())
 }
 
-struct LayerWriter<W: Write> {
+struct LayerWriter<'a, W: Write> {
     builder: Builder<W>,
     /// (dev, ino) of multiply-linked files already written -> their path.
     links: HashMap<(u64, u64), PathBuf>,
+    /// Set for an upper directory: the layers its overlay xattrs refer to.
+    lowers: Option<&'a Lowers>,
 }
 
-impl<W: Write> LayerWriter<W> {
-    fn walk(&mut self, abs: &Path, rel: &Path) -> Result<()> {
+impl<W: Write> LayerWriter<'_, W> {
+    /// Writes directory `abs` (at `rel` in the layer), whose lower
+    /// contents are at `origin`. With `moved`, the directory was written
+    /// opaque because it or a parent was renamed here: what it has below
+    /// at `origin` and not in `abs` is written too.
+    fn walk(&mut self, abs: &Path, rel: &Path, origin: &Path, moved: bool) -> Result<()> {
         let mut names: Vec<_> = fs::read_dir(abs)
             .ctx(|| format!("reading {}", abs.display()))?
             .map(|e| e.map(|e| e.file_name()))
             .collect::<io::Result<_>>()
             .ctx(|| format!("reading {}", abs.display()))?;
         names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        if let (true, Some(lowers)) = (moved, self.lowers) {
+            for name in lowers.list(origin) {
+                if names
+                    .binary_search_by(|n| n.as_bytes().cmp(name.as_bytes()))
+                    .is_err()
+                {
+                    self.lower_tree(lowers, &origin.join(&name), &rel.join(&name))?;
+                }
+            }
+        }
         for name in names {
             let path = abs.join(&name);
             let relp = rel.join(&name);
             let md = fs::symlink_metadata(&path).ctx(|| format!("stat {}", path.display()))?;
             let ft = md.file_type();
             if ft.is_char_device() && md.rdev() == 0 {
-                let wh = rel.join(format!("{WHITEOUT_PREFIX}{}", name.to_string_lossy()));
-                self.empty_file(&wh, &md)?;
+                if !moved {
+                    let wh = rel.join(format!("{WHITEOUT_PREFIX}{}", name.to_string_lossy()));
+                    self.empty_file(&wh, &md)?;
+                }
                 continue;
             }
             let xattrs = read_xattrs(&path)?;
-            let opaque = ft.is_dir() && xattr_is(&path, OVERLAY_OPAQUE_XATTR, b"y");
-            self.entry(&path, &relp, &md, &xattrs)?;
+            let (child_origin, data) = match self.lowers {
+                Some(lowers) => {
+                    let o = origin_of(&path, &name, origin)?;
+                    let data = if ft.is_file() && is_metacopy(&path)? {
+                        lowers.find(&o).ok_or_else(|| {
+                            Error::Invalid(format!(
+                                "{}: metacopy file without its data in a lower layer",
+                                path.display()
+                            ))
+                        })?
+                    } else {
+                        path.clone()
+                    };
+                    (o, data)
+                }
+                None => (relp.clone(), path.clone()),
+            };
+            self.entry(&path, &data, &relp, &md, &xattrs)?;
             if ft.is_dir() {
-                if opaque {
+                let opaque = xattr_is(&path, OVERLAY_OPAQUE_XATTR, b"y");
+                let renamed = self.lowers.is_some() && !opaque && is_redirected(&path)?;
+                if opaque || renamed {
                     self.empty_file(&relp.join(OPAQUE_MARKER), &md)?;
                 }
-                self.walk(&path, &relp)?;
+                self.walk(&path, &relp, &child_origin, !opaque && (moved || renamed))?;
             }
         }
         Ok(())
     }
 
+    /// Writes lower entry `origin`, and everything beneath it as the lower
+    /// stack shows it, at `rel`.
+    fn lower_tree(&mut self, lowers: &Lowers, origin: &Path, rel: &Path) -> Result<()> {
+        let Some(abs) = lowers.find(origin) else {
+            return Ok(());
+        };
+        let md = fs::symlink_metadata(&abs).ctx(|| format!("stat {}", abs.display()))?;
+        self.entry(&abs, &abs, rel, &md, &read_xattrs(&abs)?)?;
+        if md.is_dir() {
+            for name in lowers.list(origin) {
+                self.lower_tree(lowers, &origin.join(&name), &rel.join(&name))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the entry for `abs` at `rel`; a regular file's data is read
+    /// from `data` (`abs` itself, or a metacopy file's lower file).
     fn entry(
         &mut self,
         abs: &Path,
+        data: &Path,
         rel: &Path,
         md: &Metadata,
         xattrs: &[(String, Vec<u8>)],
@@ -95,7 +166,7 @@ impl<W: Write> LayerWriter<W> {
             self.links.insert(key, rel.to_path_buf());
         }
         if ft.is_file() {
-            let f = File::open(abs).ctx(ctx)?;
+            let f = File::open(data).ctx(ctx)?;
             self.builder.append_data(&mut h, rel, f).ctx(ctx)
         } else if ft.is_symlink() {
             let target = fs::read_link(abs).ctx(ctx)?;

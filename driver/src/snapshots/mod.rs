@@ -175,6 +175,8 @@ impl Store {
                     snapshot: Some(key.to_string()),
                     volumes: Vec::new(),
                     volatile: false,
+                    // containerd's mounts are described with metacopy off.
+                    metacopy: false,
                     quota: None,
                     mount_count: 0,
                     created: now_secs(),

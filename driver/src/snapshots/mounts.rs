@@ -68,7 +68,7 @@ impl Store {
 /// intact, and programs that rename directories (Go's os.Rename, dpkg)
 /// work in containerd's containers.
 fn overlay_options() -> Vec<String> {
-    mount::fixed_options()
+    mount::overlay_options(false)
         .iter()
         .map(|(k, v)| match k.to_bytes() {
             b"redirect_dir" => "redirect_dir=on".to_string(),
