@@ -99,6 +99,16 @@ struct SweepArgs {
     /// Copy-ups per cell (fewer for huge files).
     #[arg(long, default_value_t = 5)]
     reps: usize,
+    /// What copies the files up: write (an open for writing), chmod,
+    /// chown; each is a line of its own in the plot.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "write")]
+    triggers: Vec<sweep::SweepTrigger>,
+    /// Containers mounted with overlayfs metacopy: off, on, or both.
+    #[arg(long, value_enum, default_value_t = OnOff::Off)]
+    metacopy: OnOff,
+    /// Containers mounted volatile (no syncs): off, on, or both.
+    #[arg(long, value_enum, default_value_t = OnOff::Off)]
+    volatile: OnOff,
     #[arg(long, value_enum)]
     backend: Option<Backend>,
     /// One JSON object per cell instead of the table.
@@ -112,6 +122,24 @@ struct SweepArgs {
     root: Option<PathBuf>,
     #[arg(long)]
     keep: bool,
+}
+
+/// A mount variant the sweep measures without, with, or both ways.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OnOff {
+    Off,
+    On,
+    Both,
+}
+
+impl OnOff {
+    fn values(self) -> Vec<bool> {
+        match self {
+            OnOff::Off => vec![false],
+            OnOff::On => vec![true],
+            OnOff::Both => vec![false, true],
+        }
+    }
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -163,6 +191,9 @@ fn sweep_command(args: SweepArgs) -> Result<()> {
     let mut grid = sweep::Grid {
         full: args.full,
         reps: args.reps.max(1),
+        triggers: args.triggers,
+        metacopy: args.metacopy.values(),
+        volatile: args.volatile.values(),
         ..Default::default()
     };
     if let Some(s) = args.sizes {
@@ -174,7 +205,9 @@ fn sweep_command(args: SweepArgs) -> Result<()> {
     if let Some(d) = args.dirs {
         grid.dirs = d;
     }
+    grid.triggers.dedup();
     if grid.sizes.is_empty()
+        || grid.triggers.is_empty()
         || grid.layers.is_empty()
         || grid.dirs.is_empty()
         || grid.layers.contains(&0)

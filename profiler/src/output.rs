@@ -125,13 +125,14 @@ pub fn print_sweep(r: &crate::sweep::SweepResult, json: bool) -> std::io::Result
     writeln!(out, "copy-up latency by cell (backend {}):", r.backend)?;
     writeln!(
         out,
-        "  {:>9} {:>6} {:>5} {:>6} {:>10} {:>10} {:>10} {:>12}",
-        "size", "layers", "dirs", "count", "p50", "p99", "max", "stopwatch p50"
+        "  {:<26} {:>9} {:>6} {:>5} {:>6} {:>10} {:>10} {:>10} {:>12}",
+        "by", "size", "layers", "dirs", "count", "p50", "p99", "max", "stopwatch p50"
     )?;
     for c in &r.cells {
         writeln!(
             out,
-            "  {:>9} {:>6} {:>5} {:>6} {:>10} {:>10} {:>10} {:>12}",
+            "  {:<26} {:>9} {:>6} {:>5} {:>6} {:>10} {:>10} {:>10} {:>12}",
+            c.key.variant(),
             human_bytes(c.key.file_size),
             c.key.layer_depth,
             c.key.dir_depth,

@@ -1,7 +1,8 @@
 //! `strata-prof sweep`: build images with the driver over a grid of file
-//! size x layer depth x directory depth, trigger copy-ups in containers,
-//! record them with the probes, and check every event against what was
-//! built and a user-space stopwatch.
+//! size x layer depth x directory depth, trigger copy-ups in containers
+//! (by a write open, a chmod or a chown; in containers mounted with or
+//! without metacopy and volatile), record them with the probes, and check
+//! every event against what was built and a user-space stopwatch.
 
 use std::collections::HashMap;
 use std::os::unix::fs::OpenOptionsExt;
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
+use strata_common::Trigger;
 use strata_driver::containers::CreateOptions;
 use strata_driver::image::build::{write_docker_archive, LayerTar};
 use strata_driver::import::{import, ImportOptions};
@@ -30,6 +32,10 @@ pub struct Grid {
     /// value of the others.
     pub full: bool,
     pub reps: usize,
+    /// Each cell is measured once per trigger, and per mount variant.
+    pub triggers: Vec<SweepTrigger>,
+    pub metacopy: Vec<bool>,
+    pub volatile: Vec<bool>,
 }
 
 impl Default for Grid {
@@ -40,7 +46,68 @@ impl Default for Grid {
             dirs: vec![0, 4, 16, 32],
             full: false,
             reps: 5,
+            triggers: vec![SweepTrigger::Write],
+            metacopy: vec![false],
+            volatile: vec![false],
         }
+    }
+}
+
+/// What the sweep does to a lower file to copy it up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum SweepTrigger {
+    /// open(O_WRONLY): always copies the data.
+    Write,
+    /// chmod: metadata only where the container has metacopy.
+    Chmod,
+    /// chown to the file's own owner: metadata only with metacopy.
+    Chown,
+}
+
+impl SweepTrigger {
+    pub fn name(self) -> &'static str {
+        match self {
+            SweepTrigger::Write => "write",
+            SweepTrigger::Chmod => "chmod",
+            SweepTrigger::Chown => "chown",
+        }
+    }
+
+    /// The kernel program's name for the same trigger.
+    pub fn event_name(self) -> &'static str {
+        let t = match self {
+            SweepTrigger::Write => Trigger::OpenWrite,
+            SweepTrigger::Chmod => Trigger::Chmod,
+            SweepTrigger::Chown => Trigger::Chown,
+        };
+        t.name()
+    }
+
+    /// Does it to `path` (`pass` 0 copies up, 1 finds the file up),
+    /// timed by a user-space stopwatch around the syscall alone.
+    fn timed(self, path: &Path, pass: usize) -> Result<u64> {
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+            .context("NUL in a sweep path")?;
+        let t0 = Instant::now();
+        // SAFETY: NUL-terminated path; the fd open returns is closed below.
+        let rc = unsafe {
+            match self {
+                SweepTrigger::Write => libc::open(c.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC),
+                SweepTrigger::Chmod => libc::chmod(c.as_ptr(), [0o600, 0o640][pass % 2]),
+                SweepTrigger::Chown => libc::chown(c.as_ptr(), 0, 0),
+            }
+        };
+        let user = t0.elapsed().as_nanos() as u64;
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("{self:?} of {}", path.display()));
+        }
+        if self == SweepTrigger::Write {
+            // SAFETY: the fd open just returned, closed once.
+            unsafe { libc::close(rc) };
+        }
+        Ok(user)
     }
 }
 
@@ -52,6 +119,28 @@ pub struct CellKey {
     pub file_size: u64,
     pub layer_depth: usize,
     pub dir_depth: usize,
+    pub trigger: SweepTrigger,
+    pub metacopy: bool,
+    pub volatile: bool,
+}
+
+impl CellKey {
+    /// "chmod, metacopy": the trigger and the mount variant, which the
+    /// plot draws as one line each.
+    pub fn variant(&self) -> String {
+        variant_name(self.trigger.name(), self.metacopy, self.volatile)
+    }
+}
+
+pub fn variant_name(trigger: &str, metacopy: bool, volatile: bool) -> String {
+    let mut name = trigger.to_string();
+    if metacopy {
+        name.push_str(", metacopy");
+    }
+    if volatile {
+        name.push_str(", volatile");
+    }
+    name
 }
 
 #[derive(Debug, Serialize)]
@@ -90,7 +179,27 @@ pub struct SweepResult {
 const TIMING_ATTEMPTS: usize = 3;
 
 impl Grid {
+    /// The cells to measure: every size/layer/directory cell, once per
+    /// trigger and mount variant.
     pub fn cells(&self) -> Vec<CellKey> {
+        let mut out = Vec::new();
+        for &trigger in &self.triggers {
+            for &metacopy in &self.metacopy {
+                for &volatile in &self.volatile {
+                    out.extend(self.shape_cells().into_iter().map(|k| CellKey {
+                        trigger,
+                        metacopy,
+                        volatile,
+                        ..k
+                    }));
+                }
+            }
+        }
+        out
+    }
+
+    /// Size x layer depth x directory depth.
+    fn shape_cells(&self) -> Vec<CellKey> {
         let mut out: Vec<CellKey> = Vec::new();
         let (s0, l0, d0) = (self.sizes[0], self.layers[0], self.dirs[0]);
         let mut push = |k: CellKey| {
@@ -102,35 +211,19 @@ impl Grid {
             for &s in &self.sizes {
                 for &l in &self.layers {
                     for &d in &self.dirs {
-                        push(CellKey {
-                            file_size: s,
-                            layer_depth: l,
-                            dir_depth: d,
-                        });
+                        push(shape(s, l, d));
                     }
                 }
             }
         } else {
             for &s in &self.sizes {
-                push(CellKey {
-                    file_size: s,
-                    layer_depth: l0,
-                    dir_depth: d0,
-                });
+                push(shape(s, l0, d0));
             }
             for &l in &self.layers {
-                push(CellKey {
-                    file_size: s0,
-                    layer_depth: l,
-                    dir_depth: d0,
-                });
+                push(shape(s0, l, d0));
             }
             for &d in &self.dirs {
-                push(CellKey {
-                    file_size: s0,
-                    layer_depth: l0,
-                    dir_depth: d,
-                });
+                push(shape(s0, l0, d));
             }
         }
         out
@@ -167,10 +260,11 @@ pub fn run(
             .max(1);
         if progress {
             eprintln!(
-                "strata-prof: cell size={} layers={} dirs={} ({reps} copy-ups)",
+                "strata-prof: cell size={} layers={} dirs={} by {} ({reps} copy-ups)",
                 human_bytes(key.file_size),
                 key.layer_depth,
-                key.dir_depth
+                key.dir_depth,
+                key.variant()
             );
         }
         let mut attempt = 1;
@@ -193,6 +287,18 @@ pub fn run(
         result.cells.push(cell);
     }
     Ok(result)
+}
+
+/// A size/layer/directory cell, before its trigger and variant are set.
+fn shape(file_size: u64, layer_depth: usize, dir_depth: usize) -> CellKey {
+    CellKey {
+        file_size,
+        layer_depth,
+        dir_depth,
+        trigger: SweepTrigger::Write,
+        metacopy: false,
+        volatile: false,
+    }
 }
 
 /// A small top-level file in every sweep image, copied up untimed first.
@@ -255,7 +361,12 @@ fn run_cell(
     (violations, timing): (&mut Vec<String>, &mut Vec<String>),
 ) -> Result<Cell> {
     let image = build_image(store, key, reps)?;
-    let c = store.create_container(&image, &CreateOptions::default())?;
+    let opts = CreateOptions {
+        metacopy: key.metacopy,
+        volatile: key.volatile,
+        ..Default::default()
+    };
+    let c = store.create_container(&image, &opts)?;
     let merged = store.mount_container(&c.id)?;
     // One copy-up before the timed ones, so that none of them pays for
     // the mount's first use (cold dentries; under emulation, code seen for
@@ -275,10 +386,10 @@ fn run_cell(
     // The stopwatch must not include time this thread spent preempted
     // after the syscall: real-time priority for the timed calls (root).
     let _rt = RealTime::enter();
-    for pass in [&mut stopwatch, &mut no_copy_up] {
+    for (pass, times) in [&mut stopwatch, &mut no_copy_up].into_iter().enumerate() {
         for r in 0..reps {
             let path = merged.join(format!("{dir}f{r}"));
-            pass.insert(path.clone(), timed_open_for_write(&path)?);
+            times.insert(path.clone(), key.trigger.timed(&path, pass)?);
         }
     }
     let events = collect(session, stopwatch.len(), Duration::from_secs(5));
@@ -367,8 +478,11 @@ fn judge(
     let mut user = new_histogram();
     let mut user_no_copy_up = new_histogram();
     let cell = format!(
-        "size={} layers={} dirs={}",
-        key.file_size, key.layer_depth, key.dir_depth
+        "size={} layers={} dirs={} by {}",
+        key.file_size,
+        key.layer_depth,
+        key.dir_depth,
+        key.variant()
     );
     for (path, &user_ns) in stopwatch {
         user.saturating_record(user_ns.max(1));
@@ -385,6 +499,13 @@ fn judge(
             continue;
         }
         let e = matching[0];
+        if e.trigger != key.trigger.event_name() {
+            violations.push(format!(
+                "{cell}: caught as {} for {}",
+                e.trigger,
+                path.display()
+            ));
+        }
         h.saturating_record(e.latency_ns.max(1));
         let without = no_copy_up.get(path).copied().unwrap_or(0);
         user_no_copy_up.saturating_record(without.max(1));

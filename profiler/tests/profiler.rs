@@ -189,6 +189,66 @@ fn sweep_truth(backend: &str) {
     );
 }
 
+/// `--triggers chmod --metacopy both`: the truth bar holds for
+/// metadata-only copy-ups too, and the plot shows what metacopy saves: a
+/// chmod's copy-up no longer grows with the file. One backend (the one a
+/// user gets by default) keeps the guests' run short.
+#[test]
+fn sweep_of_chmod_shows_what_metacopy_saves() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let ts = TestStore::new();
+    let svg = ts.dir.join("metacopy.svg");
+    let out = Command::new(BIN)
+        .args(["sweep", "--sizes", "4K,4M", "--layers", "1", "--dirs", "0"])
+        .args(["--reps", "3", "--triggers", "chmod", "--metacopy", "both"])
+        .args(["--json", "--root"])
+        .arg(ts.dir.join("sweep-store"))
+        .arg("--svg")
+        .arg(&svg)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = json_lines(&stdout);
+    let summary = lines.iter().find(|v| v["type"] == "sweep").unwrap();
+    assert_eq!(summary["violations"], serde_json::json!([]), "{summary}");
+    let p50 = |size: u64, metacopy: bool| {
+        let cell = lines
+            .iter()
+            .find(|c| {
+                c["type"] == "cell"
+                    && c["trigger"] == "chmod"
+                    && c["file_size"] == size
+                    && c["metacopy"] == metacopy
+            })
+            .unwrap_or_else(|| panic!("no cell {size} metacopy={metacopy}: {stdout}"));
+        assert_eq!(cell["count"], 3, "{cell}");
+        cell["p50"].as_u64().unwrap()
+    };
+    let (plain_4m, meta_4m) = (p50(4 << 20, false), p50(4 << 20, true));
+    assert!(
+        meta_4m * 4 < plain_4m,
+        "chmod of 4 MiB: {meta_4m}ns with metacopy, {plain_4m}ns without"
+    );
+    let plain_4k = p50(4096, false);
+    assert!(
+        meta_4m < plain_4k * 2,
+        "with metacopy a 4 MiB chmod ({meta_4m}ns) should cost no more than copying 4 KiB ({plain_4k}ns)"
+    );
+    let plot = fs::read_to_string(&svg).unwrap();
+    assert!(
+        plot.contains("\nchmod, metacopy\n"),
+        "the plot names no metacopy line"
+    );
+}
+
 /// The hand-made overlay's files: (layer dir, path below it, size); l3 is
 /// the top lower (depth 1). The first four are opened for writing (timed),
 /// then one is truncated by path and one chmod-ed by fd.

@@ -75,6 +75,7 @@ mod tests {
                 x: 4096,
                 p50: 10_000,
                 p99: 20_000,
+                series: String::new(),
             }],
             tables: vec![Table {
                 title: "by file size".into(),

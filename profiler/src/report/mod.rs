@@ -17,13 +17,16 @@ use serde_json::Value;
 use crate::histograms::{human_bytes, Bucket, Dimension, Histograms, Stats};
 use crate::output::ns;
 
-/// One plotted point: x in the dimension's unit, latencies in ns.
+/// One plotted point: x in the dimension's unit, latencies in ns, and
+/// the line it belongs to (a sweep's trigger and mount variant; empty for
+/// recorded events).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Point {
     pub dim: Dimension,
     pub x: u64,
     pub p50: u64,
     pub p99: u64,
+    pub series: String,
 }
 
 /// The three panels, in order.
@@ -140,6 +143,7 @@ fn event_points(events: &Histograms) -> Vec<Point> {
                     x,
                     p50: s.p50,
                     p99: s.p99,
+                    series: String::new(),
                 });
             }
         }
@@ -172,10 +176,19 @@ fn get(c: &Value, k: &str) -> u64 {
     c.get(k).and_then(Value::as_u64).unwrap_or(0)
 }
 
+/// A cell's trigger and mount variant (a sweep file from before they
+/// existed: writes, plain mounts).
+fn cell_variant(c: &Value) -> String {
+    let flag = |k: &str| c.get(k).and_then(Value::as_bool).unwrap_or(false);
+    let trigger = c.get("trigger").and_then(Value::as_str).unwrap_or("write");
+    crate::sweep::variant_name(trigger, flag("metacopy"), flag("volatile"))
+}
+
 fn cell_table(cells: &[Value]) -> Table {
     Table {
         title: "sweep cells".into(),
         columns: vec![
+            "by",
             "size",
             "layers",
             "dirs",
@@ -189,6 +202,7 @@ fn cell_table(cells: &[Value]) -> Table {
             .iter()
             .map(|c| {
                 let mut row = vec![
+                    cell_variant(c),
                     human_bytes(get(c, "file_size")),
                     get(c, "layer_depth").to_string(),
                     get(c, "dir_depth").to_string(),
@@ -217,6 +231,7 @@ fn cell_points(cells: &[Value]) -> Vec<Point> {
             x,
             p50: get(c, "p50"),
             p99: get(c, "p99"),
+            series: cell_variant(c),
         };
         if l == l0 && d == d0 {
             out.push(p(Dimension::FileSize, s));

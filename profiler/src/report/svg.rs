@@ -1,7 +1,8 @@
 //! The plot: one panel per dimension, p50 as a line over a p50-p99 band,
 //! sizes and layer depths on log2 axes with their own units on the ticks,
 //! latency on a log axis labelled in ns/µs/ms/s, the backend and kernel in
-//! the title, and the legend in a strip of its own below the panels.
+//! the title, and the legend in a strip of its own below the panels. A
+//! sweep of several triggers or mount variants draws a line for each.
 
 use std::path::Path;
 
@@ -18,6 +19,21 @@ const WIDTH: u32 = 1500;
 const HEIGHT: u32 = 520;
 const LEGEND_HEIGHT: u32 = 40;
 const P50: RGBColor = RGBColor(31, 100, 180);
+/// One colour per line, the first P50's.
+const PALETTE: [RGBColor; 6] = [
+    P50,
+    RGBColor(214, 96, 24),
+    RGBColor(44, 150, 44),
+    RGBColor(148, 80, 180),
+    RGBColor(190, 40, 60),
+    RGBColor(110, 110, 110),
+];
+
+/// A line of a panel: its colour and its points, by x.
+struct Line<'a> {
+    color: RGBColor,
+    pts: Vec<&'a Point>,
+}
 
 /// The report's plot as an SVG document.
 pub fn render(report: &Report) -> Result<String> {
@@ -29,15 +45,36 @@ pub fn render(report: &Report) -> Result<String> {
             .titled(&report.title(), ("sans-serif", 22))
             .map_err(|e| anyhow!("{e}"))?;
         let (panels, legend) = root.split_vertically(root.dim_in_pixel().1 - LEGEND_HEIGHT);
-        for (area, dim) in panels.split_evenly((1, 3)).iter().zip(PANELS) {
-            let mut pts: Vec<&Point> = report.points.iter().filter(|p| p.dim == dim).collect();
-            pts.sort_by_key(|p| p.x);
-            pts.dedup_by_key(|p| p.x);
-            if !pts.is_empty() {
-                panel(area, dim, &pts)?;
+        let mut series: Vec<&str> = Vec::new();
+        for p in &report.points {
+            if !series.contains(&p.series.as_str()) {
+                series.push(&p.series);
             }
         }
-        draw_legend(&legend)?;
+        for (area, dim) in panels.split_evenly((1, 3)).iter().zip(PANELS) {
+            let lines: Vec<Line> = series
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    let mut pts: Vec<&Point> = report
+                        .points
+                        .iter()
+                        .filter(|p| p.dim == dim && p.series == *name)
+                        .collect();
+                    pts.sort_by_key(|p| p.x);
+                    pts.dedup_by_key(|p| p.x);
+                    Line {
+                        color: PALETTE[i % PALETTE.len()],
+                        pts,
+                    }
+                })
+                .filter(|l| !l.pts.is_empty())
+                .collect();
+            if !lines.is_empty() {
+                panel(area, dim, &lines)?;
+            }
+        }
+        draw_legend(&legend, if series.len() > 1 { &series } else { &[] })?;
         root.present().map_err(|e| anyhow!("{e}"))?;
     }
     Ok(svg)
@@ -133,13 +170,16 @@ pub fn latency_label(ns: f64) -> String {
 type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, LogCoord<f64>>>;
 type Area<'b> = DrawingArea<SVGBackend<'b>, Shift>;
 
-fn panel(area: &Area<'_>, dim: Dimension, pts: &[&Point]) -> Result<()> {
+fn panel(area: &Area<'_>, dim: Dimension, lines: &[Line<'_>]) -> Result<()> {
+    let pts: Vec<&Point> = lines.iter().flat_map(|l| l.pts.iter().copied()).collect();
     let xs: Vec<f64> = pts.iter().map(|p| x_of(dim, p.x)).collect();
     let pad = match dim {
         Dimension::DirDepth => 1.0,
         _ => 0.5,
     };
-    let x = (xs[0] - pad)..(xs[xs.len() - 1] + pad);
+    let x_lo = xs.iter().copied().fold(f64::INFINITY, f64::min);
+    let x_hi = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let x = (x_lo - pad)..(x_hi + pad);
     let y_min = pts.iter().map(|p| p.p50.min(p.p99)).min().unwrap_or(1);
     let y_max = pts.iter().map(|p| p.p99.max(p.p50)).max().unwrap_or(1);
     let y = (y_min.max(1) as f64 / 1.6)..(y_max.max(1) as f64 * 1.6);
@@ -169,7 +209,11 @@ fn panel(area: &Area<'_>, dim: Dimension, pts: &[&Point]) -> Result<()> {
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
     axes(area, &mut chart, dim, x, y)?;
-    latency(&mut chart, &xs, pts)
+    for line in lines {
+        let xs: Vec<f64> = line.pts.iter().map(|p| x_of(dim, p.x)).collect();
+        latency(&mut chart, &xs, &line.pts, line.color)?;
+    }
+    Ok(())
 }
 
 /// Grid lines, tick marks and tick labels in the dimension's units.
@@ -210,7 +254,7 @@ fn axes(
 }
 
 /// p50 as a line with points, over the p50-p99 band.
-fn latency(chart: &mut Chart<'_, '_>, xs: &[f64], pts: &[&Point]) -> Result<()> {
+fn latency(chart: &mut Chart<'_, '_>, xs: &[f64], pts: &[&Point], color: RGBColor) -> Result<()> {
     let line = |q: fn(&Point) -> u64| -> Vec<(f64, f64)> {
         xs.iter().zip(pts).map(|(x, p)| (*x, q(p) as f64)).collect()
     };
@@ -219,24 +263,29 @@ fn latency(chart: &mut Chart<'_, '_>, xs: &[f64], pts: &[&Point]) -> Result<()> 
     let band: Vec<(f64, f64)> = p50.iter().chain(p99.iter().rev()).copied().collect();
     let err = |e: DrawingAreaErrorKind<_>| anyhow!("{e}");
     chart
-        .draw_series(std::iter::once(Polygon::new(band, P50.mix(0.18).filled())))
+        .draw_series(std::iter::once(Polygon::new(
+            band,
+            color.mix(0.18).filled(),
+        )))
         .map_err(err)?;
     chart
-        .draw_series(LineSeries::new(p99, P50.mix(0.45).stroke_width(1)))
+        .draw_series(LineSeries::new(p99, color.mix(0.45).stroke_width(1)))
         .map_err(err)?;
     chart
-        .draw_series(p50.iter().map(|p| Circle::new(*p, 3, P50.filled())))
+        .draw_series(p50.iter().map(|p| Circle::new(*p, 3, color.filled())))
         .map_err(err)?;
     chart
-        .draw_series(LineSeries::new(p50, P50.stroke_width(2)))
+        .draw_series(LineSeries::new(p50, color.stroke_width(2)))
         .map_err(err)?;
     Ok(())
 }
 
-/// Below the panels, so it covers no data.
-fn draw_legend(area: &DrawingArea<SVGBackend<'_>, Shift>) -> Result<()> {
+/// Below the panels, so it covers no data: what p50 and the band are,
+/// then each line's name in its colour (when there is more than one).
+fn draw_legend(area: &DrawingArea<SVGBackend<'_>, Shift>, series: &[&str]) -> Result<()> {
     let y = (LEGEND_HEIGHT / 2) as i32;
-    let x = (WIDTH / 2) as i32 - 160;
+    let names_width: i32 = series.iter().map(|s| 50 + 8 * s.len() as i32).sum();
+    let x = (WIDTH as i32 - 320 - names_width) / 2;
     let font = ("sans-serif", 15).into_font();
     let draw = |e: Result<(), _>| e.map_err(|e: DrawingAreaErrorKind<_>| anyhow!("{e}"));
     draw(area.draw(&PathElement::new(
@@ -254,7 +303,17 @@ fn draw_legend(area: &DrawingArea<SVGBackend<'_>, Shift>) -> Result<()> {
         vec![(x, y - 7), (x + 34, y - 7)],
         P50.mix(0.45),
     )))?;
-    draw(area.draw(&Text::new("p50 to p99", (x + 42, y - 8), font)))?;
+    draw(area.draw(&Text::new("p50 to p99", (x + 42, y - 8), font.clone())))?;
+    let mut x = x + 300;
+    for (i, name) in series.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        draw(area.draw(&PathElement::new(
+            vec![(x, y), (x + 34, y)],
+            color.stroke_width(3),
+        )))?;
+        draw(area.draw(&Text::new(name.to_string(), (x + 42, y - 8), font.clone())))?;
+        x += 50 + 8 * name.len() as i32;
+    }
     Ok(())
 }
 
@@ -297,6 +356,7 @@ mod tests {
             x,
             p50,
             p99: p50 * 3,
+            series: String::new(),
         };
         let report = Report {
             backend: Some("fentry".into()),
@@ -322,6 +382,34 @@ mod tests {
             "p50 to p99",
         ] {
             assert!(svg.contains(want), "{want} missing");
+        }
+    }
+
+    #[test]
+    fn a_sweep_of_variants_draws_and_names_a_line_each() {
+        let pt = |x, p50, series: &str| Point {
+            dim: Dimension::FileSize,
+            x,
+            p50,
+            p99: p50 * 2,
+            series: series.into(),
+        };
+        let report = Report {
+            points: vec![
+                pt(4096, 40_000, "chmod"),
+                pt(1 << 20, 900_000, "chmod"),
+                pt(4096, 30_000, "chmod, metacopy"),
+                pt(1 << 20, 31_000, "chmod, metacopy"),
+            ],
+            ..Default::default()
+        };
+        let svg = render(&report).unwrap();
+        // plotters puts a text's content on a line of its own.
+        assert!(svg.contains("\nchmod\n") && svg.contains("\nchmod, metacopy\n"));
+        let (first, second) = (PALETTE[0], PALETTE[1]);
+        for c in [first, second] {
+            let hex = format!("#{:02X}{:02X}{:02X}", c.0, c.1, c.2);
+            assert!(svg.contains(&hex), "no line in {hex}");
         }
     }
 }
