@@ -185,6 +185,10 @@ pub struct CopyUpEvent {
     pub prepare_ns: u64,
     /// Time in the upper filesystem's fsync during the call.
     pub fsync_ns: u64,
+    /// Time the exit probe itself spent after taking its end time (reading
+    /// the inode, walking the names): a stopwatch around the call sees it,
+    /// `latency_ns` cannot.
+    pub probe_ns: u64,
     pub cgroup_id: u64,
     /// The file's size as the kernel saw it, or -1.
     pub file_size: i64,

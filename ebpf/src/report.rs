@@ -4,7 +4,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_cgroup_id, bpf_probe_read_user_str_bytes},
+    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_probe_read_user_str_bytes},
 };
 use strata_common::{
     counter, log2_floor, source, CopyUpEvent, HistKey, InFlight, PATH_CAPTURE, SIZE_UNKNOWN,
@@ -95,6 +95,9 @@ pub fn copy_up(g: &Globals, call: &InFlight, f: &Finished) {
                 (*ev).path_complete = (p.len() < PATH_CAPTURE - 1) as u8;
             }
         }
+        // SAFETY: helper with no arguments.
+        let now = bpf_ktime_get_ns();
+        (*ev).probe_ns = now.saturating_sub(call.start_ns + f.latency_ns);
     }
     // Wake the reader only once a batch is queued: a wakeup per event
     // cost ~10 us here (most of a report); the reader also drains the ring

@@ -55,6 +55,10 @@ pub struct CopyUp {
     /// Time in the upper filesystem's fsync of the copy (0 on a volatile
     /// mount); None where the filesystem's fsync is not traced.
     pub fsync_ns: Option<u64>,
+    /// The probe's own time after the end of `latency_ns` (see
+    /// CopyUpEvent::probe_ns): what a stopwatch around the call adds.
+    #[serde(default)]
+    pub probe_ns: u64,
     /// The start time in CLOCK_MONOTONIC ns (bpf_ktime_get_ns).
     pub start_ns: u64,
     pub ret: i64,
@@ -87,6 +91,7 @@ impl CopyUp {
             dir_depth,
             ancestors: 0,
             fsync_ns: None,
+            probe_ns: 0,
             start_ns: 0,
             ret: 0,
         }
@@ -130,6 +135,7 @@ pub fn attribute(ev: &CopyUpEvent, mounts: &[OverlayMount], fsync_traced: bool) 
             ev.dirs_created.saturating_sub(1)
         },
         fsync_ns: fsync_traced.then_some(ev.fsync_ns),
+        probe_ns: ev.probe_ns,
         start_ns: ev.start_ns,
         ret: ev.ret,
     };

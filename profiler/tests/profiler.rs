@@ -202,7 +202,7 @@ fn sweep_of_chmod_shows_what_metacopy_saves() {
     let ts = TestStore::new();
     let svg = ts.dir.join("metacopy.svg");
     let out = Command::new(BIN)
-        .args(["sweep", "--sizes", "4K,4M", "--layers", "1", "--dirs", "0"])
+        .args(["sweep", "--sizes", "4K,1M", "--layers", "1", "--dirs", "0"])
         .args(["--reps", "3", "--triggers", "chmod", "--metacopy", "both"])
         .args(["--json", "--root"])
         .arg(ts.dir.join("sweep-store"))
@@ -232,15 +232,15 @@ fn sweep_of_chmod_shows_what_metacopy_saves() {
         assert_eq!(cell["count"], 3, "{cell}");
         cell["p50"].as_u64().unwrap()
     };
-    let (plain_4m, meta_4m) = (p50(4 << 20, false), p50(4 << 20, true));
+    let (plain_1m, meta_1m) = (p50(1 << 20, false), p50(1 << 20, true));
     assert!(
-        meta_4m * 4 < plain_4m,
-        "chmod of 4 MiB: {meta_4m}ns with metacopy, {plain_4m}ns without"
+        meta_1m * 4 < plain_1m,
+        "chmod of 1 MiB: {meta_1m}ns with metacopy, {plain_1m}ns without"
     );
     let plain_4k = p50(4096, false);
     assert!(
-        meta_4m < plain_4k * 2,
-        "with metacopy a 4 MiB chmod ({meta_4m}ns) should cost no more than copying 4 KiB ({plain_4k}ns)"
+        meta_1m < plain_4k * 2,
+        "with metacopy a 1 MiB chmod ({meta_1m}ns) should cost no more than copying 4 KiB ({plain_4k}ns)"
     );
     let plot = fs::read_to_string(&svg).unwrap();
     assert!(
