@@ -1,6 +1,7 @@
 //! `create --metacopy`: a chmod copies up metadata only, a renamed lower
-//! directory is a redirect, and diff, commit, save and `ps -s` still see
-//! the container exactly as it is mounted.
+//! directory is a redirect, and diff, commit and `ps -s` still see the
+//! container exactly as it is mounted (a committed layer is saved like any
+//! other: tests/export.rs).
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -8,13 +9,12 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use strata_driver::changes::{Change, ChangeKind};
 use strata_driver::commit::commit;
 use strata_driver::containers::CreateOptions;
-use strata_driver::export::{save, SaveFormat};
-use strata_driver::import::{import, ImportOptions};
 use strata_driver::lowerstack::{is_metacopy, is_redirected};
 use strata_driver::testing::{layer, privileged, snapshot, TestStore};
-use strata_driver::Store;
 
-const BIG: u64 = 8 << 20;
+/// Big enough that copying its data would show in blocks; small enough
+/// for the emulated guests of the kernel matrix.
+const BIG: u64 = 2 << 20;
 
 fn change(kind: ChangeKind, path: &str) -> Change {
     Change {
@@ -38,7 +38,7 @@ fn metacopy_containers_copy_metadata_only_and_commit_whole() {
                 t.dir("tree", 0o755, 0, 0).unwrap();
                 t.dir("tree/sub", 0o750, 0, 0).unwrap();
                 t.file("tree/sub/a", b"a", 0o644).unwrap();
-                t.pattern_file("tree/b", 1 << 20, 5).unwrap();
+                t.pattern_file("tree/b", 256 << 10, 5).unwrap();
                 t.file("tree/gone", b"g", 0o644).unwrap();
             }),
             layer(|t| {
@@ -100,19 +100,6 @@ fn metacopy_containers_copy_metadata_only_and_commit_whole() {
         expected,
         "commit lost what the overlay showed"
     );
-
-    let archive = ts.dir.join("committed.tar");
-    save(&ts.store, "committed", &archive, SaveFormat::Oci).unwrap();
-    let again = Store::open(ts.dir.join("again")).unwrap();
-    import(&again, archive.to_str().unwrap(), &ImportOptions::default()).unwrap();
-    let back = again
-        .create_container("committed", &CreateOptions::default())
-        .unwrap();
-    assert_eq!(
-        snapshot(&again.mount_container(&back.id).unwrap()),
-        expected
-    );
-    again.remove_container(&back.id, true).unwrap();
 
     // Mounted again, the container still reads its metacopy files.
     ts.store.unmount_container(&c.id).unwrap();
