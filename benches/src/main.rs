@@ -8,6 +8,7 @@ mod gate;
 mod harness;
 mod hot_path;
 mod ops;
+mod peers;
 mod serve;
 
 use std::path::PathBuf;
@@ -33,7 +34,8 @@ struct Cli {
     /// How much a ratio may grow over the baseline's (0.10 = 10%).
     #[arg(long, default_value_t = 0.10)]
     threshold: f64,
-    /// Only benches whose group matches: ops, containerd, cow, serve, overhead.
+    /// Only benches whose group matches: ops, peers, containerd, cow, serve,
+    /// overhead.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     #[arg(long)]
@@ -63,6 +65,10 @@ fn main() -> Result<()> {
         if wanted("ops") {
             eprintln!("driver operations:");
             results.extend(ops::all(&env, &cli.out.join("cache"))?);
+        }
+        if wanted("peers") {
+            eprintln!("import, strata vs the engines' own (fresh filesystems):");
+            results.extend(peers::all(&env, &cli.out.join("cache"))?);
         }
         if wanted("containerd") {
             eprintln!("containerd, strata snapshotter vs overlayfs:");

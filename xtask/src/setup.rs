@@ -19,6 +19,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("umoci", "umoci"),
     ("skopeo", "skopeo"),
     ("podman", "podman"),
+    // The import bench's peers: podman load, and buildah pull.
+    ("buildah", "buildah"),
     ("debootstrap", "debootstrap"),
     ("zstd", "zstd"),
     // The kernel matrix (`vm-test`): a software-emulated guest, a static

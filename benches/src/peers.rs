@@ -1,0 +1,218 @@
+//! Import of the same file by strata and by each engine a user would load
+//! it with: `podman load`, `buildah pull`, `ctr images import` (overlayfs
+//! snapshotter) and `docker load` (overlay2). Every store, strata's and
+//! each peer's, is on the same freshly made filesystem, in the same run;
+//! each peer's image is removed between samples so that every sample
+//! writes its layers again.
+
+use std::cell::Cell;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+use strata_driver::testing::containerd::Containerd;
+use strata_driver::testing::docker::Dockerd;
+use strata_driver::testing::podman::Podman;
+
+use crate::fixtures::{unmount_all_beneath, Env};
+use crate::harness::{compare, BenchResult, Timed};
+
+/// The bar (issue 14): at most half the fastest peer's time.
+const BAR: f64 = 0.5;
+/// The tag the Debian docker-archive carries.
+const TAG: &str = "debian:bookworm";
+
+/// The Debian image as one `docker save` file (skopeo converts the
+/// debootstrap-made OCI layout once; cached).
+pub fn debian_docker_archive(cache: &Path) -> Result<PathBuf, String> {
+    let out = cache.join("debian-docker-archive.tar");
+    if out.exists() {
+        return Ok(out);
+    }
+    let layout = crate::fixtures::debian_image(cache)?;
+    let partial = cache.join("debian-docker-archive.tar.partial");
+    let _ = std::fs::remove_file(&partial);
+    let status = Command::new("skopeo")
+        .arg("copy")
+        .arg(format!("oci:{}:bookworm", layout.display()))
+        .arg(format!("docker-archive:{}:{TAG}", partial.display()))
+        .stdout(Stdio::null())
+        .status()
+        .map_err(|e| format!("skopeo: {e}"))?;
+    if !status.success() {
+        return Err(format!("skopeo copy to a docker-archive: {status}"));
+    }
+    std::fs::rename(&partial, &out).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// Runs `cmd`, which must succeed.
+fn run(mut cmd: Command, what: &str) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        bail!("{what}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// strata's import of `archive` into a store under `fs`, vs one peer.
+fn against(
+    env: &Env,
+    fs: &Path,
+    fs_name: &str,
+    archive: &Path,
+    peer: &str,
+    load: Timed<'_>,
+) -> Result<BenchResult> {
+    let root = fs.join("strata");
+    let src = archive.to_str().context("non-UTF-8 path")?.to_string();
+    compare(
+        &format!("import Debian docker-archive on fresh {fs_name}"),
+        env.reps,
+        Timed::new(
+            || {
+                let _ = std::fs::remove_dir_all(&root);
+                Ok(())
+            },
+            || {
+                env.strata(&root, &["image", "import", &src, "--name", "debian"])
+                    .map(drop)
+            },
+        ),
+        peer,
+        load,
+        Some(BAR),
+    )
+}
+
+/// On a fresh ext4 and a fresh XFS. Not in --quick runs: each peer
+/// takes seconds per sample.
+pub fn all(env: &Env, cache: &Path) -> Result<Vec<BenchResult>> {
+    if env.quick {
+        return Ok(Vec::new());
+    }
+    let archive = match debian_docker_archive(cache) {
+        Ok(a) => a,
+        Err(why) => bail!("the Debian docker-archive the peers load: {why}"),
+    };
+    let mut out = Vec::new();
+    for (fs_name, fs) in crate::ops::fresh_filesystems(env, "peers-fs")? {
+        out.extend(on(env, &fs.mount, fs_name, &archive)?);
+    }
+    Ok(out)
+}
+
+fn on(env: &Env, fs: &Path, fs_name: &str, archive: &Path) -> Result<Vec<BenchResult>> {
+    let mut out = Vec::new();
+    let file = archive.to_str().context("non-UTF-8 path")?;
+
+    let podman = Podman::new(&fs.join("podman"));
+    let rmi = |p: &Podman| run(p.command(&["rmi", "-a", "-f"]), "podman rmi");
+    out.push(against(
+        env,
+        fs,
+        fs_name,
+        archive,
+        "podman load",
+        Timed::new(
+            || rmi(&podman),
+            || run(podman.command(&["load", "-q", "-i", file]), "podman load"),
+        ),
+    )?);
+    rmi(&podman)?;
+
+    let buildah = |args: &[&str]| {
+        let mut cmd = Command::new("buildah");
+        let d = fs.join("buildah");
+        cmd.arg("--root")
+            .arg(d.join("storage"))
+            .arg("--runroot")
+            .arg(d.join("run"))
+            .args(["--storage-driver", "overlay"])
+            .args(args);
+        cmd
+    };
+    let pull = format!("docker-archive:{file}");
+    out.push(against(
+        env,
+        fs,
+        fs_name,
+        archive,
+        "buildah pull",
+        Timed::new(
+            || run(buildah(&["rmi", "-a", "-f"]), "buildah rmi"),
+            || run(buildah(&["pull", "-q", &pull]), "buildah pull"),
+        ),
+    )?);
+    run(buildah(&["rmi", "-a", "-f"]), "buildah rmi")?;
+
+    out.push(ctr_import(env, fs, fs_name, archive)?);
+    out.push(docker_load(env, fs, fs_name, archive)?);
+    unmount_all_beneath(fs);
+    Ok(out)
+}
+
+/// `ctr images import` with containerd's own overlayfs snapshotter, its
+/// root on the same filesystem.
+fn ctr_import(env: &Env, fs: &Path, fs_name: &str, archive: &Path) -> Result<BenchResult> {
+    let c = Containerd::start(&fs.join("ctr"), &env.strata);
+    let file = archive.to_str().context("non-UTF-8 path")?;
+    let name = format!("docker.io/library/{TAG}");
+    let loaded = Cell::new(false);
+    let result = against(
+        env,
+        fs,
+        fs_name,
+        archive,
+        "ctr images import",
+        Timed::new(
+            || {
+                // --sync: its content and snapshots are gone too.
+                if loaded.replace(false) {
+                    run(c.ctr_command(&["images", "rm", "--sync", &name]), "ctr rm")?;
+                }
+                Ok(())
+            },
+            || {
+                run(
+                    c.ctr_command(&["images", "import", "--snapshotter", "overlayfs", file]),
+                    "ctr images import",
+                )?;
+                loaded.set(true);
+                Ok(())
+            },
+        ),
+    );
+    let _ = c.ctr(&["images", "rm", "--sync", &name]);
+    drop(c);
+    result
+}
+
+/// `docker load` (overlay2), its data root on the same filesystem.
+fn docker_load(env: &Env, fs: &Path, fs_name: &str, archive: &Path) -> Result<BenchResult> {
+    let d = Dockerd::start(&fs.join("docker"));
+    let file = archive.to_str().context("non-UTF-8 path")?;
+    let loaded = Cell::new(false);
+    let result = against(
+        env,
+        fs,
+        fs_name,
+        archive,
+        "docker load",
+        Timed::new(
+            || {
+                if loaded.replace(false) {
+                    run(d.docker_command(&["rmi", "-f", TAG]), "docker rmi")?;
+                }
+                Ok(())
+            },
+            || {
+                run(d.docker_command(&["load", "-q", "-i", file]), "docker load")?;
+                loaded.set(true);
+                Ok(())
+            },
+        ),
+    );
+    drop(d);
+    result
+}
