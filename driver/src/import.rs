@@ -11,11 +11,13 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::archive::compression::Compression;
 use crate::archive::split::{TarSplit, TAR_SPLIT_FILE};
 use crate::archive::{apply_layer, compression, write_layer_tar};
 use crate::digest::{Digest, HashingReader};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{self, StagingDir, Txn};
+use crate::image::files::{Blob, ImageFiles};
 use crate::image::{self, config, SourceImage, SourceKind};
 use crate::images::{normalize_name, ImageRecord};
 use crate::layers::now_secs;
@@ -46,32 +48,16 @@ pub struct ImportReport {
 pub fn import(store: &Store, src: &str, opts: &ImportOptions) -> Result<ImportReport> {
     let (path, tag) = image::split_tag(src);
     let meta = std::fs::metadata(&path).map_err(|e| image::invalid(&path, e.to_string()))?;
-    // Archives are unpacked into staging first; it goes when we return.
+    // What had to be unpacked or made in staging; it goes when we return.
     let mut unpacked: Option<StagingDir> = None;
-    let kind = if meta.is_dir() {
-        image::detect_dir(&path)
+    let (kind, files) = if meta.is_dir() {
+        (image::detect_dir(&path), ImageFiles::dir(path.clone()))
     } else {
-        image::detect_tar(&path)?
-    };
-    let source_dir = match kind {
-        SourceKind::OciLayout | SourceKind::DockerArchive if meta.is_file() => {
-            let staged = StagingDir::create(&store.tmp_dir(), "unpack")?;
-            let dir = staged.path().join("content");
-            std::fs::create_dir(&dir).ctx(|| format!("creating {}", dir.display()))?;
-            let f = File::open(&path).ctx(|| format!("opening {}", path.display()))?;
-            let (_, reader) =
-                compression::decompress(f).ctx(|| format!("reading {}", path.display()))?;
-            // Scratch, read once and deleted: never synced file by file.
-            apply_layer(reader, &dir, &[], SyncMode::Filesystem, None)
-                .map_err(|e| image::invalid(&path, e.to_string()))?;
-            unpacked = Some(staged);
-            dir
-        }
-        _ => path.clone(),
+        open_archive(store, &path, &mut unpacked)?
     };
     let source = match kind {
-        SourceKind::OciLayout => image::oci::parse(&source_dir, tag.as_deref(), &path)?,
-        SourceKind::DockerArchive => image::docker::parse(&source_dir, tag.as_deref(), &path)?,
+        SourceKind::OciLayout => image::oci::parse(&files, tag.as_deref(), &path)?,
+        SourceKind::DockerArchive => image::docker::parse(&files, tag.as_deref(), &path)?,
         SourceKind::PlainTar => plain(path.clone()),
         SourceKind::PlainDir => {
             // A directory becomes a one-layer image: tar it into staging.
@@ -98,10 +84,52 @@ pub fn import(store: &Store, src: &str, opts: &ImportOptions) -> Result<ImportRe
     report
 }
 
-fn plain(blob: std::path::PathBuf) -> SourceImage {
+/// An archive file: an uncompressed one is read in place (its members are
+/// byte ranges of it); a compressed one (`docker save | gzip`) cannot be,
+/// and is unpacked into staging (`unpacked`) first.
+fn open_archive(
+    store: &Store,
+    path: &Path,
+    unpacked: &mut Option<StagingDir>,
+) -> Result<(SourceKind, ImageFiles)> {
+    let f = File::open(path).ctx(|| format!("opening {}", path.display()))?;
+    let (compression, _) =
+        compression::decompress(f).ctx(|| format!("reading {}", path.display()))?;
+    if compression == Compression::None {
+        if let Some(files) = ImageFiles::index_archive(path)? {
+            let kind = if files.has("oci-layout") && files.has("index.json") {
+                SourceKind::OciLayout
+            } else if files.has("manifest.json") {
+                SourceKind::DockerArchive
+            } else {
+                SourceKind::PlainTar
+            };
+            return Ok((kind, files));
+        }
+    }
+    let kind = image::detect_tar(path)?;
+    if kind == SourceKind::PlainTar {
+        return Ok((kind, ImageFiles::dir(path.to_path_buf())));
+    }
+    let staged = StagingDir::create(&store.tmp_dir(), "unpack")?;
+    let dir = staged.path().join("content");
+    std::fs::create_dir(&dir).ctx(|| format!("creating {}", dir.display()))?;
+    let f = File::open(path).ctx(|| format!("opening {}", path.display()))?;
+    let (_, reader) = compression::decompress(f).ctx(|| format!("reading {}", path.display()))?;
+    // Scratch, read once and deleted: never synced file by file.
+    apply_layer(reader, &dir, &[], SyncMode::Filesystem, None)
+        .map_err(|e| image::invalid(path, e.to_string()))?;
+    *unpacked = Some(staged);
+    Ok((kind, ImageFiles::dir(dir)))
+}
+
+fn plain(path: PathBuf) -> SourceImage {
     SourceImage {
         config: None,
-        layers: vec![image::SourceLayer { blob, digest: None }],
+        layers: vec![image::SourceLayer {
+            blob: Blob::file(path),
+            digest: None,
+        }],
         tags: Vec::new(),
     }
 }
@@ -147,12 +175,7 @@ fn import_source(
         }
         None => None,
     };
-    let total: u64 = source
-        .layers
-        .iter()
-        .filter_map(|l| l.blob.metadata().ok())
-        .map(|m| m.len())
-        .sum();
+    let total: u64 = source.layers.iter().filter_map(|l| l.blob.size().ok()).sum();
     let progress = Progress::new(opts.progress, total);
 
     let mut staged: Vec<Staged> = Vec::new();
@@ -162,7 +185,7 @@ fn import_source(
         if let Some(diff_id) = expected {
             let chain = Digest::chain(parent.as_ref(), diff_id);
             if let Some(rec) = store.layer(&chain)? {
-                progress.advance(layer.blob.metadata().map(|m| m.len()).unwrap_or(0));
+                progress.advance(layer.blob.size().unwrap_or(0));
                 staged.push(Staged {
                     dir: None,
                     chain_id: chain.clone(),
@@ -179,9 +202,12 @@ fn import_source(
             "layer {} of {} ({})",
             i + 1,
             source.layers.len(),
-            layer.blob.display()
+            layer.blob
         );
-        let f = File::open(&layer.blob).ctx(|| format!("opening {}", layer.blob.display()))?;
+        let f = layer
+            .blob
+            .open()
+            .ctx(|| format!("opening {}", layer.blob))?;
         let (_, decompressed) =
             compression::decompress(progress.wrap(f)).ctx(|| format!("reading {what}"))?;
         let split = TarSplit::create(&dir.path().join(TAR_SPLIT_FILE))?;
@@ -290,11 +316,11 @@ fn import_source(
     Ok(ImportReport { image, layers })
 }
 
-fn blob_digest(path: &Path) -> Result<Digest> {
-    let f = File::open(path).ctx(|| format!("opening {}", path.display()))?;
+fn blob_digest(blob: &Blob) -> Result<Digest> {
+    let f = blob.open().ctx(|| format!("opening {blob}"))?;
     let (d, _) = HashingReader::new(f)
         .finish()
-        .ctx(|| format!("reading {}", path.display()))?;
+        .ctx(|| format!("reading {blob}"))?;
     Ok(d)
 }
 

@@ -287,3 +287,77 @@ fn ls_sizes_history_and_rm_free_only_unshared_layers() {
     let (_, m) = ts.container("base");
     assert!(m.join("etc/os-release").exists());
 }
+
+/// A `docker save` file is read in place, docker 25's layout included
+/// (`<id>/layer.tar` a symlink to `blobs/sha256/<hex>`), and a gzipped one
+/// through staging; a member linking out of the archive is refused.
+#[test]
+fn archives_are_read_in_place_links_and_all() {
+    if !privileged() {
+        return;
+    }
+    let ts = TestStore::new();
+    let work = ts.scratch("archives");
+    let layers = two_layers(&work);
+    let archive = work.join("archive");
+    write_docker_archive(&archive, "demo:v1", &layers).unwrap();
+    let linked = |target_of: &dyn Fn(&str) -> String| {
+        let dir = work.join(format!("linked-{}", fs::read_dir(&work).unwrap().count()));
+        fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        for e in fs::read_dir(&archive).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().into_string().unwrap();
+            if e.path().is_dir() {
+                fs::rename(
+                    e.path().join("layer.tar"),
+                    dir.join("blobs/sha256").join(&name),
+                )
+                .unwrap();
+                fs::create_dir(dir.join(&name)).unwrap();
+                std::os::unix::fs::symlink(target_of(&name), dir.join(&name).join("layer.tar"))
+                    .unwrap();
+            } else {
+                fs::copy(e.path(), dir.join(&name)).unwrap();
+            }
+        }
+        dir
+    };
+    let plain_tar = work.join("plain.tar");
+    tar_dir(&archive, &plain_tar);
+    let docker25 = work.join("docker25.tar");
+    tar_dir(&linked(&|hex| format!("../blobs/sha256/{hex}")), &docker25);
+    write_docker_archive(&archive, "demo:v1", &two_layers(&work)).unwrap();
+    let gzipped = work.join("plain.tar.gz");
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "gzip -c {} > {}",
+            plain_tar.display(),
+            gzipped.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    for (i, src) in [&plain_tar, &docker25, &gzipped].into_iter().enumerate() {
+        let store = strata_driver::Store::open(ts.dir.join(format!("store{i}"))).unwrap();
+        let report = import(&store, src.to_str().unwrap(), &opts("demo")).unwrap();
+        assert!(
+            report.layers.iter().all(|l| !l.shared),
+            "{src:?}: layers extracted"
+        );
+        let diff = store.layer_diff(&report.image.layers[0]);
+        assert_eq!(
+            fs::read_to_string(diff.join("etc/os-release")).unwrap(),
+            "ID=strata\n",
+            "{src:?}"
+        );
+        assert_eq!(fs::metadata(diff.join("bin/tool")).unwrap().len(), 300_000);
+    }
+
+    let escaping = work.join("escaping.tar");
+    tar_dir(&linked(&|_| "../../../../etc/passwd".into()), &escaping);
+    let err = import(&ts.store, escaping.to_str().unwrap(), &opts("bad")).unwrap_err();
+    assert!(err.to_string().contains("outside the archive"), "{err}");
+    assert!(ts.store.images().unwrap().is_empty());
+}

@@ -4,7 +4,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::{inside, invalid, read_small, SourceImage, SourceLayer};
+use super::files::ImageFiles;
+use super::{invalid, SourceImage, SourceLayer};
 use crate::digest::Digest;
 use crate::error::Result;
 
@@ -17,8 +18,8 @@ struct Entry {
     layers: Vec<String>,
 }
 
-pub fn parse(dir: &Path, tag: Option<&str>, src: &Path) -> Result<SourceImage> {
-    let data = read_small(&dir.join("manifest.json"), src)?;
+pub fn parse(files: &ImageFiles, tag: Option<&str>, src: &Path) -> Result<SourceImage> {
+    let data = files.read_small("manifest.json", src)?;
     let entries: Vec<Entry> =
         serde_json::from_slice(&data).map_err(|e| invalid(src, format!("manifest.json: {e}")))?;
     let entry = match tag {
@@ -42,7 +43,7 @@ pub fn parse(dir: &Path, tag: Option<&str>, src: &Path) -> Result<SourceImage> {
             ))
         }
     };
-    let config = read_small(&inside(dir, &entry.config, src)?, src)?;
+    let config = files.read_small(&entry.config, src)?;
     let layers = entry
         .layers
         .iter()
@@ -52,7 +53,7 @@ pub fn parse(dir: &Path, tag: Option<&str>, src: &Path) -> Result<SourceImage> {
                 .strip_prefix("blobs/sha256/")
                 .and_then(|h| Digest::parse(&format!("sha256:{h}")).ok());
             Ok(SourceLayer {
-                blob: inside(dir, l, src)?,
+                blob: files.blob(l, src)?,
                 digest,
             })
         })

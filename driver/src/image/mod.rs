@@ -7,6 +7,7 @@
 pub mod build;
 pub mod config;
 pub mod docker;
+pub mod files;
 pub mod oci;
 
 use std::fs::File;
@@ -19,7 +20,7 @@ use crate::error::{Error, IoContext, Result};
 
 #[derive(Debug)]
 pub struct SourceLayer {
-    pub blob: PathBuf,
+    pub blob: files::Blob,
     /// Digest of the blob as stored (compressed), where the format has one.
     pub digest: Option<Digest>,
 }
@@ -107,10 +108,13 @@ pub fn invalid(src: &Path, reason: impl Into<String>) -> Error {
     }
 }
 
-/// Reads a small JSON document (manifest, index, config) with a size cap,
-/// so a hostile archive cannot make us allocate gigabytes.
+/// The cap on a manifest, index or config: a hostile archive cannot make
+/// us allocate gigabytes.
+pub const SMALL_MAX: u64 = 16 << 20;
+
+/// Reads a small JSON document (manifest, index, config), size-capped.
 pub fn read_small(path: &Path, src: &Path) -> Result<Vec<u8>> {
-    const MAX: u64 = 16 << 20;
+    const MAX: u64 = SMALL_MAX;
     let f = File::open(path).map_err(|e| invalid(src, format!("{}: {e}", path.display())))?;
     let mut data = Vec::new();
     f.take(MAX + 1)

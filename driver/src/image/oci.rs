@@ -1,11 +1,12 @@
 //! OCI image layout directories: `oci-layout`, `index.json`, `blobs/`.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::Value;
 
-use super::{config::host_arch, invalid, read_small, SourceImage, SourceLayer};
+use super::files::ImageFiles;
+use super::{config::host_arch, invalid, SourceImage, SourceLayer};
 use crate::digest::Digest;
 use crate::error::Result;
 
@@ -40,8 +41,8 @@ pub fn manifest_json(config_digest: &Digest, config_len: usize, layers: Vec<Valu
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
-pub fn parse(dir: &Path, tag: Option<&str>, src: &Path) -> Result<SourceImage> {
-    let index: Value = json(&dir.join("index.json"), src)?;
+pub fn parse(files: &ImageFiles, tag: Option<&str>, src: &Path) -> Result<SourceImage> {
+    let index: Value = json(files, "index.json", src)?;
     let manifests = index
         .get("manifests")
         .and_then(Value::as_array)
@@ -78,14 +79,13 @@ pub fn parse(dir: &Path, tag: Option<&str>, src: &Path) -> Result<SourceImage> {
         .map(|t| vec![t.to_string()])
         .unwrap_or_default();
     let mut seen = HashSet::new();
-    let manifest = resolve(dir, chosen, src, &mut seen)?;
+    let manifest = resolve(files, chosen, src, &mut seen)?;
 
     let config_desc = manifest
         .get("config")
         .ok_or_else(|| invalid(src, "manifest has no config"))?;
     let config_digest = digest_of(config_desc, src)?;
-    let config_path = blob_path(dir, &config_digest);
-    let config = read_small(&config_path, src)?;
+    let config = files.read_small(&blob_path(&config_digest), src)?;
     verify_bytes(&config, &config_digest, src)?;
 
     let layers = manifest
@@ -102,13 +102,9 @@ pub fn parse(dir: &Path, tag: Option<&str>, src: &Path) -> Result<SourceImage> {
                 ));
             }
             let digest = digest_of(l, src)?;
-            let blob = blob_path(dir, &digest);
-            if !blob.is_file() {
-                return Err(invalid(
-                    src,
-                    format!("manifest names missing blob {digest}"),
-                ));
-            }
+            let blob = files
+                .blob(&blob_path(&digest), src)
+                .map_err(|_| invalid(src, format!("manifest names missing blob {digest}")))?;
             Ok(SourceLayer {
                 blob,
                 digest: Some(digest),
@@ -123,7 +119,12 @@ pub fn parse(dir: &Path, tag: Option<&str>, src: &Path) -> Result<SourceImage> {
 }
 
 /// Follows image indexes down to one image manifest for this platform.
-fn resolve(dir: &Path, desc: &Value, src: &Path, seen: &mut HashSet<Digest>) -> Result<Value> {
+fn resolve(
+    files: &ImageFiles,
+    desc: &Value,
+    src: &Path,
+    seen: &mut HashSet<Digest>,
+) -> Result<Value> {
     let digest = digest_of(desc, src)?;
     if !seen.insert(digest.clone()) || seen.len() > 16 {
         return Err(invalid(
@@ -131,8 +132,7 @@ fn resolve(dir: &Path, desc: &Value, src: &Path, seen: &mut HashSet<Digest>) -> 
             format!("image index cycle or nesting too deep at {digest}"),
         ));
     }
-    let path = blob_path(dir, &digest);
-    let data = read_small(&path, src)?;
+    let data = files.read_small(&blob_path(&digest), src)?;
     verify_bytes(&data, &digest, src)?;
     let doc: Value = serde_json::from_slice(&data)
         .map_err(|e| invalid(src, format!("{digest}: not JSON: {e}")))?;
@@ -170,13 +170,12 @@ fn resolve(dir: &Path, desc: &Value, src: &Path, seen: &mut HashSet<Digest>) -> 
                 format!("index {digest} has no linux/{} image", host_arch()),
             )
         })?;
-    resolve(dir, pick, src, seen)
+    resolve(files, pick, src, seen)
 }
 
-fn json(path: &Path, src: &Path) -> Result<Value> {
-    let data = read_small(path, src)?;
-    serde_json::from_slice(&data)
-        .map_err(|e| invalid(src, format!("{}: not JSON: {e}", path.display())))
+fn json(files: &ImageFiles, rel: &str, src: &Path) -> Result<Value> {
+    let data = files.read_small(rel, src)?;
+    serde_json::from_slice(&data).map_err(|e| invalid(src, format!("{rel}: not JSON: {e}")))
 }
 
 fn digest_of(desc: &Value, src: &Path) -> Result<Digest> {
@@ -187,8 +186,8 @@ fn digest_of(desc: &Value, src: &Path) -> Result<Digest> {
     Digest::parse(s).map_err(|e| invalid(src, e.to_string()))
 }
 
-fn blob_path(dir: &Path, d: &Digest) -> PathBuf {
-    dir.join("blobs/sha256").join(d.hex())
+fn blob_path(d: &Digest) -> String {
+    format!("blobs/sha256/{}", d.hex())
 }
 
 fn verify_bytes(data: &[u8], expected: &Digest, src: &Path) -> Result<()> {
