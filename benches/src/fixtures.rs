@@ -39,6 +39,30 @@ impl Env {
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
+
+    /// Runs strata like `strata`, returning its peak RSS (KiB) instead of
+    /// its output: wait4's rusage of that one child.
+    pub fn strata_peak_rss(&self, root: &Path, args: &[&str]) -> Result<u64> {
+        let child = Command::new(&self.strata)
+            .arg("--root")
+            .arg(root)
+            .args(args)
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("running {}", self.strata.display()))?;
+        let mut status = 0;
+        // SAFETY: zeroed rusage is valid; wait4 fills it for our own child.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: a pid we spawned and have not waited for; valid pointers.
+        let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+        if pid < 0 {
+            bail!("wait4: {}", std::io::Error::last_os_error());
+        }
+        if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+            bail!("strata {args:?} failed (status {status:#x})");
+        }
+        Ok(usage.ru_maxrss as u64)
+    }
 }
 
 /// Runs a command to completion, its output discarded.

@@ -49,11 +49,14 @@ pub fn markdown(r: &Results) -> String {
     s += "| bench | strata median (min..max) | baseline | baseline median | ratio | bar |\n|---|---|---|---|---|---|\n";
     for b in &r.results {
         s += &format!(
-            "| {} | {} ({}..{}) | {} | {} | {:.2} | {} |\n",
+            "| {} | {} ({}..{}){} | {} | {} | {:.2} | {} |\n",
             b.name,
             fmt_ns(b.candidate.median_ns),
             fmt_ns(b.candidate.min_ns),
             fmt_ns(b.candidate.max_ns),
+            b.peak_rss_kib
+                .map(|k| format!(", peak RSS {}", crate::harness::fmt_kib(k)))
+                .unwrap_or_default(),
             b.baseline_name,
             fmt_ns(b.baseline.median_ns),
             b.ratio,
@@ -107,6 +110,7 @@ mod tests {
             baseline: m,
             ratio,
             target: None,
+            peak_rss_kib: None,
         }
     }
 

@@ -44,6 +44,9 @@ pub struct BenchResult {
     pub ratio: f64,
     /// The bar for this ratio, if it has one.
     pub target: Option<f64>,
+    /// The candidate's largest peak RSS over its samples, where measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_kib: Option<u64>,
 }
 
 impl BenchResult {
@@ -63,10 +66,22 @@ impl BenchResult {
             baseline_name: baseline_name.into(),
             baseline,
             target,
+            peak_rss_kib: None,
         };
         report(&r);
         r
     }
+
+    /// Adds the candidate's peak RSS, and reports it.
+    pub fn with_peak_rss(mut self, kib: u64) -> BenchResult {
+        self.peak_rss_kib = Some(kib);
+        eprintln!("  {:<44} peak RSS {}", self.name, fmt_kib(kib));
+        self
+    }
+}
+
+pub fn fmt_kib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
 /// Something timed: `setup` runs untimed before each sample, `run` is timed.

@@ -50,6 +50,7 @@ fn against_budget(name: &str, samples: Vec<u64>, bar: Option<f64>) -> BenchResul
         baseline_name: "the per-scrape budget (5 ms CPU)".into(),
         baseline: Measured::of(vec![SCRAPE_BUDGET_NS]),
         target: bar,
+        peak_rss_kib: None,
     };
     crate::harness::report(&r);
     r

@@ -175,7 +175,11 @@ fn import_source(
         }
         None => None,
     };
-    let total: u64 = source.layers.iter().filter_map(|l| l.blob.size().ok()).sum();
+    let total: u64 = source
+        .layers
+        .iter()
+        .filter_map(|l| l.blob.size().ok())
+        .sum();
     let progress = Progress::new(opts.progress, total);
 
     let mut staged: Vec<Staged> = Vec::new();
