@@ -33,6 +33,28 @@ pub fn all(env: &Env, cache: &std::path::Path) -> Result<Vec<BenchResult>> {
     Ok(out)
 }
 
+/// `strata image import SRC --name NAME` into a fresh store at `root`,
+/// keeping the largest peak RSS seen in `peak_rss`.
+pub(crate) fn strata_import<'a>(
+    env: &'a Env,
+    root: &'a std::path::Path,
+    src: &'a str,
+    name: &'a str,
+    peak_rss: &'a std::cell::Cell<u64>,
+) -> Timed<'a> {
+    Timed::new(
+        move || {
+            let _ = fs::remove_dir_all(root);
+            Ok(())
+        },
+        move || {
+            let rss = env.strata_peak_rss(root, &["image", "import", src, "--name", name])?;
+            peak_rss.set(peak_rss.get().max(rss));
+            Ok(())
+        },
+    )
+}
+
 /// A fresh ext4 and a fresh XFS, loop-mounted for `name`: what creates
 /// files is measured on a filesystem made for the run, never on the root
 /// filesystem (here a journal-less ext4 whose inode allocator, after the
@@ -78,18 +100,7 @@ fn import(
                     if durable { " (vs durable tar)" } else { "" }
                 ),
                 env.reps,
-                Timed::new(
-                    || {
-                        let _ = fs::remove_dir_all(&root);
-                        Ok(())
-                    },
-                    || {
-                        let args = ["image", "import", &archive, "--name", "bench"];
-                        let rss = env.strata_peak_rss(&root, &args)?;
-                        peak_rss.set(peak_rss.get().max(rss));
-                        Ok(())
-                    },
-                ),
+                strata_import(env, &root, &archive, "bench", &peak_rss),
                 if durable {
                     "tar -x of the layers + sync -f"
                 } else {
@@ -164,18 +175,7 @@ fn import_debian(
     Ok(vec![compare(
         &format!("import Debian bookworm minbase (OCI, gzip) on fresh {fs_name}"),
         env.reps,
-        Timed::new(
-            || {
-                let _ = fs::remove_dir_all(&root);
-                Ok(())
-            },
-            || {
-                let rss =
-                    env.strata_peak_rss(&root, &["image", "import", &src, "--name", "debian"])?;
-                peak_rss.set(peak_rss.get().max(rss));
-                Ok(())
-            },
-        ),
+        strata_import(env, &root, &src, "debian", &peak_rss),
         "tar -xzf of the same layer + sync -f",
         Timed::new(
             || {

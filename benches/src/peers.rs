@@ -16,6 +16,7 @@ use strata_driver::testing::podman::Podman;
 
 use crate::fixtures::{unmount_all_beneath, Env};
 use crate::harness::{compare, BenchResult, Timed};
+use crate::ops::strata_import;
 
 /// The bar (issue 14): at most half the fastest peer's time.
 const BAR: f64 = 0.5;
@@ -66,22 +67,38 @@ fn against(
 ) -> Result<BenchResult> {
     let root = fs.join("strata");
     let src = archive.to_str().context("non-UTF-8 path")?.to_string();
-    compare(
+    let peak_rss = Cell::new(0);
+    Ok(compare(
         &format!("import Debian docker-archive on fresh {fs_name}"),
         env.reps,
-        Timed::new(
-            || {
-                let _ = std::fs::remove_dir_all(&root);
-                Ok(())
-            },
-            || {
-                env.strata(&root, &["image", "import", &src, "--name", "debian"])
-                    .map(drop)
-            },
-        ),
+        strata_import(env, &root, &src, "debian", &peak_rss),
         peer,
         load,
         Some(BAR),
+    )?
+    .with_peak_rss(peak_rss.get()))
+}
+
+/// A peer's load, whose image is removed (by `remove`) before every
+/// sample but the first, so that each sample writes its layers again.
+fn load_afresh<'a>(
+    remove: impl Fn() -> Result<()> + 'a,
+    load: impl Fn() -> Result<()> + 'a,
+) -> Timed<'a> {
+    let loaded = std::rc::Rc::new(Cell::new(false));
+    let after = loaded.clone();
+    Timed::new(
+        move || {
+            if loaded.replace(false) {
+                remove()?;
+            }
+            Ok(())
+        },
+        move || {
+            load()?;
+            after.set(true);
+            Ok(())
+        },
     )
 }
 
@@ -114,7 +131,7 @@ fn on(env: &Env, fs: &Path, fs_name: &str, archive: &Path) -> Result<Vec<BenchRe
         fs_name,
         archive,
         "podman load",
-        Timed::new(
+        load_afresh(
             || rmi(&podman),
             || run(podman.command(&["load", "-q", "-i", file]), "podman load"),
         ),
@@ -139,7 +156,7 @@ fn on(env: &Env, fs: &Path, fs_name: &str, archive: &Path) -> Result<Vec<BenchRe
         fs_name,
         archive,
         "buildah pull",
-        Timed::new(
+        load_afresh(
             || run(buildah(&["rmi", "-a", "-f"]), "buildah rmi"),
             || run(buildah(&["pull", "-q", &pull]), "buildah pull"),
         ),
@@ -158,28 +175,18 @@ fn ctr_import(env: &Env, fs: &Path, fs_name: &str, archive: &Path) -> Result<Ben
     let c = Containerd::start(&fs.join("ctr"), &env.strata);
     let file = archive.to_str().context("non-UTF-8 path")?;
     let name = format!("docker.io/library/{TAG}");
-    let loaded = Cell::new(false);
     let result = against(
         env,
         fs,
         fs_name,
         archive,
         "ctr images import",
-        Timed::new(
+        load_afresh(
+            // --sync: its content and snapshots are gone too.
+            || run(c.ctr_command(&["images", "rm", "--sync", &name]), "ctr rm"),
             || {
-                // --sync: its content and snapshots are gone too.
-                if loaded.replace(false) {
-                    run(c.ctr_command(&["images", "rm", "--sync", &name]), "ctr rm")?;
-                }
-                Ok(())
-            },
-            || {
-                run(
-                    c.ctr_command(&["images", "import", "--snapshotter", "overlayfs", file]),
-                    "ctr images import",
-                )?;
-                loaded.set(true);
-                Ok(())
+                let import = ["images", "import", "--snapshotter", "overlayfs", file];
+                run(c.ctr_command(&import), "ctr images import")
             },
         ),
     );
@@ -192,25 +199,15 @@ fn ctr_import(env: &Env, fs: &Path, fs_name: &str, archive: &Path) -> Result<Ben
 fn docker_load(env: &Env, fs: &Path, fs_name: &str, archive: &Path) -> Result<BenchResult> {
     let d = Dockerd::start(&fs.join("docker"));
     let file = archive.to_str().context("non-UTF-8 path")?;
-    let loaded = Cell::new(false);
     let result = against(
         env,
         fs,
         fs_name,
         archive,
         "docker load",
-        Timed::new(
-            || {
-                if loaded.replace(false) {
-                    run(d.docker_command(&["rmi", "-f", TAG]), "docker rmi")?;
-                }
-                Ok(())
-            },
-            || {
-                run(d.docker_command(&["load", "-q", "-i", file]), "docker load")?;
-                loaded.set(true);
-                Ok(())
-            },
+        load_afresh(
+            || run(d.docker_command(&["rmi", "-f", TAG]), "docker rmi"),
+            || run(d.docker_command(&["load", "-q", "-i", file]), "docker load"),
         ),
     );
     drop(d);

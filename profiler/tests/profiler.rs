@@ -113,12 +113,33 @@ fn sweep_catches_every_copy_up_and_attributes_it() {
     }
 }
 
+/// `strata-prof sweep ARGS --json` with its store in `ts` and its plot at
+/// `svg`; it must succeed. Returns its JSON lines and its stdout.
+fn sweep(ts: &TestStore, args: &[&str], svg: &Path) -> (Vec<Value>, String) {
+    let out = Command::new(BIN)
+        .arg("sweep")
+        .args(args)
+        .args(["--json", "--root"])
+        .arg(ts.dir.join("sweep-store"))
+        .arg("--svg")
+        .arg(svg)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (json_lines(&stdout), stdout)
+}
+
 fn sweep_truth(backend: &str) {
     let ts = TestStore::new();
     let svg = ts.dir.join("sweep.svg");
-    let out = Command::new(BIN)
-        .args([
-            "sweep",
+    let (lines, _) = sweep(
+        &ts,
+        &[
             "--sizes",
             "4K,2M",
             "--layers",
@@ -127,23 +148,11 @@ fn sweep_truth(backend: &str) {
             "0,9",
             "--reps",
             "3",
-            "--json",
             "--backend",
             backend,
-            "--root",
-        ])
-        .arg(ts.dir.join("sweep-store"))
-        .arg("--svg")
-        .arg(&svg)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        &svg,
     );
-    let lines = json_lines(&stdout);
     let cells: Vec<&Value> = lines.iter().filter(|v| v["type"] == "cell").collect();
     assert_eq!(
         cells.len(),
@@ -201,22 +210,24 @@ fn sweep_of_chmod_shows_what_metacopy_saves() {
     let _serial = serial();
     let ts = TestStore::new();
     let svg = ts.dir.join("metacopy.svg");
-    let out = Command::new(BIN)
-        .args(["sweep", "--sizes", "4K,1M", "--layers", "1", "--dirs", "0"])
-        .args(["--reps", "3", "--triggers", "chmod", "--metacopy", "both"])
-        .args(["--json", "--root"])
-        .arg(ts.dir.join("sweep-store"))
-        .arg("--svg")
-        .arg(&svg)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (lines, stdout) = sweep(
+        &ts,
+        &[
+            "--sizes",
+            "4K,1M",
+            "--layers",
+            "1",
+            "--dirs",
+            "0",
+            "--reps",
+            "3",
+            "--triggers",
+            "chmod",
+            "--metacopy",
+            "both",
+        ],
+        &svg,
     );
-    let lines = json_lines(&stdout);
     let summary = lines.iter().find(|v| v["type"] == "sweep").unwrap();
     assert_eq!(summary["violations"], serde_json::json!([]), "{summary}");
     let p50 = |size: u64, metacopy: bool| {
