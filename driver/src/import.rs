@@ -6,16 +6,16 @@
 //! leaves the store as it was.
 
 use std::fs::File;
-use std::io::{self, IsTerminal, Read};
+use std::io::{self, IsTerminal};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use crate::archive::compression::Compression;
-use crate::archive::split::{TarSplit, TAR_SPLIT_FILE};
 use crate::archive::{apply_layer, compression, write_layer_tar};
-use crate::digest::{Digest, HashingReader};
+use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
+use crate::extract::{extract_layer, Extracted};
 use crate::fsutil::{self, StagingDir, Txn};
 use crate::image::files::{Blob, ImageFiles};
 use crate::image::{self, config, SourceImage, SourceKind};
@@ -208,25 +208,19 @@ fn import_source(
             source.layers.len(),
             layer.blob
         );
-        let f = layer
-            .blob
-            .open()
-            .ctx(|| format!("opening {}", layer.blob))?;
-        let (_, decompressed) =
-            compression::decompress(progress.wrap(f)).ctx(|| format!("reading {what}"))?;
-        let split = TarSplit::create(&dir.path().join(TAR_SPLIT_FILE))?;
-        // The hasher drains the stream's tail through the split, which
-        // records it too.
-        let mut diff_hash = HashingReader::new(split.reader(decompressed));
         let lowers: Vec<PathBuf> = staged.iter().rev().map(|s| s.diff_dir(store)).collect();
-        let sync = store.options().sync;
-        let diff = dir.path().join("diff");
-        let applied = apply_layer(&mut diff_hash, &diff, &lowers, sync, Some(&split))
-            .map_err(|e| image::invalid(src, format!("{what}: {e}")))?;
-        let (diff_id, _) = diff_hash
-            .finish()
-            .map_err(|e| image::invalid(src, format!("{what}: corrupt data: {e}")))?;
-        split.finish()?;
+        let Extracted {
+            applied,
+            diff_id,
+            blob_digest,
+        } = extract_layer(
+            &layer.blob,
+            dir.path(),
+            &lowers,
+            store.options().sync,
+            &|n| progress.advance(n),
+            (&what, src),
+        )?;
         if let Some(expected) = expected {
             if &diff_id != expected {
                 return Err(Error::DigestMismatch {
@@ -237,14 +231,11 @@ fn import_source(
             }
         }
         if let Some(expected) = &layer.digest {
-            // A second pass over the (page-cached) blob: the decompressor
-            // may stop before trailing bytes, which the digest still covers.
-            let actual = blob_digest(&layer.blob)?;
-            if &actual != expected {
+            if &blob_digest != expected {
                 return Err(Error::DigestMismatch {
                     what: format!("blob of {what}"),
                     expected: expected.to_string(),
-                    actual: actual.to_string(),
+                    actual: blob_digest.to_string(),
                 });
             }
         }
@@ -320,14 +311,6 @@ fn import_source(
     Ok(ImportReport { image, layers })
 }
 
-fn blob_digest(blob: &Blob) -> Result<Digest> {
-    let f = blob.open().ctx(|| format!("opening {blob}"))?;
-    let (d, _) = HashingReader::new(f)
-        .finish()
-        .ctx(|| format!("reading {blob}"))?;
-    Ok(d)
-}
-
 /// A byte-count progress bar on stderr, only when it is a terminal.
 struct Progress(Option<indicatif::ProgressBar>);
 
@@ -345,12 +328,6 @@ impl Progress {
             .progress_chars("=> "),
         );
         Progress(Some(bar))
-    }
-    fn wrap<'a, R: Read + 'a>(&'a self, r: R) -> Box<dyn Read + 'a> {
-        match &self.0 {
-            Some(bar) => Box::new(bar.wrap_read(r)),
-            None => Box::new(r),
-        }
     }
     fn advance(&self, n: u64) {
         if let Some(bar) = &self.0 {

@@ -12,6 +12,7 @@ pub mod containers;
 pub mod digest;
 pub mod error;
 pub mod export;
+pub mod extract;
 pub mod fsutil;
 pub mod image;
 pub mod images;

@@ -507,7 +507,7 @@ fn copy_with(src: &mut impl Read, mut dst: &File, sparse: bool, buf: &mut [u8]) 
 
 /// Reads until `buf` is full or the source ends: a tar entry hands out
 /// what its reader's buffer holds, often much less than asked.
-fn read_full(src: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn read_full(src: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match src.read(&mut buf[filled..]) {
