@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::archive::apply::settle_implied_dirs;
 use crate::archive::compression::Compression;
 use crate::archive::{apply_layer, compression, write_layer_tar};
 use crate::digest::Digest;
@@ -182,70 +183,70 @@ fn import_source(
         .sum();
     let progress = Progress::new(opts.progress, total);
 
-    let mut staged: Vec<Staged> = Vec::new();
-    let mut parent: Option<Digest> = None;
-    for (i, layer) in source.layers.iter().enumerate() {
-        let expected = expected_diff_ids.as_ref().map(|ids| &ids[i]);
-        if let Some(diff_id) = expected {
-            let chain = Digest::chain(parent.as_ref(), diff_id);
-            if let Some(rec) = store.layer(&chain)? {
-                progress.advance(layer.blob.size().unwrap_or(0));
-                staged.push(Staged {
-                    dir: None,
-                    chain_id: chain.clone(),
-                    diff_id: diff_id.clone(),
-                    parent: parent.clone(),
-                    size: rec.size,
-                });
-                parent = Some(chain);
-                continue;
-            }
+    // A layer whose chain (from the config's diffIDs) is stored already
+    // is shared, not extracted again.
+    let mut stored = Vec::new();
+    let mut chain: Option<Digest> = None;
+    for ids in expected_diff_ids.iter() {
+        for diff_id in ids {
+            let c = Digest::chain(chain.as_ref(), diff_id);
+            stored.push(store.layer(&c)?);
+            chain = Some(c);
         }
-        let dir = store.stage_layer()?;
+    }
+    stored.resize_with(source.layers.len(), || None);
+    let todo: Vec<usize> = (0..source.layers.len())
+        .filter(|i| stored[*i].is_none())
+        .collect();
+    let sync = store.options().sync;
+    let dirs = todo
+        .iter()
+        .map(|_| store.stage_layer())
+        .collect::<Result<Vec<_>>>()?;
+    let extract = |k: usize| {
+        let i = todo[k];
+        let layer = &source.layers[i];
         let what = format!(
             "layer {} of {} ({})",
             i + 1,
             source.layers.len(),
             layer.blob
         );
+        let expected = expected_diff_ids.as_ref().map(|ids| &ids[i]);
+        let staged = dirs[k].path();
+        extract_verified(layer, expected, staged, sync, &progress, (&what, src))
+    };
+    let mut extracted = side_by_side(todo.len(), &extract)?.into_iter();
+    let mut dirs = dirs.into_iter();
+
+    let mut staged: Vec<Staged> = Vec::new();
+    let mut parent: Option<Digest> = None;
+    for (i, layer) in source.layers.iter().enumerate() {
+        if let Some(rec) = &stored[i] {
+            progress.advance(layer.blob.size().unwrap_or(0));
+            parent = Some(rec.chain_id.clone());
+            staged.push(Staged {
+                dir: None,
+                chain_id: rec.chain_id.clone(),
+                diff_id: rec.diff_id.clone(),
+                parent: rec.parent.clone(),
+                size: rec.size,
+            });
+            continue;
+        }
+        let (dir, ex) = (dirs.next(), extracted.next());
+        let (dir, ex) = (dir.expect("one per layer"), ex.expect("one per layer"));
+        // Now that the layers below exist, directories this one only
+        // implied take their metadata from them.
         let lowers: Vec<PathBuf> = staged.iter().rev().map(|s| s.diff_dir(store)).collect();
-        let Extracted {
-            applied,
-            diff_id,
-            blob_digest,
-        } = extract_layer(
-            &layer.blob,
-            dir.path(),
-            &lowers,
-            store.options().sync,
-            &|n| progress.advance(n),
-            (&what, src),
-        )?;
-        if let Some(expected) = expected {
-            if &diff_id != expected {
-                return Err(Error::DigestMismatch {
-                    what: format!("diffID of {what}"),
-                    expected: expected.to_string(),
-                    actual: diff_id.to_string(),
-                });
-            }
-        }
-        if let Some(expected) = &layer.digest {
-            if &blob_digest != expected {
-                return Err(Error::DigestMismatch {
-                    what: format!("blob of {what}"),
-                    expected: expected.to_string(),
-                    actual: blob_digest.to_string(),
-                });
-            }
-        }
-        let chain = Digest::chain(parent.as_ref(), &diff_id);
+        settle_implied_dirs(&dir.path().join("diff"), &ex.applied.implied_dirs, &lowers)?;
+        let chain = Digest::chain(parent.as_ref(), &ex.diff_id);
         staged.push(Staged {
             dir: Some(dir),
             chain_id: chain.clone(),
-            diff_id,
+            diff_id: ex.diff_id,
             parent: parent.clone(),
-            size: applied.size,
+            size: ex.applied.size,
         });
         parent = Some(chain);
     }
@@ -309,6 +310,73 @@ fn import_source(
     txn.done();
     let image = store.find_image(image.id.as_str())?;
     Ok(ImportReport { image, layers })
+}
+
+/// Extracts one layer (without its lowers: see settle_implied_dirs) and
+/// checks its diffID against the config's and its blob against the
+/// manifest's digest.
+fn extract_verified(
+    layer: &image::SourceLayer,
+    expected: Option<&Digest>,
+    staged: &Path,
+    sync: SyncMode,
+    progress: &Progress,
+    (what, src): (&str, &Path),
+) -> Result<Extracted> {
+    let ex = extract_layer(
+        &layer.blob,
+        staged,
+        &[],
+        sync,
+        &|n| progress.advance(n),
+        (what, src),
+    )?;
+    let mismatch = |kind: &str, expected: &Digest, actual: &Digest| Error::DigestMismatch {
+        what: format!("{kind} of {what}"),
+        expected: expected.to_string(),
+        actual: actual.to_string(),
+    };
+    if let Some(expected) = expected.filter(|e| **e != ex.diff_id) {
+        return Err(mismatch("diffID", expected, &ex.diff_id));
+    }
+    if let Some(expected) = layer.digest.as_ref().filter(|e| **e != ex.blob_digest) {
+        return Err(mismatch("blob", expected, &ex.blob_digest));
+    }
+    Ok(ex)
+}
+
+/// Runs `job(0..n)` on as many threads as there are cores (each
+/// extraction also has its reading thread), in order of index. Returns
+/// the results in index order, or the first error by index; after an
+/// error no new job starts.
+fn side_by_side<T: Send>(n: usize, job: &(dyn Fn(usize) -> Result<T> + Sync)) -> Result<Vec<T>> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |c| c.get())
+        .min(n);
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let slots: Vec<std::sync::Mutex<Option<Result<T>>>> =
+        (0..n).map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let k = next.fetch_add(1, Ordering::SeqCst);
+                if k >= n || failed.load(Ordering::SeqCst) {
+                    return;
+                }
+                let r = job(k);
+                failed.fetch_or(r.is_err(), Ordering::SeqCst);
+                *slots[k].lock().expect("no job panics") = Some(r);
+            });
+        }
+    });
+    // Jobs start in index order, so any never started come after the
+    // first error.
+    slots
+        .into_iter()
+        .map_while(|m| m.into_inner().expect("no job panics"))
+        .collect()
 }
 
 /// A byte-count progress bar on stderr, only when it is a terminal.

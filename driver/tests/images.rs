@@ -361,3 +361,65 @@ fn archives_are_read_in_place_links_and_all() {
     assert!(err.to_string().contains("outside the archive"), "{err}");
     assert!(ts.store.images().unwrap().is_empty());
 }
+
+/// A directory a layer only implies (it holds entries, but has no entry of
+/// its own) keeps the mode, owner and mtime the layers below give it, even
+/// though layers are extracted side by side; one that has its own entry,
+/// even after its children, keeps the archive's.
+#[test]
+fn directories_a_layer_only_implies_keep_the_metadata_below() {
+    use std::os::unix::fs::MetadataExt;
+    if !privileged() {
+        return;
+    }
+    let ts = TestStore::new();
+    let work = ts.scratch("implied");
+    let layer = |name: &str, f: &dyn Fn(&mut LayerTar)| {
+        let mut t = LayerTar::create(&work.join(name)).unwrap();
+        f(&mut t);
+        t.finish().unwrap()
+    };
+    let layers = vec![
+        layer("0.tar", &|t| {
+            t.dir("etc", 0o750, 7, 8).unwrap();
+            t.file("etc/a", b"a", 0o644).unwrap();
+        }),
+        layer("1.tar", &|t| {
+            t.file("etc/deep/b", b"b", 0o644).unwrap();
+        }),
+        layer("2.tar", &|t| {
+            t.whiteout("etc/a").unwrap();
+        }),
+        layer("3.tar", &|t| {
+            t.file("etc/c", b"c", 0o644).unwrap();
+            t.dir("etc", 0o755, 0, 0).unwrap();
+        }),
+    ];
+    let archive = work.join("archive");
+    write_docker_archive(&archive, "implied:1", &layers).unwrap();
+    let report = import(&ts.store, archive.to_str().unwrap(), &opts("implied")).unwrap();
+    let etc = |i: usize| {
+        let md = fs::metadata(ts.store.layer_diff(&report.image.layers[i]).join("etc")).unwrap();
+        (md.mode() & 0o7777, md.uid(), md.gid(), md.mtime())
+    };
+    let below = (0o750, 7, 8, 1_700_000_000);
+    assert_eq!(etc(0), below);
+    assert_eq!(etc(1), below, "layer 1 only implies /etc");
+    assert_eq!(etc(2), below, "layer 2 only implies /etc");
+    assert_eq!(
+        etc(3),
+        (0o755, 0, 0, 1_700_000_000),
+        "layer 3 names /etc itself"
+    );
+    let deep = fs::metadata(
+        ts.store
+            .layer_diff(&report.image.layers[1])
+            .join("etc/deep"),
+    )
+    .unwrap();
+    assert_eq!(
+        (deep.mode() & 0o7777, deep.uid()),
+        (0o755, 0),
+        "nothing below has etc/deep"
+    );
+}

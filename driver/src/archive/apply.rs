@@ -9,6 +9,7 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use tar::{EntryType, Header};
@@ -19,12 +20,16 @@ use super::{OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, OVERLAY_XATTR_PREFIX, WHITEOUT_
 use crate::error::{entry_error, Error, IoContext, Result};
 use crate::store::SyncMode;
 
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct AppliedLayer {
     pub entries: u64,
     /// Apparent size as `docker ps -s` counts it: regular files (hardlinks
     /// once) plus symlink targets.
     pub size: u64,
+    /// Directories the archive only implied (no entry of their own). A
+    /// layer extracted without its lowers gives them their lowers'
+    /// metadata later, with settle_implied_dirs.
+    pub implied_dirs: Vec<OsString>,
 }
 
 /// Applies the (decompressed) tar `reader` into `dest`, which must be empty.
@@ -56,6 +61,7 @@ pub fn apply_layer(
         lowers: lowers.to_vec(),
         sync_each_file: sync == SyncMode::PerFile,
         split: split.cloned(),
+        implied: Default::default(),
     };
     let mut archive = tar::Archive::new(reader);
     let entries = archive.entries().ctx(|| "reading tar stream".to_string())?;
@@ -78,7 +84,44 @@ pub fn apply_layer(
         applier.stats.entries += 1;
     }
     applier.finish_dirs()?;
+    applier.stats.implied_dirs = std::mem::take(&mut applier.implied).into_iter().collect();
     Ok(applier.stats)
+}
+
+/// Gives the directories layer `dest` only implied (as apply_layer
+/// reported them) the mode, owner and mtime the layers below (`lowers`,
+/// top first) have for them: what apply_layer does itself when given the
+/// lowers, for layers extracted side by side before their lowers existed.
+pub fn settle_implied_dirs(dest: &Path, implied: &[OsString], lowers: &[PathBuf]) -> Result<()> {
+    let root = File::open(dest)
+        .map(OwnedFd::from)
+        .ctx(|| format!("opening layer directory {}", dest.display()))?;
+    for path in implied {
+        let Some(lower) = lower_dir(lowers, path) else {
+            continue;
+        };
+        let dir = open_beneath(root.as_fd(), path, libc::O_RDONLY | libc::O_DIRECTORY)
+            .ctx(|| format!("opening implied directory {path:?}"))?;
+        let f = File::from(dir);
+        fchown_ids(&f, lower.uid(), lower.gid())?;
+        cvt(unsafe_fchmod(&f, lower.mode() & 0o7777)).ctx(|| format!("chmod {path:?}"))?;
+        let t = lower.mtime().max(0) as u64;
+        let ts = [timespec(t), timespec(t)];
+        // SAFETY: valid fd and a two-element timespec array.
+        cvt(unsafe { libc::futimens(f.as_raw_fd(), ts.as_ptr()) })
+            .ctx(|| format!("utimes {path:?}"))?;
+    }
+    Ok(())
+}
+
+/// The first lower's metadata for directory `path`, if one has it as a
+/// directory.
+fn lower_dir(lowers: &[PathBuf], path: &OsStr) -> Option<std::fs::Metadata> {
+    lowers
+        .iter()
+        .map(|l| l.join(path))
+        .find_map(|p| std::fs::symlink_metadata(p).ok())
+        .filter(|md| md.is_dir())
 }
 
 /// What a path in this layer is, for duplicate and hardlink checks.
@@ -108,6 +151,9 @@ struct Applier {
     /// the one syncfs the importer does before publishing.
     sync_each_file: bool,
     split: Option<TarSplit>,
+    /// Directories created only as parents, until an entry of their own
+    /// comes (which then sets their metadata).
+    implied: std::collections::BTreeSet<OsString>,
 }
 
 /// A layer member's name (or hardlink target) as components inside the
@@ -307,6 +353,8 @@ impl Applier {
             mode: header_mode(header)?,
             mtime: header.mtime().unwrap_or(0),
         });
+        // An entry of its own: its metadata is the archive's, not a lower's.
+        self.implied.remove(&path);
         if !comps.is_empty() {
             self.seen.insert(path, Seen::Dir);
         }
@@ -379,26 +427,16 @@ impl Applier {
     }
 
     /// Gives a directory the archive only implied the metadata the layers
-    /// below have for it (if any do).
+    /// below have for it (if any do), and remembers it as implied.
     fn implied_dir(&mut self, comps: &[&OsStr]) -> Result<()> {
         let path = join(comps);
-        let Some(lower) = self
-            .lowers
-            .iter()
-            .map(|l| l.join(&path))
-            .find_map(|p| std::fs::symlink_metadata(p).ok())
-        else {
+        self.implied.insert(path.clone());
+        let Some(lower) = lower_dir(&self.lowers, &path) else {
             return Ok(());
         };
-        if !lower.is_dir() {
-            return Ok(());
-        }
-        use std::os::unix::fs::MetadataExt;
         let dir = open_beneath(self.root.as_fd(), &path, libc::O_RDONLY | libc::O_DIRECTORY)
             .ctx(|| format!("opening implied directory {path:?}"))?;
-        // SAFETY: valid fd.
-        cvt(unsafe { libc::fchown(dir.as_raw_fd(), lower.uid(), lower.gid()) })
-            .ctx(|| "chown".into())?;
+        fchown_ids(&File::from(dir), lower.uid(), lower.gid())?;
         self.dirs.push(DirMeta {
             path,
             mode: lower.mode() & 0o7777,
@@ -567,6 +605,10 @@ fn ids(h: &Header) -> Result<(u32, u32)> {
 
 fn fchown(f: &File, h: &Header) -> Result<()> {
     let (uid, gid) = ids(h)?;
+    fchown_ids(f, uid, gid)
+}
+
+fn fchown_ids(f: &File, uid: u32, gid: u32) -> Result<()> {
     // SAFETY: valid fd.
     cvt(unsafe { libc::fchown(f.as_raw_fd(), uid, gid) }).ctx(|| "chown".into())
 }
