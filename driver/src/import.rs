@@ -183,73 +183,7 @@ fn import_source(
         .sum();
     let progress = Progress::new(opts.progress, total);
 
-    // A layer whose chain (from the config's diffIDs) is stored already
-    // is shared, not extracted again.
-    let mut stored = Vec::new();
-    let mut chain: Option<Digest> = None;
-    for ids in expected_diff_ids.iter() {
-        for diff_id in ids {
-            let c = Digest::chain(chain.as_ref(), diff_id);
-            stored.push(store.layer(&c)?);
-            chain = Some(c);
-        }
-    }
-    stored.resize_with(source.layers.len(), || None);
-    let todo: Vec<usize> = (0..source.layers.len())
-        .filter(|i| stored[*i].is_none())
-        .collect();
-    let sync = store.options().sync;
-    let dirs = todo
-        .iter()
-        .map(|_| store.stage_layer())
-        .collect::<Result<Vec<_>>>()?;
-    let extract = |k: usize| {
-        let i = todo[k];
-        let layer = &source.layers[i];
-        let what = format!(
-            "layer {} of {} ({})",
-            i + 1,
-            source.layers.len(),
-            layer.blob
-        );
-        let expected = expected_diff_ids.as_ref().map(|ids| &ids[i]);
-        let staged = dirs[k].path();
-        extract_verified(layer, expected, staged, sync, &progress, (&what, src))
-    };
-    let mut extracted = side_by_side(todo.len(), &extract)?.into_iter();
-    let mut dirs = dirs.into_iter();
-
-    let mut staged: Vec<Staged> = Vec::new();
-    let mut parent: Option<Digest> = None;
-    for (i, layer) in source.layers.iter().enumerate() {
-        if let Some(rec) = &stored[i] {
-            progress.advance(layer.blob.size().unwrap_or(0));
-            parent = Some(rec.chain_id.clone());
-            staged.push(Staged {
-                dir: None,
-                chain_id: rec.chain_id.clone(),
-                diff_id: rec.diff_id.clone(),
-                parent: rec.parent.clone(),
-                size: rec.size,
-            });
-            continue;
-        }
-        let (dir, ex) = (dirs.next(), extracted.next());
-        let (dir, ex) = (dir.expect("one per layer"), ex.expect("one per layer"));
-        // Now that the layers below exist, directories this one only
-        // implied take their metadata from them.
-        let lowers: Vec<PathBuf> = staged.iter().rev().map(|s| s.diff_dir(store)).collect();
-        settle_implied_dirs(&dir.path().join("diff"), &ex.applied.implied_dirs, &lowers)?;
-        let chain = Digest::chain(parent.as_ref(), &ex.diff_id);
-        staged.push(Staged {
-            dir: Some(dir),
-            chain_id: chain.clone(),
-            diff_id: ex.diff_id,
-            parent: parent.clone(),
-            size: ex.applied.size,
-        });
-        parent = Some(chain);
-    }
+    let staged = stage_layers(store, source, expected_diff_ids.as_deref(), &progress, src)?;
     progress.finish();
 
     let diff_ids: Vec<Digest> = staged.iter().map(|s| s.diff_id.clone()).collect();
@@ -310,6 +244,84 @@ fn import_source(
     txn.done();
     let image = store.find_image(image.id.as_str())?;
     Ok(ImportReport { image, layers })
+}
+
+/// Every layer of `source`, bottom first: shared where its chain (from
+/// the config's diffIDs) is stored already, else extracted into staging,
+/// side by side, verified, and settled on the layers below it.
+fn stage_layers(
+    store: &Store,
+    source: &SourceImage,
+    expected_diff_ids: Option<&[Digest]>,
+    progress: &Progress,
+    src: &Path,
+) -> Result<Vec<Staged>> {
+    // A layer whose chain (from the config's diffIDs) is stored already
+    // is shared, not extracted again.
+    let mut stored = Vec::new();
+    let mut chain: Option<Digest> = None;
+    for diff_id in expected_diff_ids.into_iter().flatten() {
+        let c = Digest::chain(chain.as_ref(), diff_id);
+        stored.push(store.layer(&c)?);
+        chain = Some(c);
+    }
+    stored.resize_with(source.layers.len(), || None);
+    let todo: Vec<usize> = (0..source.layers.len())
+        .filter(|i| stored[*i].is_none())
+        .collect();
+    let sync = store.options().sync;
+    let dirs = todo
+        .iter()
+        .map(|_| store.stage_layer())
+        .collect::<Result<Vec<_>>>()?;
+    let extract = |k: usize| {
+        let i = todo[k];
+        let layer = &source.layers[i];
+        let what = format!(
+            "layer {} of {} ({})",
+            i + 1,
+            source.layers.len(),
+            layer.blob
+        );
+        let expected = expected_diff_ids.map(|ids| &ids[i]);
+        let staged = dirs[k].path();
+        extract_verified(layer, expected, staged, sync, progress, (&what, src))
+    };
+    let mut extracted = side_by_side(todo.len(), &extract)?.into_iter();
+    let mut dirs = dirs.into_iter();
+
+    let mut staged: Vec<Staged> = Vec::new();
+    let mut parent: Option<Digest> = None;
+    for (i, layer) in source.layers.iter().enumerate() {
+        if let Some(rec) = &stored[i] {
+            progress.advance(layer.blob.size().unwrap_or(0));
+            parent = Some(rec.chain_id.clone());
+            staged.push(Staged {
+                dir: None,
+                chain_id: rec.chain_id.clone(),
+                diff_id: rec.diff_id.clone(),
+                parent: rec.parent.clone(),
+                size: rec.size,
+            });
+            continue;
+        }
+        let (dir, ex) = (dirs.next(), extracted.next());
+        let (dir, ex) = (dir.expect("one per layer"), ex.expect("one per layer"));
+        // Now that the layers below exist, directories this one only
+        // implied take their metadata from them.
+        let lowers: Vec<PathBuf> = staged.iter().rev().map(|s| s.diff_dir(store)).collect();
+        settle_implied_dirs(&dir.path().join("diff"), &ex.applied.implied_dirs, &lowers)?;
+        let chain = Digest::chain(parent.as_ref(), &ex.diff_id);
+        staged.push(Staged {
+            dir: Some(dir),
+            chain_id: chain.clone(),
+            diff_id: ex.diff_id,
+            parent: parent.clone(),
+            size: ex.applied.size,
+        });
+        parent = Some(chain);
+    }
+    Ok(staged)
 }
 
 /// Extracts one layer (without its lowers: see settle_implied_dirs) and
