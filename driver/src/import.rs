@@ -98,13 +98,7 @@ fn open_archive(
         compression::decompress(f).ctx(|| format!("reading {}", path.display()))?;
     if compression == Compression::None {
         if let Some(files) = ImageFiles::index_archive(path)? {
-            let kind = if files.has("oci-layout") && files.has("index.json") {
-                SourceKind::OciLayout
-            } else if files.has("manifest.json") {
-                SourceKind::DockerArchive
-            } else {
-                SourceKind::PlainTar
-            };
+            let kind = image::kind_from_names(|name| files.has(name), SourceKind::PlainTar);
             return Ok((kind, files));
         }
     }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use tar::EntryType;
 
-use super::{inside, invalid, read_small};
+use super::{inside, invalid, SMALL_MAX};
 use crate::archive::apply::clean_entry_path;
 use crate::error::{IoContext, Result};
 
@@ -187,22 +187,19 @@ impl ImageFiles {
         }
     }
 
-    /// A small JSON document (manifest, index, config), size-capped.
+    /// A small JSON document (manifest, index, config), read up to one
+    /// byte past the cap, so that a bigger one is refused without being
+    /// read whole.
     pub fn read_small(&self, rel: &str, src: &Path) -> Result<Vec<u8>> {
-        match &self.0 {
-            Place::Dir(dir) => read_small(&inside(dir, rel, src)?, src),
-            Place::Archive { .. } => {
-                let blob = self.blob(rel, src)?;
-                if blob.size().unwrap_or(u64::MAX) > super::SMALL_MAX {
-                    return Err(invalid(src, format!("{rel} is larger than 16 MiB")));
-                }
-                let mut data = Vec::new();
-                blob.open()
-                    .and_then(|mut r| r.read_to_end(&mut data))
-                    .ctx(|| format!("reading {rel} in {}", src.display()))?;
-                Ok(data)
-            }
+        let mut data = Vec::new();
+        self.blob(rel, src)?
+            .open()
+            .and_then(|r| r.take(SMALL_MAX + 1).read_to_end(&mut data))
+            .ctx(|| format!("reading {rel} in {}", src.display()))?;
+        if data.len() as u64 > SMALL_MAX {
+            return Err(invalid(src, format!("{rel} is larger than 16 MiB")));
         }
+        Ok(data)
     }
 }
 

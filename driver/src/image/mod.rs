@@ -11,7 +11,6 @@ pub mod files;
 pub mod oci;
 
 use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::archive::{apply::clean_path, compression};
@@ -55,14 +54,20 @@ pub fn split_tag(src: &str) -> (PathBuf, Option<String>) {
     (PathBuf::from(src), None)
 }
 
-pub fn detect_dir(dir: &Path) -> SourceKind {
-    if dir.join("oci-layout").is_file() && dir.join("index.json").is_file() {
+/// What a source is by the top-level names it `has`: an OCI layout, a
+/// `docker save` archive, or else `plain` (one layer).
+pub fn kind_from_names(has: impl Fn(&str) -> bool, plain: SourceKind) -> SourceKind {
+    if has("oci-layout") && has("index.json") {
         SourceKind::OciLayout
-    } else if dir.join("manifest.json").is_file() {
+    } else if has("manifest.json") {
         SourceKind::DockerArchive
     } else {
-        SourceKind::PlainDir
+        plain
     }
+}
+
+pub fn detect_dir(dir: &Path) -> SourceKind {
+    kind_from_names(|name| dir.join(name).is_file(), SourceKind::PlainDir)
 }
 
 /// Looks at a tar file's top-level names (one streaming pass, nothing
@@ -92,13 +97,7 @@ pub fn detect_tar(path: &Path) -> Result<SourceKind> {
         }
     }
     let has = |name: &str| names.iter().any(|n| n == name.as_bytes());
-    Ok(if has("oci-layout") && has("index.json") {
-        SourceKind::OciLayout
-    } else if has("manifest.json") {
-        SourceKind::DockerArchive
-    } else {
-        SourceKind::PlainTar
-    })
+    Ok(kind_from_names(has, SourceKind::PlainTar))
 }
 
 pub fn invalid(src: &Path, reason: impl Into<String>) -> Error {
@@ -111,23 +110,6 @@ pub fn invalid(src: &Path, reason: impl Into<String>) -> Error {
 /// The cap on a manifest, index or config: a hostile archive cannot make
 /// us allocate gigabytes.
 pub const SMALL_MAX: u64 = 16 << 20;
-
-/// Reads a small JSON document (manifest, index, config), size-capped.
-pub fn read_small(path: &Path, src: &Path) -> Result<Vec<u8>> {
-    const MAX: u64 = SMALL_MAX;
-    let f = File::open(path).map_err(|e| invalid(src, format!("{}: {e}", path.display())))?;
-    let mut data = Vec::new();
-    f.take(MAX + 1)
-        .read_to_end(&mut data)
-        .ctx(|| format!("reading {}", path.display()))?;
-    if data.len() as u64 > MAX {
-        return Err(invalid(
-            src,
-            format!("{} is larger than 16 MiB", path.display()),
-        ));
-    }
-    Ok(data)
-}
 
 /// Resolves `rel` (from a manifest) inside `root`, refusing anything that
 /// leads outside it, symlinks included.
