@@ -25,12 +25,17 @@ impl Env {
         p
     }
 
+    /// `strata --root ROOT ARGS...`, to run.
+    fn strata_command(&self, root: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.strata);
+        cmd.arg("--root").arg(root).args(args);
+        cmd
+    }
+
     /// Runs `strata --root ROOT ARGS...`, returning stdout.
     pub fn strata(&self, root: &Path, args: &[&str]) -> Result<String> {
-        let out = Command::new(&self.strata)
-            .arg("--root")
-            .arg(root)
-            .args(args)
+        let out = self
+            .strata_command(root, args)
             .stderr(Stdio::piped())
             .output()
             .with_context(|| format!("running {}", self.strata.display()))?;
@@ -43,10 +48,8 @@ impl Env {
     /// Runs strata like `strata`, returning its peak RSS (KiB) instead of
     /// its output: wait4's rusage of that one child.
     pub fn strata_peak_rss(&self, root: &Path, args: &[&str]) -> Result<u64> {
-        let child = Command::new(&self.strata)
-            .arg("--root")
-            .arg(root)
-            .args(args)
+        let child = self
+            .strata_command(root, args)
             .stdout(Stdio::null())
             .spawn()
             .with_context(|| format!("running {}", self.strata.display()))?;
