@@ -280,12 +280,18 @@ fn latency(chart: &mut Chart<'_, '_>, xs: &[f64], pts: &[&Point], color: RGBColo
     Ok(())
 }
 
+/// Widths of the legend's "p50" and "p50 to p99" keys.
+const P50_KEY_WIDTH: i32 = 120;
+const BAND_KEY_WIDTH: i32 = 180;
+
 /// Below the panels, so it covers no data: what p50 and the band are,
 /// then each line's name in its colour (when there is more than one).
 fn draw_legend(area: &DrawingArea<SVGBackend<'_>, Shift>, series: &[&str]) -> Result<()> {
     let y = (LEGEND_HEIGHT / 2) as i32;
-    let names_width: i32 = series.iter().map(|s| 50 + 8 * s.len() as i32).sum();
-    let x = (WIDTH as i32 - 320 - names_width) / 2;
+    // Swatch plus name, ~8 px a character at this size.
+    let key_width = |name: &str| 50 + 8 * name.len() as i32;
+    let names_width: i32 = series.iter().map(|s| key_width(s)).sum();
+    let x = (WIDTH as i32 - P50_KEY_WIDTH - BAND_KEY_WIDTH - names_width) / 2;
     let font = ("sans-serif", 15).into_font();
     let draw = |e: Result<(), _>| e.map_err(|e: DrawingAreaErrorKind<_>| anyhow!("{e}"));
     draw(area.draw(&PathElement::new(
@@ -294,7 +300,7 @@ fn draw_legend(area: &DrawingArea<SVGBackend<'_>, Shift>, series: &[&str]) -> Re
     )))?;
     draw(area.draw(&Circle::new((x + 17, y), 3, P50.filled())))?;
     draw(area.draw(&Text::new("p50", (x + 42, y - 8), font.clone())))?;
-    let x = x + 120;
+    let x = x + P50_KEY_WIDTH;
     draw(area.draw(&Rectangle::new(
         [(x, y - 7), (x + 34, y + 7)],
         P50.mix(0.18).filled(),
@@ -304,7 +310,7 @@ fn draw_legend(area: &DrawingArea<SVGBackend<'_>, Shift>, series: &[&str]) -> Re
         P50.mix(0.45),
     )))?;
     draw(area.draw(&Text::new("p50 to p99", (x + 42, y - 8), font.clone())))?;
-    let mut x = x + 300;
+    let mut x = x + BAND_KEY_WIDTH;
     for (i, name) in series.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
         draw(area.draw(&PathElement::new(
@@ -312,7 +318,7 @@ fn draw_legend(area: &DrawingArea<SVGBackend<'_>, Shift>, series: &[&str]) -> Re
             color.stroke_width(3),
         )))?;
         draw(area.draw(&Text::new(name.to_string(), (x + 42, y - 8), font.clone())))?;
-        x += 50 + 8 * name.len() as i32;
+        x += key_width(name);
     }
     Ok(())
 }
