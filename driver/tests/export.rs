@@ -10,7 +10,9 @@ use std::process::Command;
 use strata_driver::export::{save, SaveFormat};
 use strata_driver::image::build::write_docker_archive;
 use strata_driver::import::{import, ImportOptions};
-use strata_driver::testing::{layer, privileged, snapshot, stdout_of_success, TestStore};
+use strata_driver::testing::{
+    layer, privileged, set_xattr, snapshot, stdout_of_success, TestStore,
+};
 use strata_driver::{commit, Store};
 
 /// `podman load` into a throwaway storage root; returns the ID and layer
@@ -130,27 +132,6 @@ fn sh(dir: &Path, script: &str) -> String {
     stdout_of_success(out, script)
 }
 
-fn set_user_xattr(path: &Path, name: &str, value: &[u8]) {
-    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    let n = std::ffi::CString::new(name).unwrap();
-    // SAFETY: NUL-terminated path and name, pointer/length of `value`.
-    let rc = unsafe {
-        libc::setxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "setxattr {name}: {}",
-        std::io::Error::last_os_error()
-    );
-}
-
 /// Two layer tars written by GNU tar, unlike anything strata writes: the
 /// first in GNU format (long-name records, a hardlink, 10 KiB record
 /// padding, and with `sparse` a GNU sparse file, which Go's archive/tar
@@ -174,7 +155,7 @@ fn gnu_tar_layers(work: &Path, sparse: bool) -> Vec<PathBuf> {
          tar --format=gnu --sparse --numeric-owner -C r1 -cf l1.tar .
          mkdir -p r2/etc && echo 'ID=gnu2' > r2/etc/os-release && : > r2/etc/.wh.alias",
     );
-    set_user_xattr(&work.join("r2/etc/os-release"), "user.note", b"kept");
+    set_xattr(&work.join("r2/etc/os-release"), "user.note", b"kept");
     sh(
         work,
         "tar --format=posix --xattrs --numeric-owner -C r2 -cf l2.tar .",

@@ -11,7 +11,7 @@ use serde_json::Value;
 use strata_common::names::program;
 use strata_driver::containers::CreateOptions;
 use strata_driver::testing::containerd::{busybox_image, Containerd, BOTTOM};
-use strata_driver::testing::{layer, privileged, TestStore};
+use strata_driver::testing::{layer, privileged, set_xattr, TestStore};
 use strata_prof::links::{kernel_links, KernelLink};
 
 mod common;
@@ -496,7 +496,7 @@ fn record_streams_one_event_per_copy_up_with_its_trigger() {
     )
     .unwrap();
     nix::unistd::chown(&d.join("chown"), Some(nix::unistd::Uid::from_raw(7)), None).unwrap();
-    xattr_set(&d.join("xattr"));
+    set_xattr(&d.join("xattr"), "user.k", b"v");
     nix::sys::stat::utimensat(
         None,
         &d.join("utimes"),
@@ -830,21 +830,6 @@ fn print_cost_per_event(backend: &str, lines: &[Value]) {
         (enter_ns + exit_ns) / LINK_TEST_COPY_UPS as u64,
         shared.join(", ")
     );
-}
-
-fn xattr_set(p: &Path) {
-    let path = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: NUL-terminated strings and a 1-byte value.
-    let rc = unsafe {
-        libc::setxattr(
-            path.as_ptr(),
-            c"user.k".as_ptr(),
-            b"v".as_ptr().cast(),
-            1,
-            0,
-        )
-    };
-    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
 }
 
 /// The --vfs view: calls split by what backs the file, and opens of

@@ -108,6 +108,30 @@ impl Drop for TestStore {
 
 pub use crate::mount::unmount_beneath;
 
+/// setxattr(2) of `name` = `value` on `path` (following a symlink); it
+/// must succeed.
+pub fn set_xattr(path: &Path, name: &str, value: &[u8]) {
+    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: NUL-terminated path and name, pointer/length of `value`.
+    let rc = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "setxattr {name} on {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
 /// stdout of an engine CLI's run `what` (e.g. `ctr ["run", ...]`), which
 /// must have succeeded: else a panic with everything it printed.
 pub fn stdout_of_success(out: std::process::Output, what: &str) -> String {
