@@ -31,6 +31,13 @@ pub fn replace_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     fs::rename(&tmp, path).ctx(|| format!("renaming {} into place", path.display()))
 }
 
+/// Writes `value` to `path` as it is, unsynced: for a file no one can see
+/// yet (inside a staging directory).
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let data = serde_json::to_vec_pretty(value).expect("metadata always serialises");
+    fs::write(path, data).ctx(|| format!("writing {}", path.display()))
+}
+
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let dir = path.parent().expect("metadata paths have a parent");
     let tmp = dir.join(format!(
@@ -57,6 +64,12 @@ pub fn parse_json<T: DeserializeOwned>(path: &Path, data: &[u8]) -> Result<T> {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })
+}
+
+pub fn sync_file(path: &Path) -> Result<()> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .ctx(|| format!("syncing {}", path.display()))
 }
 
 pub fn sync_dir(dir: &Path) -> Result<()> {

@@ -150,6 +150,7 @@ impl Store {
         // its layer and writable layers, which the rest of this scan removes.
         self.check_torn_snapshots(&mut found)?;
         self.check_snapshot_containers(&mut found)?;
+        self.check_unfinished_containers(&mut found)?;
         let images = self.images()?;
         let containers = self.containers()?;
         let referenced = self.referenced_layers()?;
@@ -274,6 +275,32 @@ impl Store {
                 },
             );
         }
+    }
+
+    /// A container directory without a record is what a power cut leaves
+    /// of a `create` that never returned: removed while its writable layer
+    /// is empty (no one knew its ID to write there); anything else in it
+    /// is reported and kept.
+    fn check_unfinished_containers(&self, found: &mut Findings) -> Result<()> {
+        for dir in self.unfinished_containers()? {
+            let untouched = fs::read_dir(dir.join("upper"))
+                .map(|mut entries| entries.next().is_none())
+                .unwrap_or(true);
+            let what = if untouched {
+                "leftover of a create that never returned"
+            } else {
+                "data in it but no record"
+            };
+            found.add(
+                format!("container directory {}: {what}", dir.display()),
+                untouched,
+                || {
+                    mount::unmount_beneath(&dir);
+                    fsutil::remove_tree(&dir)
+                },
+            );
+        }
+        Ok(())
     }
 
     /// A containerd snapshot's writable layer that no snapshot names was

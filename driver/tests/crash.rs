@@ -283,6 +283,67 @@ fn hand_deleted_links_and_metadata_are_found_and_repaired() {
     assert!(merged.join("l0/f3").exists() && merged.join("l1/f3").exists());
 }
 
+/// `create` syncs its record after renaming the container into place, so
+/// a power cut can leave a container directory whose record never reached
+/// the disk: empty, or zeros. The store must go on working around it, and
+/// `check --repair` remove it, unless someone wrote into it.
+#[test]
+fn a_power_cut_during_create_leaves_nothing_that_breaks_the_store() {
+    if !privileged() {
+        return;
+    }
+    let ts = TestStore::new();
+    let a = archive(&ts.dir.join("src"), 1, 3, "x:1");
+    let root = ts.store.root().to_path_buf();
+    ok(
+        &root,
+        &["image", "import", a.to_str().unwrap(), "--name", "x"],
+    );
+    let kept = ok(&root, &["create", "x", "--name", "kept"]);
+    let record = |id: &str| root.join("containers").join(id).join("container.json");
+    let emptied = ok(&root, &["create", "x"]);
+    fs::write(record(&emptied), b"").unwrap();
+    let zeroed = ok(&root, &["create", "x"]);
+    let len = fs::metadata(record(&zeroed)).unwrap().len() as usize;
+    fs::write(record(&zeroed), vec![0u8; len]).unwrap();
+    let written = ok(&root, &["create", "x"]);
+    fs::write(record(&written), b"").unwrap();
+    let data = root.join("containers").join(&written).join("upper/data");
+    fs::write(&data, b"someone's").unwrap();
+
+    let listed = ok(&root, &["ps", "-a", "--format", "json"]);
+    assert!(listed.contains(&kept), "{listed}");
+    for gone in [&emptied, &zeroed, &written] {
+        assert!(!listed.contains(gone.as_str()), "{gone} listed: {listed}");
+    }
+    ok(&root, &["mount", &kept]);
+
+    let check = strata(&root, &["check"]);
+    assert!(!check.status.success());
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(
+        report
+            .matches("leftover of a create that never returned")
+            .count(),
+        2,
+        "{report}"
+    );
+    assert!(report.contains("data in it but no record"), "{report}");
+
+    let repair = strata(&root, &["check", "--repair"]);
+    assert!(
+        !repair.status.success(),
+        "the written one is not repairable"
+    );
+    for gone in [&emptied, &zeroed] {
+        assert!(!root.join("containers").join(gone).exists());
+    }
+    assert_eq!(fs::read(&data).unwrap(), b"someone's");
+    fs::remove_dir_all(root.join("containers").join(&written)).unwrap();
+    ok(&root, &["umount", &kept]);
+    ok(&root, &["check"]);
+}
+
 #[test]
 fn eight_processes_at_once_lose_nothing() {
     if !privileged() {
