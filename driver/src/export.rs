@@ -8,7 +8,7 @@
 //! new diffIDs and the exported image ID differs accordingly.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
@@ -17,7 +17,6 @@ use tar::{Builder, EntryType, Header};
 use crate::archive::{split, write_layer_tar};
 use crate::digest::{Digest, HashingWriter};
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::StagingDir;
 use crate::image::config::host_arch;
 use crate::store::Store;
 
@@ -40,9 +39,8 @@ impl std::str::FromStr for SaveFormat {
     }
 }
 
-/// A layer written out for export.
+/// A layer written into the archive.
 struct ExportedLayer {
-    path: PathBuf,
     digest: Digest,
     size: u64,
 }
@@ -52,11 +50,16 @@ pub fn save(store: &Store, reference: &str, out: &Path, format: SaveFormat) -> R
         let _lock = store.lock_shared()?;
         store.find_image(reference)?
     };
-    let work = StagingDir::create(&store.tmp_dir(), "save")?;
+    // Written beside the destination, renamed over it when complete.
+    let partial = PartialFile::beside(out);
+    let file = File::create(&partial.0).ctx(|| format!("creating {}", partial.0.display()))?;
+    let mut tar = Builder::new(BufWriter::new(file));
+    if format == SaveFormat::Oci {
+        append_bytes(&mut tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    }
     let mut layers = Vec::new();
-    for (i, chain) in image.layers.iter().enumerate() {
-        let path = work.path().join(format!("layer{i}.tar"));
-        layers.push(export_layer(store, chain, &image.diff_ids[i], path)?);
+    for (chain, diff_id) in image.layers.iter().zip(&image.diff_ids) {
+        layers.push(append_layer(&mut tar, store, chain, diff_id, format)?);
     }
     let exported: Vec<&Digest> = layers.iter().map(|l| &l.digest).collect();
     let config = store.image_config(&image.id)?;
@@ -74,64 +77,11 @@ pub fn save(store: &Store, reference: &str, out: &Path, format: SaveFormat) -> R
     };
     let config_digest = Digest::of_bytes(&config);
     let tag = image.names.first().cloned();
-
-    // Written beside the destination, renamed over it when complete.
-    let tmp = out.with_extension("strata-partial");
-    let file = File::create(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
-    let mut tar = Builder::new(BufWriter::new(file));
     match format {
         SaveFormat::DockerArchive => {
-            let mut names = Vec::new();
-            for l in &layers {
-                let name = format!("{}/layer.tar", l.digest.hex());
-                append_file(&mut tar, &name, &l.path)?;
-                names.push(name);
-            }
-            append_bytes(&mut tar, &format!("{}.json", config_digest.hex()), &config)?;
-            let manifest = json!([{"Config": format!("{}.json", config_digest.hex()), "RepoTags": tag.iter().collect::<Vec<_>>(), "Layers": names}]);
-            append_bytes(&mut tar, "manifest.json", manifest.to_string().as_bytes())?;
+            append_docker_index(&mut tar, &config_digest, &config, &layers, tag)?
         }
-        SaveFormat::Oci => {
-            append_bytes(&mut tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-            let mut descs = Vec::new();
-            for l in &layers {
-                append_file(
-                    &mut tar,
-                    &format!("blobs/sha256/{}", l.digest.hex()),
-                    &l.path,
-                )?;
-                descs.push(json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": l.digest, "size": l.size}));
-            }
-            append_bytes(
-                &mut tar,
-                &format!("blobs/sha256/{}", config_digest.hex()),
-                &config,
-            )?;
-            let manifest = crate::image::oci::manifest_json(&config_digest, config.len(), descs);
-            let manifest_digest = Digest::of_bytes(manifest.as_bytes());
-            append_bytes(
-                &mut tar,
-                &format!("blobs/sha256/{}", manifest_digest.hex()),
-                manifest.as_bytes(),
-            )?;
-            let mut entry = json!({
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "digest": manifest_digest,
-                "size": manifest.len(),
-                "platform": {"architecture": host_arch(), "os": "linux"},
-            });
-            if let Some(t) = &tag {
-                entry["annotations"] =
-                    json!({"org.opencontainers.image.ref.name": t, "io.containerd.image.name": t});
-            }
-            append_bytes(
-                &mut tar,
-                "index.json",
-                json!({"schemaVersion": 2, "manifests": [entry]})
-                    .to_string()
-                    .as_bytes(),
-            )?;
-        }
+        SaveFormat::Oci => append_oci_index(&mut tar, &config_digest, &config, &layers, tag)?,
     }
     let mut w = tar.into_inner().ctx(|| "finishing archive".into())?;
     w.flush().ctx(|| "writing archive".into())?;
@@ -139,31 +89,66 @@ pub fn save(store: &Store, reference: &str, out: &Path, format: SaveFormat) -> R
         .map_err(|e| e.into_error())
         .and_then(|f| f.sync_all())
         .ctx(|| "syncing archive".into())?;
-    std::fs::rename(&tmp, out).ctx(|| format!("renaming into {}", out.display()))?;
+    partial.rename_to(out)?;
     Ok(config_digest)
 }
 
-/// Writes layer `chain` as a tar at `path`: the very tar it was imported
+/// The archive being written; removed unless it was renamed into place,
+/// so a failed save leaves nothing behind.
+struct PartialFile(PathBuf);
+
+impl PartialFile {
+    fn beside(out: &Path) -> PartialFile {
+        PartialFile(out.with_extension("strata-partial"))
+    }
+
+    fn rename_to(self, out: &Path) -> Result<()> {
+        std::fs::rename(&self.0, out).ctx(|| format!("renaming into {}", out.display()))?;
+        std::mem::forget(self);
+        Ok(())
+    }
+}
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The member a layer is stored as, named by its digest.
+fn layer_member(format: SaveFormat, digest: &Digest) -> String {
+    match format {
+        SaveFormat::DockerArchive => format!("{}/layer.tar", digest.hex()),
+        SaveFormat::Oci => format!("blobs/sha256/{}", digest.hex()),
+    }
+}
+
+/// Streams layer `chain` into the archive: the very tar it was imported
 /// from where its tar-split says how (verified against `diff_id`), else a
 /// canonical one.
-fn export_layer(
+///
+/// The member's name (its digest) and size are known only once its data
+/// is written, so a placeholder header goes first and is rewritten in
+/// place afterwards (the archive is a file, and a tar header is one fixed
+/// block): each layer is written once, not to a scratch file and copied.
+fn append_layer(
+    tar: &mut Builder<BufWriter<File>>,
     store: &Store,
     chain: &Digest,
     diff_id: &Digest,
-    path: PathBuf,
+    format: SaveFormat,
 ) -> Result<ExportedLayer> {
-    let f = File::create(&path).ctx(|| format!("creating {}", path.display()))?;
-    let mut out = HashingWriter::new(BufWriter::new(f));
-    let rebuilt = split::rebuild(&store.layer_dir(chain), &mut out)?;
-    let out = if rebuilt {
-        out
+    let w = tar.get_mut();
+    let start = writing(w.stream_position())?;
+    writing(w.write_all(&[0; BLOCK]))?;
+    let mut data = HashingWriter::new(&mut *w);
+    let rebuilt = split::rebuild(&store.layer_dir(chain), &mut data)?;
+    let data = if rebuilt {
+        data
     } else {
-        write_layer_tar(&store.layer_diff(chain), out)?
+        write_layer_tar(&store.layer_diff(chain), data)?
     };
-    let (buf, digest, size) = out.finish();
-    buf.into_inner()
-        .map_err(|e| e.into_error())
-        .ctx(|| "writing layer tar".into())?;
+    let (w, digest, size) = data.finish();
     if rebuilt && &digest != diff_id {
         return Err(Error::Corrupt {
             path: store.layer_dir(chain),
@@ -172,8 +157,76 @@ fn export_layer(
             ),
         });
     }
-    Ok(ExportedLayer { path, digest, size })
+    let padding = (BLOCK - (size % BLOCK as u64) as usize) % BLOCK;
+    writing(w.write_all(&[0; BLOCK][..padding]))?;
+    let mut h = header(size);
+    let name = layer_member(format, &digest);
+    h.set_path(&name).ctx(|| format!("naming {name}"))?;
+    h.set_cksum();
+    writing(w.seek(SeekFrom::Start(start)))?;
+    writing(w.write_all(h.as_bytes()))?;
+    writing(w.seek(SeekFrom::End(0)))?;
+    Ok(ExportedLayer { digest, size })
 }
+
+/// docker save's config and manifest.json, after the layers.
+fn append_docker_index(
+    tar: &mut Builder<BufWriter<File>>,
+    config_digest: &Digest,
+    config: &[u8],
+    layers: &[ExportedLayer],
+    tag: Option<String>,
+) -> Result<()> {
+    let config_name = format!("{}.json", config_digest.hex());
+    append_bytes(tar, &config_name, config)?;
+    let names: Vec<String> = layers
+        .iter()
+        .map(|l| layer_member(SaveFormat::DockerArchive, &l.digest))
+        .collect();
+    let manifest = json!([{"Config": config_name, "RepoTags": tag.iter().collect::<Vec<_>>(), "Layers": names}]);
+    append_bytes(tar, "manifest.json", manifest.to_string().as_bytes())
+}
+
+/// The OCI layout's config, manifest and index.json, after the layers.
+fn append_oci_index(
+    tar: &mut Builder<BufWriter<File>>,
+    config_digest: &Digest,
+    config: &[u8],
+    layers: &[ExportedLayer],
+    tag: Option<String>,
+) -> Result<()> {
+    append_bytes(
+        tar,
+        &format!("blobs/sha256/{}", config_digest.hex()),
+        config,
+    )?;
+    let descs = layers
+        .iter()
+        .map(|l| json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": l.digest, "size": l.size}))
+        .collect();
+    let manifest = crate::image::oci::manifest_json(config_digest, config.len(), descs);
+    let manifest_digest = Digest::of_bytes(manifest.as_bytes());
+    append_bytes(
+        tar,
+        &format!("blobs/sha256/{}", manifest_digest.hex()),
+        manifest.as_bytes(),
+    )?;
+    let mut entry = json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": manifest_digest,
+        "size": manifest.len(),
+        "platform": {"architecture": host_arch(), "os": "linux"},
+    });
+    if let Some(t) = &tag {
+        entry["annotations"] =
+            json!({"org.opencontainers.image.ref.name": t, "io.containerd.image.name": t});
+    }
+    let index = json!({"schemaVersion": 2, "manifests": [entry]});
+    append_bytes(tar, "index.json", index.to_string().as_bytes())
+}
+
+/// A tar block: headers and the padding after data.
+const BLOCK: usize = 512;
 
 fn header(size: u64) -> Header {
     let mut h = Header::new_gnu();
@@ -191,9 +244,6 @@ fn append_bytes<W: Write>(tar: &mut Builder<W>, name: &str, data: &[u8]) -> Resu
         .ctx(|| format!("archiving {name}"))
 }
 
-fn append_file<W: Write>(tar: &mut Builder<W>, name: &str, path: &Path) -> Result<()> {
-    let f = File::open(path).ctx(|| format!("opening {}", path.display()))?;
-    let len = f.metadata().ctx(|| "stat".into())?.len();
-    tar.append_data(&mut header(len), name, io::BufReader::new(f))
-        .ctx(|| format!("archiving {name}"))
+fn writing<T>(r: io::Result<T>) -> Result<T> {
+    r.ctx(|| "writing archive".into())
 }

@@ -344,4 +344,11 @@ fn save_refuses_a_layer_that_no_longer_rebuilds() {
         "{err}"
     );
     assert!(!out.exists());
+    // Nor the archive it was streaming into.
+    let left: Vec<_> = fs::read_dir(&work)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with("out"))
+        .collect();
+    assert!(left.is_empty(), "a failed save left {left:?}");
 }
