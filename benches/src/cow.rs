@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use strata_driver::image::build::{write_docker_archive, LayerTar};
 
-use crate::fixtures::{Env, ProfilerProcess};
+use crate::fixtures::{Env, LoopFs, ProfilerProcess};
 use crate::harness::{compare, BenchResult, Timed};
+use crate::ops::fresh_filesystems;
 
 /// One matrix cell's image: `reps` files of `size` bytes `dirs` deep,
 /// under `layers - 1` small layers.
@@ -51,10 +52,20 @@ pub(crate) fn cell_image(
     Ok(name)
 }
 
-/// Durable vs volatile copy-up per cell. Also writes the cells as JSON
-/// lines that `strata-prof report` plots.
+/// Durable vs volatile copy-up per cell, on a fresh ext4 and a fresh XFS
+/// (copy-up writes the upper filesystem). Also writes each filesystem's
+/// cells as JSON lines that `strata-prof report` plots
+/// (`cow-matrix-ext4.jsonl`, `cow-matrix-xfs.jsonl`).
 pub fn matrix(env: &Env, out_dir: &Path) -> Result<Vec<BenchResult>> {
-    let dir = env.dir("cow-matrix");
+    let mut results = Vec::new();
+    for (fs_name, fs) in fresh_filesystems(env, "cow-matrix-fs")? {
+        results.extend(matrix_on(env, &fs.mount, fs_name, out_dir)?);
+    }
+    Ok(results)
+}
+
+fn matrix_on(env: &Env, target: &Path, fs_name: &str, out_dir: &Path) -> Result<Vec<BenchResult>> {
+    let dir = target.join("cow-matrix");
     let root = dir.join("store");
     let (sizes, layers, dirs): (&[u64], &[usize], &[usize]) = if env.quick {
         (&[4096, 1 << 20], &[1, 32], &[0, 16])
@@ -102,7 +113,10 @@ pub fn matrix(env: &Env, out_dir: &Path) -> Result<Vec<BenchResult>> {
             Ok(())
         };
         let r = compare(
-            &format!("copy-up {} at layer {l}, dir depth {d}", human(size)),
+            &format!(
+                "copy-up {} at layer {l}, dir depth {d} on fresh {fs_name}",
+                human(size)
+            ),
             env.reps,
             Timed::just(|| open_next(&durable, &nd)),
             "the same on a --volatile mount",
@@ -123,7 +137,8 @@ pub fn matrix(env: &Env, out_dir: &Path) -> Result<Vec<BenchResult>> {
         serde_json::json!({"type": "sweep", "kernel_release": strata_prof::backend::kernel_release()})
     );
     fs::create_dir_all(out_dir)?;
-    fs::write(out_dir.join("cow-matrix.jsonl"), cells)?;
+    let plot_data = format!("cow-matrix-{}.jsonl", fs_name.to_lowercase());
+    fs::write(out_dir.join(plot_data), cells)?;
     crate::fixtures::unmount_all_beneath(&dir);
     Ok(results)
 }
@@ -160,9 +175,15 @@ impl Profiler<'_> {
     }
 }
 
+/// On a fresh ext4: the profiler's cost per copy-up does not depend on the
+/// upper filesystem, but the root filesystem's allocator would drown it.
 pub fn profiler_overhead(env: &Env) -> Result<Vec<BenchResult>> {
-    let dir = env.dir("overhead");
-    let root = dir.join("store");
+    let fs = LoopFs::ext4(
+        &env.dir("overhead-fs").join("ext4.img"),
+        &env.work.join("overhead-fs/ext4"),
+        8 << 30,
+    )?;
+    let root = fs.mount.join("store");
     let prof = Profiler {
         bin: &env.prof,
         running: RefCell::new(None),
@@ -187,7 +208,7 @@ pub fn profiler_overhead(env: &Env) -> Result<Vec<BenchResult>> {
     // Each side copies up files of its own: the first `samples` batches
     // go to whichever runs; the image has enough for both.
     let out = vec![compare(
-        &format!("{per_sample} copy-ups of 64 KiB, profiler attached"),
+        &format!("{per_sample} copy-ups of 64 KiB on fresh ext4, profiler attached"),
         env.reps,
         Timed::new(|| prof.attach(), copy_ups),
         "the same without the profiler",

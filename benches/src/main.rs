@@ -34,8 +34,8 @@ struct Cli {
     /// How much a ratio may grow over the baseline's (0.10 = 10%).
     #[arg(long, default_value_t = 0.10)]
     threshold: f64,
-    /// Only benches whose group matches: ops, peers, containerd, cow, serve,
-    /// overhead.
+    /// Only benches whose group matches: ops (import and containers), peers,
+    /// containerd, cow, serve, overhead.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     #[arg(long)]
@@ -62,9 +62,13 @@ fn main() -> Result<()> {
     let wanted = |g: &str| cli.only.is_empty() || cli.only.iter().any(|o| o == g);
     let mut results = Vec::new();
     let run = (|| -> Result<()> {
-        if wanted("ops") {
-            eprintln!("driver operations:");
-            results.extend(ops::all(&env, &cli.out.join("cache"))?);
+        if wanted("ops") || wanted("import") {
+            eprintln!("imports (fresh filesystems):");
+            results.extend(ops::imports(&env, &cli.out.join("cache"))?);
+        }
+        if wanted("ops") || wanted("containers") {
+            eprintln!("containers:");
+            results.extend(ops::containers(&env)?);
         }
         if wanted("peers") {
             eprintln!("import, strata vs the engines' own (fresh filesystems):");

@@ -11,7 +11,8 @@ use crate::fixtures::{
 };
 use crate::harness::{compare, BenchResult, Timed};
 
-pub fn all(env: &Env, cache: &std::path::Path) -> Result<Vec<BenchResult>> {
+/// Imports, each vs `tar -x` of its layers.
+pub fn imports(env: &Env, cache: &std::path::Path) -> Result<Vec<BenchResult>> {
     let mut out = Vec::new();
     let shape = if env.quick { (4, 300) } else { (6, 2000) };
     for (fs_name, fs) in fresh_filesystems(env, "import-fs")? {
@@ -26,7 +27,16 @@ pub fn all(env: &Env, cache: &std::path::Path) -> Result<Vec<BenchResult>> {
             out.extend(import_debian(env, cache, &fs.mount, fs_name)?);
         }
     }
-    out.extend(containers(env)?);
+    Ok(out)
+}
+
+/// A container's life (create + mount, copy-up, commit, rm) on each fresh
+/// filesystem, then the commands that only read (ps, diff, lookups).
+pub fn containers(env: &Env) -> Result<Vec<BenchResult>> {
+    let mut out = Vec::new();
+    for (fs_name, fs) in fresh_filesystems(env, "containers-fs")? {
+        out.extend(lifecycle(env, &fs.mount, fs_name)?);
+    }
     out.extend(ps(env)?);
     out.extend(diff(env)?);
     out.extend(lookups(env)?);
@@ -201,9 +211,11 @@ fn import_debian(
     .with_peak_rss(peak_rss.get())])
 }
 
-/// create + mount, the copy-up write, commit and rm, each vs its baseline.
-fn containers(env: &Env) -> Result<Vec<BenchResult>> {
-    let dir = env.dir("containers");
+/// create + mount, the copy-up write, commit and rm, each vs its baseline,
+/// everything on `target`, a fresh `fs_name`.
+fn lifecycle(env: &Env, target: &std::path::Path, fs_name: &str) -> Result<Vec<BenchResult>> {
+    let dir = target.join("containers");
+    fs::create_dir_all(&dir)?;
     let root = dir.join("store");
     let files = if env.quick { 2000 } else { 20000 };
     let img = image(&dir, 3, files / 3, "bench:big")?;
@@ -222,7 +234,7 @@ fn containers(env: &Env) -> Result<Vec<BenchResult>> {
 
     let hand = dir.join("hand");
     out.push(compare(
-        "create + mount",
+        &format!("create + mount on fresh {fs_name}"),
         env.reps,
         Timed::new(
             || Ok(()),
@@ -243,14 +255,14 @@ fn containers(env: &Env) -> Result<Vec<BenchResult>> {
         Some(1.5),
     )?);
     unmount_all_beneath(&hand);
-    out.extend(copy_up(env, &dir)?);
-    out.extend(commit_and_rm(env, &root, &dir)?);
+    out.extend(copy_up(env, &dir, fs_name)?);
+    out.extend(commit_and_rm(env, &root, &dir, fs_name)?);
     Ok(out)
 }
 
 /// Opening a lower 1 MiB file for writing (overlayfs copies it up) vs
 /// `cp` of the same bytes, without and with fsync.
-fn copy_up(env: &Env, dir: &std::path::Path) -> Result<Vec<BenchResult>> {
+fn copy_up(env: &Env, dir: &std::path::Path, fs_name: &str) -> Result<Vec<BenchResult>> {
     let root = dir.join("cow-store");
     // Each candidate sample copies up a file of its own: two comparisons of
     // `reps` samples plus a warm-up each.
@@ -284,11 +296,10 @@ fn copy_up(env: &Env, dir: &std::path::Path) -> Result<Vec<BenchResult>> {
     let mut out = Vec::new();
     for fsync in [false, true] {
         out.push(compare(
-            if fsync {
-                "copy-up write of 1 MiB (vs cp+fsync)"
-            } else {
-                "copy-up write of 1 MiB (vs cp)"
-            },
+            &format!(
+                "copy-up write of 1 MiB on fresh {fs_name} (vs cp{})",
+                if fsync { "+fsync" } else { "" }
+            ),
             env.reps,
             Timed::just(|| {
                 let i = next_up.replace(next_up.get() + 1);
@@ -326,6 +337,7 @@ fn commit_and_rm(
     env: &Env,
     root: &std::path::Path,
     dir: &std::path::Path,
+    fs_name: &str,
 ) -> Result<Vec<BenchResult>> {
     let mut out = Vec::new();
     let prepare = || -> Result<(String, PathBuf)> {
@@ -340,7 +352,7 @@ fn commit_and_rm(
     let tarball = dir.join("upper.tar");
     let n = std::cell::Cell::new(0);
     out.push(compare(
-        "commit of a small change to a large image",
+        &format!("commit of a small change to a large image on fresh {fs_name}"),
         env.reps,
         Timed::just(|| {
             n.set(n.get() + 1);
@@ -367,7 +379,7 @@ fn commit_and_rm(
     let victims = std::cell::RefCell::new(Vec::new());
     let hand = dir.join("hand-rm");
     out.push(compare(
-        "rm -f of a mounted container",
+        &format!("rm -f of a mounted container on fresh {fs_name}"),
         env.reps,
         Timed::new(
             || {

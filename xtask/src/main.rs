@@ -165,12 +165,19 @@ fn bench(args: &[String]) -> Result<()> {
         .arg(&out)
         .args(args)
         .current_dir(&root))?;
-    let plot = out.join("cow-matrix.svg");
-    run(Command::new(bin("strata-prof"))
-        .arg("report")
-        .arg(out.join("cow-matrix.jsonl"))
-        .arg("--svg")
-        .arg(&plot))
+    // One plot per filesystem the copy-up matrix ran on (none when the
+    // run left the cow group out).
+    for fs in ["ext4", "xfs"] {
+        let cells = out.join(format!("cow-matrix-{fs}.jsonl"));
+        if cells.exists() {
+            run(Command::new(bin("strata-prof"))
+                .arg("report")
+                .arg(&cells)
+                .arg("--svg")
+                .arg(out.join(format!("cow-matrix-{fs}.svg"))))?;
+        }
+    }
+    Ok(())
 }
 
 /// The kernel `cargo xtask test` boots: Debian 12's own, where overlay is a
