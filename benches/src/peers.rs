@@ -1,9 +1,10 @@
 //! Import of the same file by strata and by each engine a user would load
 //! it with: `podman load`, `buildah pull`, `ctr images import` (overlayfs
-//! snapshotter) and `docker load` (overlay2). Every store, strata's and
-//! each peer's, is on the same freshly made filesystem, in the same run;
-//! each peer's image is removed between samples so that every sample
-//! writes its layers again.
+//! snapshotter) and `docker load` (overlay2), for the Debian image as a
+//! docker-archive and as an OCI archive with gzip layers (which docker
+//! 20.10 cannot load). Every store, strata's and each peer's, is on the
+//! same freshly made filesystem, in the same run; each peer's image is
+//! removed between samples so that every sample writes its layers again.
 
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
@@ -47,6 +48,42 @@ pub fn debian_docker_archive(cache: &Path) -> Result<PathBuf, String> {
     Ok(out)
 }
 
+/// The Debian image's OCI layout (gzip layers, as umoci wrote it) as one
+/// OCI archive file: what `podman load`, `buildah pull oci-archive:` and
+/// `ctr images import` take. Cached.
+pub fn debian_oci_archive(cache: &Path) -> Result<PathBuf, String> {
+    let out = cache.join("debian-oci-archive.tar");
+    if out.exists() {
+        return Ok(out);
+    }
+    let layout = crate::fixtures::debian_image(cache)?;
+    let partial = cache.join("debian-oci-archive.tar.partial");
+    let status = Command::new("tar")
+        .arg("-cf")
+        .arg(&partial)
+        .arg("-C")
+        .arg(&layout)
+        .arg(".")
+        .status()
+        .map_err(|e| format!("tar: {e}"))?;
+    if !status.success() {
+        return Err(format!("tar of the OCI layout: {status}"));
+    }
+    std::fs::rename(&partial, &out).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// One file every peer imports, and how each names its format.
+struct Source {
+    /// In the bench's name: "docker-archive", "OCI archive (gzip)".
+    label: &'static str,
+    file: PathBuf,
+    /// buildah's transport for it.
+    buildah_transport: &'static str,
+    /// docker 20.10 loads only docker-archives.
+    docker_loads_it: bool,
+}
+
 /// Runs `cmd`, which must succeed.
 fn run(mut cmd: Command, what: &str) -> Result<()> {
     let out = cmd.output().with_context(|| format!("running {what}"))?;
@@ -56,22 +93,22 @@ fn run(mut cmd: Command, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// strata's import of `archive` into a store under `fs`, vs one peer.
+/// strata's import of `src` into a store under `fs`, vs one peer.
 fn against(
     env: &Env,
     fs: &Path,
     fs_name: &str,
-    archive: &Path,
+    src: &Source,
     peer: &str,
     load: Timed<'_>,
 ) -> Result<BenchResult> {
     let root = fs.join("strata");
-    let src = archive.to_str().context("non-UTF-8 path")?.to_string();
+    let file = src.file.to_str().context("non-UTF-8 path")?.to_string();
     let peak_rss = Cell::new(0);
     Ok(compare(
-        &format!("import Debian docker-archive on fresh {fs_name}"),
+        &format!("import Debian {} on fresh {fs_name}", src.label),
         env.reps,
-        strata_import(env, &root, &src, "debian", &peak_rss),
+        strata_import(env, &root, &file, "debian", &peak_rss),
         peer,
         load,
         Some(BAR),
@@ -108,20 +145,34 @@ pub fn all(env: &Env, cache: &Path) -> Result<Vec<BenchResult>> {
     if env.quick {
         return Ok(Vec::new());
     }
-    let archive = match debian_docker_archive(cache) {
-        Ok(a) => a,
-        Err(why) => bail!("the Debian docker-archive the peers load: {why}"),
-    };
+    let sources = [
+        Source {
+            label: "docker-archive",
+            file: debian_docker_archive(cache)
+                .map_err(|why| anyhow::anyhow!("the Debian docker-archive: {why}"))?,
+            buildah_transport: "docker-archive",
+            docker_loads_it: true,
+        },
+        Source {
+            label: "OCI archive (gzip)",
+            file: debian_oci_archive(cache)
+                .map_err(|why| anyhow::anyhow!("the Debian OCI archive: {why}"))?,
+            buildah_transport: "oci-archive",
+            docker_loads_it: false,
+        },
+    ];
     let mut out = Vec::new();
     for (fs_name, fs) in crate::ops::fresh_filesystems(env, "peers-fs")? {
-        out.extend(on(env, &fs.mount, fs_name, &archive)?);
+        for src in &sources {
+            out.extend(on(env, &fs.mount, fs_name, src)?);
+        }
     }
     Ok(out)
 }
 
-fn on(env: &Env, fs: &Path, fs_name: &str, archive: &Path) -> Result<Vec<BenchResult>> {
+fn on(env: &Env, fs: &Path, fs_name: &str, src: &Source) -> Result<Vec<BenchResult>> {
     let mut out = Vec::new();
-    let file = archive.to_str().context("non-UTF-8 path")?;
+    let file = src.file.to_str().context("non-UTF-8 path")?;
 
     let podman = Podman::new(&fs.join("podman"));
     let rmi = |p: &Podman| run(p.command(&["rmi", "-a", "-f"]), "podman rmi");
@@ -129,7 +180,7 @@ fn on(env: &Env, fs: &Path, fs_name: &str, archive: &Path) -> Result<Vec<BenchRe
         env,
         fs,
         fs_name,
-        archive,
+        src,
         "podman load",
         load_afresh(
             || rmi(&podman),
@@ -149,12 +200,12 @@ fn on(env: &Env, fs: &Path, fs_name: &str, archive: &Path) -> Result<Vec<BenchRe
             .args(args);
         cmd
     };
-    let pull = format!("docker-archive:{file}");
+    let pull = format!("{}:{file}", src.buildah_transport);
     out.push(against(
         env,
         fs,
         fs_name,
-        archive,
+        src,
         "buildah pull",
         load_afresh(
             || run(buildah(&["rmi", "-a", "-f"]), "buildah rmi"),
@@ -163,47 +214,53 @@ fn on(env: &Env, fs: &Path, fs_name: &str, archive: &Path) -> Result<Vec<BenchRe
     )?);
     run(buildah(&["rmi", "-a", "-f"]), "buildah rmi")?;
 
-    out.push(ctr_import(env, fs, fs_name, archive)?);
-    out.push(docker_load(env, fs, fs_name, archive)?);
+    out.push(ctr_import(env, fs, fs_name, src)?);
+    if src.docker_loads_it {
+        out.push(docker_load(env, fs, fs_name, src)?);
+    }
     unmount_all_beneath(fs);
     Ok(out)
 }
 
 /// `ctr images import` with containerd's own overlayfs snapshotter, its
 /// root on the same filesystem.
-fn ctr_import(env: &Env, fs: &Path, fs_name: &str, archive: &Path) -> Result<BenchResult> {
+fn ctr_import(env: &Env, fs: &Path, fs_name: &str, src: &Source) -> Result<BenchResult> {
     let c = Containerd::start(&fs.join("ctr"), &env.strata);
-    let file = archive.to_str().context("non-UTF-8 path")?;
-    let name = format!("docker.io/library/{TAG}");
+    let file = src.file.to_str().context("non-UTF-8 path")?;
+    // Whatever name the archive gave it; --sync: its content and
+    // snapshots are gone too.
+    let rmi_all = || -> Result<()> {
+        let listed = c.ctr(&["images", "ls", "-q"]);
+        for name in String::from_utf8_lossy(&listed.stdout).split_whitespace() {
+            run(c.ctr_command(&["images", "rm", "--sync", name]), "ctr rm")?;
+        }
+        Ok(())
+    };
     let result = against(
         env,
         fs,
         fs_name,
-        archive,
+        src,
         "ctr images import",
-        load_afresh(
-            // --sync: its content and snapshots are gone too.
-            || run(c.ctr_command(&["images", "rm", "--sync", &name]), "ctr rm"),
-            || {
-                let import = ["images", "import", "--snapshotter", "overlayfs", file];
-                run(c.ctr_command(&import), "ctr images import")
-            },
-        ),
+        load_afresh(rmi_all, || {
+            let import = ["images", "import", "--snapshotter", "overlayfs", file];
+            run(c.ctr_command(&import), "ctr images import")
+        }),
     );
-    let _ = c.ctr(&["images", "rm", "--sync", &name]);
+    let _ = rmi_all();
     drop(c);
     result
 }
 
 /// `docker load` (overlay2), its data root on the same filesystem.
-fn docker_load(env: &Env, fs: &Path, fs_name: &str, archive: &Path) -> Result<BenchResult> {
+fn docker_load(env: &Env, fs: &Path, fs_name: &str, src: &Source) -> Result<BenchResult> {
     let d = Dockerd::start(&fs.join("docker"));
-    let file = archive.to_str().context("non-UTF-8 path")?;
+    let file = src.file.to_str().context("non-UTF-8 path")?;
     let result = against(
         env,
         fs,
         fs_name,
-        archive,
+        src,
         "docker load",
         load_afresh(
             || run(d.docker_command(&["rmi", "-f", TAG]), "docker rmi"),
