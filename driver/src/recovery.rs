@@ -286,10 +286,15 @@ impl Store {
             let untouched = fs::read_dir(dir.join("upper"))
                 .map(|mut entries| entries.next().is_none())
                 .unwrap_or(true);
+            // CLI containers sync their record before create returns, so
+            // data without one is a containerd snapshot's writable layer
+            // (never synced, by design) torn by a power cut, or damage:
+            // which of them only the user can tell.
             let what = if untouched {
                 "leftover of a create that never returned"
             } else {
-                "data in it but no record"
+                "data in it but no record (a containerd snapshot torn by a power cut, \
+                 or a damaged record): remove it by hand once nothing in it is wanted"
             };
             found.add(
                 format!("container directory {}: {what}", dir.display()),
