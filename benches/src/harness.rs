@@ -2,6 +2,7 @@
 //! several times, and reports medians, spread and their ratio. These
 //! machines are noisy; ratios measured side by side are what count.
 
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Result;
@@ -103,6 +104,21 @@ impl<'a> Timed<'a> {
 
     pub fn just(run: impl FnMut() -> Result<()> + 'a) -> Timed<'a> {
         Timed::new(|| Ok(()), run)
+    }
+
+    /// Also flushes the filesystem holding `path` before each sample
+    /// (untimed), so that a side which syncs (strata's import: one syncfs)
+    /// never pays for the writeback of what the other side left dirty on
+    /// the same filesystem. After `podman load` that doubled strata's time.
+    pub fn settled(self, path: &'a Path) -> Timed<'a> {
+        let mut setup = self.setup;
+        Timed {
+            setup: Box::new(move || {
+                setup()?;
+                crate::fixtures::sh("sync", &["-f", path.to_str().expect("UTF-8 bench paths")])
+            }),
+            run: self.run,
+        }
     }
 
     fn sample(&mut self) -> Result<u64> {

@@ -108,9 +108,9 @@ fn against(
     Ok(compare(
         &format!("import Debian {} on fresh {fs_name}", src.label),
         env.reps,
-        strata_import(env, &root, &file, "debian", &peak_rss),
+        strata_import(env, &root, &file, "debian", &peak_rss).settled(fs),
         peer,
-        load,
+        load.settled(fs),
         Some(BAR),
     )?
     .with_peak_rss(peak_rss.get()))
