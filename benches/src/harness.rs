@@ -2,7 +2,6 @@
 //! several times, and reports medians, spread and their ratio. These
 //! machines are noisy; ratios measured side by side are what count.
 
-use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Result;
@@ -106,16 +105,16 @@ impl<'a> Timed<'a> {
         Timed::new(|| Ok(()), run)
     }
 
-    /// Also flushes the filesystem holding `path` before each sample
-    /// (untimed), so that a side which syncs (strata's import: one syncfs)
-    /// never pays for the writeback of what the other side left dirty on
-    /// the same filesystem. After `podman load` that doubled strata's time.
-    pub fn settled(self, path: &'a Path) -> Timed<'a> {
+    /// Also runs `sync` before each sample (untimed), so that a side which
+    /// syncs (strata's import ends with a syncfs) never pays for the
+    /// writeback of what the other side left dirty: after `podman load`
+    /// that doubled strata's time.
+    pub fn settled(self) -> Timed<'a> {
         let mut setup = self.setup;
         Timed {
             setup: Box::new(move || {
                 setup()?;
-                crate::fixtures::sh("sync", &["-f", path.to_str().expect("UTF-8 bench paths")])
+                crate::fixtures::sh("sync", &[])
             }),
             run: self.run,
         }

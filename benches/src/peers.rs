@@ -108,9 +108,9 @@ fn against(
     Ok(compare(
         &format!("import Debian {} on fresh {fs_name}", src.label),
         env.reps,
-        strata_import(env, &root, &file, "debian", &peak_rss).settled(fs),
+        strata_import(env, &root, &file, "debian", &peak_rss).settled(),
         peer,
-        load.settled(fs),
+        load.settled(),
         Some(BAR),
     )?
     .with_peak_rss(peak_rss.get()))
@@ -174,6 +174,10 @@ fn on(env: &Env, fs: &Path, fs_name: &str, src: &Source) -> Result<Vec<BenchResu
     let mut out = Vec::new();
     let file = src.file.to_str().context("non-UTF-8 path")?;
 
+    // Where podman and buildah unpack an OCI archive before reading it:
+    // on the fresh filesystem too, not the root filesystem's /var/tmp.
+    let scratch = fs.join("peer-tmp");
+    std::fs::create_dir_all(&scratch)?;
     let podman = Podman::new(&fs.join("podman"));
     let rmi = |p: &Podman| run(p.command(&["rmi", "-a", "-f"]), "podman rmi");
     out.push(against(
@@ -184,7 +188,11 @@ fn on(env: &Env, fs: &Path, fs_name: &str, src: &Source) -> Result<Vec<BenchResu
         "podman load",
         load_afresh(
             || rmi(&podman),
-            || run(podman.command(&["load", "-q", "-i", file]), "podman load"),
+            || {
+                let mut load = podman.command(&["load", "-q", "-i", file]);
+                load.env("TMPDIR", &scratch);
+                run(load, "podman load")
+            },
         ),
     )?);
     rmi(&podman)?;
@@ -197,7 +205,8 @@ fn on(env: &Env, fs: &Path, fs_name: &str, src: &Source) -> Result<Vec<BenchResu
             .arg("--runroot")
             .arg(d.join("run"))
             .args(["--storage-driver", "overlay"])
-            .args(args);
+            .args(args)
+            .env("TMPDIR", &scratch);
         cmd
     };
     let pull = format!("{}:{file}", src.buildah_transport);
