@@ -166,11 +166,20 @@ pub fn all(env: &Env, cache: &Path) -> Result<Vec<BenchResult>> {
         for src in &sources {
             out.extend(on(env, &fs.mount, fs_name, src)?);
         }
+        // The peers' own mounts (c/storage binds its overlay dir), before
+        // the filesystem itself goes.
+        for peer in ["podman", "buildah", "ctr", "docker"] {
+            unmount_all_beneath(&fs.mount.join(peer));
+        }
     }
     Ok(out)
 }
 
 fn on(env: &Env, fs: &Path, fs_name: &str, src: &Source) -> Result<Vec<BenchResult>> {
+    // Never the root filesystem under a fresh filesystem's name.
+    if !strata_driver::mount::is_mountpoint(fs) {
+        bail!("{} is no longer the fresh {fs_name}", fs.display());
+    }
     let mut out = Vec::new();
     let file = src.file.to_str().context("non-UTF-8 path")?;
 
@@ -227,7 +236,6 @@ fn on(env: &Env, fs: &Path, fs_name: &str, src: &Source) -> Result<Vec<BenchResu
     if src.docker_loads_it {
         out.push(docker_load(env, fs, fs_name, src)?);
     }
-    unmount_all_beneath(fs);
     Ok(out)
 }
 
