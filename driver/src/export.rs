@@ -52,7 +52,8 @@ pub fn save(store: &Store, reference: &str, out: &Path, format: SaveFormat) -> R
     };
     // Written beside the destination, renamed over it when complete.
     let partial = PartialFile::beside(out);
-    let file = File::create(&partial.0).ctx(|| format!("creating {}", partial.0.display()))?;
+    let file =
+        File::create(&partial.path).ctx(|| format!("creating {}", partial.path.display()))?;
     let mut tar = Builder::new(BufWriter::new(file));
     if format == SaveFormat::Oci {
         append_bytes(&mut tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
@@ -95,23 +96,31 @@ pub fn save(store: &Store, reference: &str, out: &Path, format: SaveFormat) -> R
 
 /// The archive being written; removed unless it was renamed into place,
 /// so a failed save leaves nothing behind.
-struct PartialFile(PathBuf);
+struct PartialFile {
+    path: PathBuf,
+    renamed: bool,
+}
 
 impl PartialFile {
     fn beside(out: &Path) -> PartialFile {
-        PartialFile(out.with_extension("strata-partial"))
+        PartialFile {
+            path: out.with_extension("strata-partial"),
+            renamed: false,
+        }
     }
 
-    fn rename_to(self, out: &Path) -> Result<()> {
-        std::fs::rename(&self.0, out).ctx(|| format!("renaming into {}", out.display()))?;
-        std::mem::forget(self);
+    fn rename_to(mut self, out: &Path) -> Result<()> {
+        std::fs::rename(&self.path, out).ctx(|| format!("renaming into {}", out.display()))?;
+        self.renamed = true;
         Ok(())
     }
 }
 
 impl Drop for PartialFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        if !self.renamed {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
