@@ -25,6 +25,9 @@ pub fn imports(env: &Env, cache: &std::path::Path) -> Result<Vec<BenchResult>> {
     if !env.quick {
         for (fs_name, fs) in fresh_filesystems(env, "import-debian-fs")? {
             out.extend(import_debian(env, cache, &fs.mount, fs_name)?);
+            out.push(import_debian_docker_archive(
+                env, cache, &fs.mount, fs_name,
+            )?);
         }
     }
     Ok(out)
@@ -110,32 +113,13 @@ fn import(
                     if durable { " (vs durable tar)" } else { "" }
                 ),
                 env.reps,
-                strata_import(env, &root, &archive, "bench", &peak_rss),
+                strata_import(env, &root, &archive, "bench", &peak_rss).settled(),
                 if durable {
                     "tar -x of the layers + sync -f"
                 } else {
                     "tar -x of the layers"
                 },
-                Timed::new(
-                    || {
-                        let _ = fs::remove_dir_all(&extract);
-                        Ok(())
-                    },
-                    || {
-                        for (i, t) in img.layer_tars.iter().enumerate() {
-                            let d = extract.join(i.to_string());
-                            fs::create_dir_all(&d)?;
-                            sh(
-                                "tar",
-                                &["-xf", t.to_str().unwrap(), "-C", d.to_str().unwrap()],
-                            )?;
-                        }
-                        if durable {
-                            sh("sync", &["-f", extract.to_str().unwrap()])?;
-                        }
-                        Ok(())
-                    },
-                ),
+                tar_x_layers(&img.layer_tars, &extract, durable).settled(),
                 // The bar (issue 14) is against the durable tar: an import is
                 // durable when it returns.
                 durable.then_some(1.2),
@@ -145,6 +129,82 @@ fn import(
     }
     let _ = fs::remove_dir_all(&dir);
     Ok(out)
+}
+
+/// `tar -x` of each of `tars` into its own directory under `extract`,
+/// then (`durable`) `sync -f`: what an import is measured against.
+fn tar_x_layers<'a>(tars: &'a [PathBuf], extract: &'a std::path::Path, durable: bool) -> Timed<'a> {
+    Timed::new(
+        move || {
+            let _ = fs::remove_dir_all(extract);
+            Ok(())
+        },
+        move || {
+            for (i, t) in tars.iter().enumerate() {
+                let d = extract.join(i.to_string());
+                fs::create_dir_all(&d)?;
+                sh(
+                    "tar",
+                    &["-xf", t.to_str().unwrap(), "-C", d.to_str().unwrap()],
+                )?;
+            }
+            if durable {
+                sh("sync", &["-f", extract.to_str().unwrap()])?;
+            }
+            Ok(())
+        },
+    )
+}
+
+/// The Debian image as `docker save` writes it (uncompressed layer tars)
+/// vs `tar -x` of those layer tars + `sync -f`.
+fn import_debian_docker_archive(
+    env: &Env,
+    cache: &std::path::Path,
+    target: &std::path::Path,
+    fs_name: &str,
+) -> Result<BenchResult> {
+    let archive = crate::peers::debian_docker_archive(cache)
+        .map_err(|why| anyhow::anyhow!("the Debian docker-archive: {why}"))?;
+    // Its layer tars as files, for tar to read: unpacked once, untimed.
+    let unpacked = env.dir("debian-docker-archive");
+    sh(
+        "tar",
+        &[
+            "-xf",
+            archive.to_str().unwrap(),
+            "-C",
+            unpacked.to_str().unwrap(),
+        ],
+    )?;
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(unpacked.join("manifest.json"))?)?;
+    let tars: Vec<PathBuf> = manifest[0]["Layers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l.as_str().map(|l| unpacked.join(l)))
+        .collect();
+    let peak_rss = std::cell::Cell::new(0);
+    let extract = target.join("extract");
+    let result = compare(
+        &format!("import Debian bookworm minbase (docker-archive) on fresh {fs_name}"),
+        env.reps,
+        strata_import(
+            env,
+            &target.join("store"),
+            archive.to_str().unwrap(),
+            "debian",
+            &peak_rss,
+        )
+        .settled(),
+        "tar -x of its layer tars + sync -f",
+        tar_x_layers(&tars, &extract, true).settled(),
+        Some(1.2),
+    )?
+    .with_peak_rss(peak_rss.get());
+    let _ = fs::remove_dir_all(&unpacked);
+    Ok(result)
 }
 
 /// Import of a real Debian rootfs (OCI, one gzip layer) vs extracting the
@@ -185,7 +245,7 @@ fn import_debian(
     Ok(vec![compare(
         &format!("import Debian bookworm minbase (OCI, gzip) on fresh {fs_name}"),
         env.reps,
-        strata_import(env, &root, &src, "debian", &peak_rss),
+        strata_import(env, &root, &src, "debian", &peak_rss).settled(),
         "tar -xzf of the same layer + sync -f",
         Timed::new(
             || {
@@ -205,7 +265,8 @@ fn import_debian(
                 )?;
                 sh("sync", &["-f", extract.to_str().unwrap()])
             },
-        ),
+        )
+        .settled(),
         Some(1.2),
     )?
     .with_peak_rss(peak_rss.get())])
