@@ -27,47 +27,48 @@ const TAG: &str = "debian:bookworm";
 /// The Debian image as one `docker save` file (skopeo converts the
 /// debootstrap-made OCI layout once; cached).
 pub fn debian_docker_archive(cache: &Path) -> Result<PathBuf, String> {
-    let out = cache.join("debian-docker-archive.tar");
-    if out.exists() {
-        return Ok(out);
-    }
-    let layout = crate::fixtures::debian_image(cache)?;
-    let partial = cache.join("debian-docker-archive.tar.partial");
-    let _ = std::fs::remove_file(&partial);
-    let status = Command::new("skopeo")
-        .arg("copy")
-        .arg(format!("oci:{}:bookworm", layout.display()))
-        .arg(format!("docker-archive:{}:{TAG}", partial.display()))
-        .stdout(Stdio::null())
-        .status()
-        .map_err(|e| format!("skopeo: {e}"))?;
-    if !status.success() {
-        return Err(format!("skopeo copy to a docker-archive: {status}"));
-    }
-    std::fs::rename(&partial, &out).map_err(|e| e.to_string())?;
-    Ok(out)
+    cached_from_layout(cache, "debian-docker-archive.tar", |layout, out| {
+        let mut skopeo = Command::new("skopeo");
+        skopeo
+            .arg("copy")
+            .arg(format!("oci:{}:bookworm", layout.display()))
+            .arg(format!("docker-archive:{}:{TAG}", out.display()))
+            .stdout(Stdio::null());
+        skopeo
+    })
 }
 
 /// The Debian image's OCI layout (gzip layers, as umoci wrote it) as one
 /// OCI archive file: what `podman load`, `buildah pull oci-archive:` and
 /// `ctr images import` take. Cached.
 pub fn debian_oci_archive(cache: &Path) -> Result<PathBuf, String> {
-    let out = cache.join("debian-oci-archive.tar");
+    cached_from_layout(cache, "debian-oci-archive.tar", |layout, out| {
+        let mut tar = Command::new("tar");
+        tar.arg("-cf").arg(out).arg("-C").arg(layout).arg(".");
+        tar
+    })
+}
+
+/// `cache/name`, made once from the Debian OCI layout by the command
+/// `make(layout, partial)` returns, which writes `partial`.
+fn cached_from_layout(
+    cache: &Path,
+    name: &str,
+    make: impl FnOnce(&Path, &Path) -> Command,
+) -> Result<PathBuf, String> {
+    let out = cache.join(name);
     if out.exists() {
         return Ok(out);
     }
     let layout = crate::fixtures::debian_image(cache)?;
-    let partial = cache.join("debian-oci-archive.tar.partial");
-    let status = Command::new("tar")
-        .arg("-cf")
-        .arg(&partial)
-        .arg("-C")
-        .arg(&layout)
-        .arg(".")
+    let partial = cache.join(format!("{name}.partial"));
+    let _ = std::fs::remove_file(&partial);
+    let mut cmd = make(&layout, &partial);
+    let status = cmd
         .status()
-        .map_err(|e| format!("tar: {e}"))?;
+        .map_err(|e| format!("{:?}: {e}", cmd.get_program()))?;
     if !status.success() {
-        return Err(format!("tar of the OCI layout: {status}"));
+        return Err(format!("{:?} making {name}: {status}", cmd.get_program()));
     }
     std::fs::rename(&partial, &out).map_err(|e| e.to_string())?;
     Ok(out)

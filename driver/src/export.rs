@@ -45,6 +45,14 @@ struct ExportedLayer {
     size: u64,
 }
 
+/// What the archive's index files describe, once the layers are in.
+struct SavedImage {
+    config_digest: Digest,
+    config: Vec<u8>,
+    layers: Vec<ExportedLayer>,
+    tag: Option<String>,
+}
+
 pub fn save(store: &Store, reference: &str, out: &Path, format: SaveFormat) -> Result<Digest> {
     let image = {
         let _lock = store.lock_shared()?;
@@ -76,13 +84,15 @@ pub fn save(store: &Store, reference: &str, out: &Path, format: SaveFormat) -> R
         config["rootfs"] = json!({"type": "layers", "diff_ids": exported});
         serde_json::to_vec(&config).expect("JSON values serialise")
     };
-    let config_digest = Digest::of_bytes(&config);
-    let tag = image.names.first().cloned();
+    let saved = SavedImage {
+        config_digest: Digest::of_bytes(&config),
+        config,
+        layers,
+        tag: image.names.first().cloned(),
+    };
     match format {
-        SaveFormat::DockerArchive => {
-            append_docker_index(&mut tar, &config_digest, &config, &layers, tag)?
-        }
-        SaveFormat::Oci => append_oci_index(&mut tar, &config_digest, &config, &layers, tag)?,
+        SaveFormat::DockerArchive => append_docker_index(&mut tar, &saved)?,
+        SaveFormat::Oci => append_oci_index(&mut tar, &saved)?,
     }
     let mut w = tar.into_inner().ctx(|| "finishing archive".into())?;
     w.flush().ctx(|| "writing archive".into())?;
@@ -91,7 +101,7 @@ pub fn save(store: &Store, reference: &str, out: &Path, format: SaveFormat) -> R
         .and_then(|f| f.sync_all())
         .ctx(|| "syncing archive".into())?;
     partial.rename_to(out)?;
-    Ok(config_digest)
+    Ok(saved.config_digest)
 }
 
 /// The archive being written; removed unless it was renamed into place,
@@ -179,41 +189,32 @@ fn append_layer(
 }
 
 /// docker save's config and manifest.json, after the layers.
-fn append_docker_index(
-    tar: &mut Builder<BufWriter<File>>,
-    config_digest: &Digest,
-    config: &[u8],
-    layers: &[ExportedLayer],
-    tag: Option<String>,
-) -> Result<()> {
-    let config_name = format!("{}.json", config_digest.hex());
-    append_bytes(tar, &config_name, config)?;
-    let names: Vec<String> = layers
+fn append_docker_index(tar: &mut Builder<BufWriter<File>>, image: &SavedImage) -> Result<()> {
+    let config_name = format!("{}.json", image.config_digest.hex());
+    append_bytes(tar, &config_name, &image.config)?;
+    let names: Vec<String> = image
+        .layers
         .iter()
         .map(|l| layer_member(SaveFormat::DockerArchive, &l.digest))
         .collect();
-    let manifest = json!([{"Config": config_name, "RepoTags": tag.iter().collect::<Vec<_>>(), "Layers": names}]);
+    let manifest = json!([{"Config": config_name, "RepoTags": image.tag.iter().collect::<Vec<_>>(), "Layers": names}]);
     append_bytes(tar, "manifest.json", manifest.to_string().as_bytes())
 }
 
 /// The OCI layout's config, manifest and index.json, after the layers.
-fn append_oci_index(
-    tar: &mut Builder<BufWriter<File>>,
-    config_digest: &Digest,
-    config: &[u8],
-    layers: &[ExportedLayer],
-    tag: Option<String>,
-) -> Result<()> {
+fn append_oci_index(tar: &mut Builder<BufWriter<File>>, image: &SavedImage) -> Result<()> {
+    let config_digest = &image.config_digest;
     append_bytes(
         tar,
         &format!("blobs/sha256/{}", config_digest.hex()),
-        config,
+        &image.config,
     )?;
-    let descs = layers
+    let descs = image
+        .layers
         .iter()
         .map(|l| json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": l.digest, "size": l.size}))
         .collect();
-    let manifest = crate::image::oci::manifest_json(config_digest, config.len(), descs);
+    let manifest = crate::image::oci::manifest_json(config_digest, image.config.len(), descs);
     let manifest_digest = Digest::of_bytes(manifest.as_bytes());
     append_bytes(
         tar,
@@ -226,7 +227,7 @@ fn append_oci_index(
         "size": manifest.len(),
         "platform": {"architecture": host_arch(), "os": "linux"},
     });
-    if let Some(t) = &tag {
+    if let Some(t) = &image.tag {
         entry["annotations"] =
             json!({"org.opencontainers.image.ref.name": t, "io.containerd.image.name": t});
     }
