@@ -104,12 +104,7 @@ pub fn settle_implied_dirs(dest: &Path, implied: &[OsString], lowers: &[PathBuf]
             .ctx(|| format!("opening implied directory {path:?}"))?;
         let f = File::from(dir);
         fchown_ids(&f, lower.uid(), lower.gid())?;
-        cvt(unsafe_fchmod(&f, lower.mode() & 0o7777)).ctx(|| format!("chmod {path:?}"))?;
-        let t = lower.mtime().max(0) as u64;
-        let ts = [timespec(t), timespec(t)];
-        // SAFETY: valid fd and a two-element timespec array.
-        cvt(unsafe { libc::futimens(f.as_raw_fd(), ts.as_ptr()) })
-            .ctx(|| format!("utimes {path:?}"))?;
+        set_mode_and_mtime(&f, path, lower.mode() & 0o7777, lower.mtime().max(0) as u64)?;
     }
     Ok(())
 }
@@ -460,15 +455,20 @@ impl Applier {
                 libc::O_RDONLY | libc::O_DIRECTORY,
             )
             .ctx(|| format!("reopening directory {:?}", d.path))?;
-            let f = File::from(fd);
-            cvt(unsafe_fchmod(&f, d.mode)).ctx(|| format!("chmod {:?}", d.path))?;
-            let ts = [timespec(d.mtime), timespec(d.mtime)];
-            // SAFETY: valid fd and a two-element timespec array.
-            cvt(unsafe { libc::futimens(f.as_raw_fd(), ts.as_ptr()) })
-                .ctx(|| format!("utimes {:?}", d.path))?;
+            set_mode_and_mtime(&File::from(fd), &d.path, d.mode, d.mtime)?;
         }
         Ok(())
     }
+}
+
+/// Gives open directory `f` (`path`, for errors) its mode and mtime: after
+/// its owner, as fchown clears setuid/setgid, and after its entries, as
+/// each one changes its mtime.
+fn set_mode_and_mtime(f: &File, path: &OsStr, mode: u32, mtime: u64) -> Result<()> {
+    cvt(unsafe_fchmod(f, mode)).ctx(|| format!("chmod {path:?}"))?;
+    let ts = [timespec(mtime), timespec(mtime)];
+    // SAFETY: valid fd and a two-element timespec array.
+    cvt(unsafe { libc::futimens(f.as_raw_fd(), ts.as_ptr()) }).ctx(|| format!("utimes {path:?}"))
 }
 
 fn dir_fd_rdonly(dir: &OwnedFd) -> Result<OwnedFd> {
