@@ -107,8 +107,9 @@ impl<'a> Timed<'a> {
 
     /// Also runs `sync` before each sample (untimed), so that a side which
     /// syncs (strata's import ends with a syncfs) never pays for the
-    /// writeback of what the other side left dirty: after `podman load`
-    /// that doubled strata's time.
+    /// writeback of what the other side left dirty: after `tar -x` without
+    /// a sync, strata's import of the same layers read 1209 ms against
+    /// 706 ms after a durable tar.
     pub fn settled(self) -> Timed<'a> {
         let mut setup = self.setup;
         Timed {

@@ -208,7 +208,7 @@ fn import_debian_docker_archive(
 }
 
 /// Import of a real Debian rootfs (OCI, one gzip layer) vs extracting the
-/// same layer with tar (decompressing too).
+/// same layer with tar (decompressing too) + `sync -f`.
 fn import_debian(
     env: &Env,
     cache: &std::path::Path,
@@ -246,27 +246,9 @@ fn import_debian(
         &format!("import Debian bookworm minbase (OCI, gzip) on fresh {fs_name}"),
         env.reps,
         strata_import(env, &root, &src, "debian", &peak_rss).settled(),
-        "tar -xzf of the same layer + sync -f",
-        Timed::new(
-            || {
-                let _ = fs::remove_dir_all(&extract);
-                fs::create_dir_all(&extract)?;
-                Ok(())
-            },
-            || {
-                sh(
-                    "tar",
-                    &[
-                        "-xzf",
-                        blob.to_str().unwrap(),
-                        "-C",
-                        extract.to_str().unwrap(),
-                    ],
-                )?;
-                sh("sync", &["-f", extract.to_str().unwrap()])
-            },
-        )
-        .settled(),
+        // tar -x knows a gzip stream by its magic, as tar -xz would.
+        "tar -x of the same gzip layer + sync -f",
+        tar_x_layers(std::slice::from_ref(&blob), &extract, true).settled(),
         Some(1.2),
     )?
     .with_peak_rss(peak_rss.get())])

@@ -15,7 +15,7 @@ use strata_driver::testing::containerd::Containerd;
 use strata_driver::testing::docker::Dockerd;
 use strata_driver::testing::podman::Podman;
 
-use crate::fixtures::{unmount_all_beneath, Env};
+use crate::fixtures::Env;
 use crate::harness::{compare, BenchResult, Timed};
 use crate::ops::strata_import;
 
@@ -164,13 +164,10 @@ pub fn all(env: &Env, cache: &Path) -> Result<Vec<BenchResult>> {
     ];
     let mut out = Vec::new();
     for (fs_name, fs) in crate::ops::fresh_filesystems(env, "peers-fs")? {
+        // Dropping `fs` unmounts the peers' own mounts (c/storage binds
+        // its overlay dir) before the filesystem itself.
         for src in &sources {
             out.extend(on(env, &fs.mount, fs_name, src)?);
-        }
-        // The peers' own mounts (c/storage binds its overlay dir), before
-        // the filesystem itself goes.
-        for peer in ["podman", "buildah", "ctr", "docker"] {
-            unmount_all_beneath(&fs.mount.join(peer));
         }
     }
     Ok(out)
