@@ -105,8 +105,8 @@ pub fn setup() -> Result<()> {
         did.push(format!("apt-get installed {}", missing.join(" ")));
     }
 
-    for (package, needed) in crate::debs::UNPACKED {
-        if crate::debs::fetch(package, needed)? {
+    for (package, suite, needed) in crate::debs::UNPACKED {
+        if crate::debs::fetch(package, suite, needed)? {
             did.push(format!("unpacked {package} under target/{package}"));
         }
     }
