@@ -80,6 +80,7 @@ pub fn commit(store: &Store, container: &str, name: &str) -> Result<ImageRecord>
         layers,
         diff_ids,
         created: now_secs(),
+        repo_digests: Vec::new(),
     };
 
     let _lock = store.lock()?;

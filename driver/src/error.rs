@@ -40,6 +40,9 @@ pub enum Error {
     Mount { target: PathBuf, reason: String },
     #[error("{0} changed concurrently; try again")]
     Conflict(String),
+    /// What a registry did wrong, or refused; never carries credentials.
+    #[error("registry {registry}: {reason}")]
+    Registry { registry: String, reason: String },
     #[error("invalid argument: {0}")]
     Invalid(String),
     #[error("not supported here: {0}")]

@@ -14,8 +14,8 @@ use crate::archive::compression::{self, Compression};
 use crate::archive::split::{TarSplit, TAR_SPLIT_FILE};
 use crate::digest::{Digest, HashingReader};
 use crate::error::{Error, Result};
-use crate::image::files::Blob;
-use crate::image::invalid;
+use crate::image::{invalid, LayerSource};
+use crate::registry::fetcher::FetchFailed;
 use crate::store::SyncMode;
 
 /// Bytes per chunk handed between the threads, and chunks in flight:
@@ -38,7 +38,7 @@ pub struct Extracted {
 /// are the layers below, top first; `read` is told how many blob bytes
 /// each read took (for a progress bar). Errors name `what` of `src`.
 pub fn extract_layer(
-    blob: &Blob,
+    blob: &dyn LayerSource,
     staged: &Path,
     lowers: &[PathBuf],
     sync: SyncMode,
@@ -53,9 +53,10 @@ pub fn extract_layer(
         match (produced, applied) {
             // The reader's own failure explains the applier's (a stream
             // cut short), unless it only stopped because the applier did.
-            (Err(e), _) if e.kind() != STOPPED => {
-                Err(invalid(src, format!("{what}: corrupt data: {e}")))
-            }
+            (Err(e), _) if e.kind() != STOPPED => Err(match fetch_failure(e) {
+                Ok(registry) => registry,
+                Err(e) => invalid(src, format!("{what}: corrupt data: {e}")),
+            }),
             (_, Err(e @ Error::Io { .. })) => Err(e),
             (_, Err(e)) => Err(invalid(src, format!("{what}: {e}"))),
             (Err(e), Ok(_)) => Err(invalid(src, format!("{what}: {e}"))),
@@ -68,11 +69,21 @@ pub fn extract_layer(
     })
 }
 
+/// A registry that failed mid-blob is that registry's error, not the
+/// blob's corruption.
+fn fetch_failure(e: io::Error) -> std::result::Result<Error, io::Error> {
+    if e.get_ref().is_some_and(|i| i.is::<FetchFailed>()) {
+        let inner = e.into_inner().expect("checked above");
+        return Ok(inner.downcast::<FetchFailed>().expect("checked above").0);
+    }
+    Err(e)
+}
+
 /// The reading thread: blob -> blob digest -> inflate -> diffID -> queue.
 /// `None` on the queue marks the end; a queue that closes without it
 /// means this thread failed.
 fn produce(
-    blob: &Blob,
+    blob: &dyn LayerSource,
     read: &(dyn Fn(u64) + Sync),
     tx: SyncSender<Option<Vec<u8>>>,
 ) -> io::Result<(Digest, Digest)> {
@@ -149,7 +160,7 @@ fn apply(
 
 /// The blob's reader, telling `read` what each read took.
 struct Counting<'a> {
-    inner: Box<dyn Read>,
+    inner: Box<dyn Read + 'a>,
     read: &'a (dyn Fn(u64) + Sync),
 }
 

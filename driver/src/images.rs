@@ -20,6 +20,9 @@ pub struct ImageRecord {
     pub layers: Vec<Digest>,
     pub diff_ids: Vec<Digest>,
     pub created: u64,
+    /// `host/repo@sha256:...` of the manifests it was pulled by.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repo_digests: Vec<String>,
 }
 
 const RECORD: &str = "image.json";
@@ -67,6 +70,7 @@ impl Store {
             i.names
                 .iter()
                 .any(|n| Some(n) == normalized.as_ref() || n == reference)
+                || i.repo_digests.iter().any(|d| d == reference)
         }) {
             return Ok(img.clone());
         }
@@ -116,6 +120,11 @@ impl Store {
             for n in &record.names {
                 if !merged.names.contains(n) {
                     merged.names.push(n.clone());
+                }
+            }
+            for d in &record.repo_digests {
+                if !merged.repo_digests.contains(d) {
+                    merged.repo_digests.push(d.clone());
                 }
             }
             return fsutil::write_json_atomic(&dir.join(RECORD), &merged);

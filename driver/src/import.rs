@@ -6,7 +6,7 @@
 //! leaves the store as it was.
 
 use std::fs::File;
-use std::io::{self, IsTerminal};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -22,6 +22,7 @@ use crate::image::files::{Blob, ImageFiles};
 use crate::image::{self, config, SourceImage, SourceKind};
 use crate::images::{normalize_name, ImageRecord};
 use crate::layers::now_secs;
+use crate::progress::{Progress, Silent, TotalBar};
 use crate::store::{Store, SyncMode};
 
 #[derive(Debug, Default)]
@@ -29,6 +30,18 @@ pub struct ImportOptions {
     pub name: Option<String>,
     /// Show a progress bar (only honoured on a terminal).
     pub progress: bool,
+}
+
+/// How a parsed source becomes a stored image: the front doors' common
+/// ground (import, pull).
+pub(crate) struct Publish<'a> {
+    /// Names the image gets (normalised already).
+    pub names: Vec<String>,
+    /// `host/repo@sha256:...` it was pulled by, if it was.
+    pub repo_digests: Vec<String>,
+    /// Layers read and extracted at once.
+    pub jobs: usize,
+    pub progress: &'a dyn Progress,
 }
 
 #[derive(Debug, Serialize)]
@@ -70,19 +83,50 @@ pub fn import(store: &Store, src: &str, opts: &ImportOptions) -> Result<ImportRe
             plain(tar_path)
         }
     };
-    // Layers found already stored are not extracted; if a concurrent
-    // `image rm` frees one before this import takes the lock, the import
-    // runs again (extracting it this time).
-    let mut attempts = 0;
-    let report = loop {
-        attempts += 1;
-        match import_source(store, &source, &path, opts) {
-            Err(Error::Conflict(_)) if attempts < 3 => continue,
-            other => break other,
-        }
+    // --name replaces the tags the source carries.
+    let names = match &opts.name {
+        Some(n) => vec![normalize_name(n)?],
+        None => source
+            .tags
+            .iter()
+            .map(|t| normalize_name(t))
+            .collect::<Result<_>>()?,
     };
+    let total: u64 = source.layers.iter().filter_map(|l| l.blob.size()).sum();
+    let bar = TotalBar::new(total);
+    let silent = Silent;
+    let how = Publish {
+        names,
+        repo_digests: Vec::new(),
+        jobs: cores(),
+        progress: if opts.progress { &bar } else { &silent },
+    };
+    let report = store_source(store, &source, &path, &how);
     drop(unpacked);
     report
+}
+
+pub(crate) fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |c| c.get())
+}
+
+/// Stores `source`. Layers found already stored are not extracted; if a
+/// concurrent `image rm` frees one before this takes the lock, it runs
+/// again (extracting it this time).
+pub(crate) fn store_source(
+    store: &Store,
+    source: &SourceImage,
+    src: &Path,
+    how: &Publish,
+) -> Result<ImportReport> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match import_source(store, source, src, how) {
+            Err(Error::Conflict(_)) if attempts < 3 => continue,
+            other => return other,
+        }
+    }
 }
 
 /// An archive file: an uncompressed one is read in place (its members are
@@ -122,7 +166,7 @@ fn plain(path: PathBuf) -> SourceImage {
     SourceImage {
         config: None,
         layers: vec![image::SourceLayer {
-            blob: Blob::file(path),
+            blob: Box::new(Blob::file(path)),
             digest: None,
         }],
         tags: Vec::new(),
@@ -151,7 +195,7 @@ fn import_source(
     store: &Store,
     source: &SourceImage,
     src: &Path,
-    opts: &ImportOptions,
+    how: &Publish,
 ) -> Result<ImportReport> {
     let expected_diff_ids = match &source.config {
         Some(c) => {
@@ -170,15 +214,8 @@ fn import_source(
         }
         None => None,
     };
-    let total: u64 = source
-        .layers
-        .iter()
-        .filter_map(|l| l.blob.size().ok())
-        .sum();
-    let progress = Progress::new(opts.progress, total);
-
-    let staged = stage_layers(store, source, expected_diff_ids.as_deref(), &progress, src)?;
-    progress.finish();
+    let staged = stage_layers(store, source, expected_diff_ids.as_deref(), how, src)?;
+    how.progress.finish();
 
     let diff_ids: Vec<Digest> = staged.iter().map(|s| s.diff_id.clone()).collect();
     let config_bytes = match &source.config {
@@ -190,14 +227,7 @@ fn import_source(
         ),
     };
     let id = Digest::of_bytes(&config_bytes);
-    let mut names = Vec::new();
-    if let Some(n) = &opts.name {
-        names.push(normalize_name(n)?);
-    } else {
-        for t in &source.tags {
-            names.push(normalize_name(t)?);
-        }
-    }
+    let names = how.names.clone();
 
     // Durable before visible: one syncfs covers every staged file.
     fsutil::syncfs(&store.tmp_dir())?;
@@ -233,9 +263,13 @@ fn import_source(
         layers: layers.iter().map(|l| l.chain_id.clone()).collect(),
         diff_ids,
         created: now_secs(),
+        repo_digests: how.repo_digests.clone(),
     };
     store.put_image(&image, &config_bytes)?;
     txn.done();
+    for layer in &source.layers {
+        layer.blob.stored();
+    }
     let image = store.find_image(image.id.as_str())?;
     Ok(ImportReport { image, layers })
 }
@@ -247,7 +281,7 @@ fn stage_layers(
     store: &Store,
     source: &SourceImage,
     expected_diff_ids: Option<&[Digest]>,
-    progress: &Progress,
+    how: &Publish,
     src: &Path,
 ) -> Result<Vec<Staged>> {
     // A layer whose chain (from the config's diffIDs) is stored already
@@ -279,16 +313,28 @@ fn stage_layers(
         );
         let expected = expected_diff_ids.map(|ids| &ids[i]);
         let staged = dirs[k].path();
-        extract_verified(layer, expected, staged, sync, progress, (&what, src))
+        how.progress.started(i, layer.blob.size());
+        let ex = extract_verified(
+            layer,
+            expected,
+            staged,
+            sync,
+            &|n| how.progress.advanced(i, n),
+            (&what, src),
+        )?;
+        how.progress.done(i);
+        Ok(ex)
     };
-    let mut extracted = side_by_side(todo.len(), &extract)?.into_iter();
+    for i in (0..source.layers.len()).filter(|i| stored[*i].is_some()) {
+        how.progress.exists(i, source.layers[i].blob.size());
+    }
+    let mut extracted = side_by_side(todo.len(), how.jobs, &extract)?.into_iter();
     let mut dirs = dirs.into_iter();
 
     let mut staged: Vec<Staged> = Vec::new();
     let mut parent: Option<Digest> = None;
-    for (i, layer) in source.layers.iter().enumerate() {
-        if let Some(rec) = &stored[i] {
-            progress.advance(layer.blob.size().unwrap_or(0));
+    for stored in &stored {
+        if let Some(rec) = stored {
             parent = Some(rec.chain_id.clone());
             staged.push(Staged {
                 dir: None,
@@ -326,40 +372,45 @@ fn extract_verified(
     expected: Option<&Digest>,
     staged: &Path,
     sync: SyncMode,
-    progress: &Progress,
+    read: &(dyn Fn(u64) + Sync),
     (what, src): (&str, &Path),
 ) -> Result<Extracted> {
-    let ex = extract_layer(
-        &layer.blob,
-        staged,
-        &[],
-        sync,
-        &|n| progress.advance(n),
-        (what, src),
+    let ex = extract_layer(layer.blob.as_ref(), staged, &[], sync, read, (what, src)).inspect_err(
+        |e| {
+            // A registry that went away leaves good bytes behind, worth
+            // resuming from; anything else means they are not.
+            if !matches!(e, Error::Registry { .. }) {
+                layer.blob.discard();
+            }
+        },
     )?;
     let mismatch = |kind: &str, expected: &Digest, actual: &Digest| Error::DigestMismatch {
         what: format!("{kind} of {what}"),
         expected: expected.to_string(),
         actual: actual.to_string(),
     };
+    // The blob first: wrong bytes explain a wrong diffID too.
+    if let Some(expected) = layer.digest.as_ref().filter(|e| **e != ex.blob_digest) {
+        layer.blob.discard();
+        return Err(mismatch("blob", expected, &ex.blob_digest));
+    }
     if let Some(expected) = expected.filter(|e| **e != ex.diff_id) {
         return Err(mismatch("diffID", expected, &ex.diff_id));
-    }
-    if let Some(expected) = layer.digest.as_ref().filter(|e| **e != ex.blob_digest) {
-        return Err(mismatch("blob", expected, &ex.blob_digest));
     }
     Ok(ex)
 }
 
-/// Runs `job(0..n)` on as many threads as there are cores (each
+/// Runs `job(0..n)` on `workers` threads (an import's are the cores; each
 /// extraction also has its reading thread), in order of index. Returns
 /// the results in index order, or the first error by index; after an
 /// error no new job starts.
-fn side_by_side<T: Send>(n: usize, job: &(dyn Fn(usize) -> Result<T> + Sync)) -> Result<Vec<T>> {
+fn side_by_side<T: Send>(
+    n: usize,
+    workers: usize,
+    job: &(dyn Fn(usize) -> Result<T> + Sync),
+) -> Result<Vec<T>> {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |c| c.get())
-        .min(n);
+    let workers = workers.clamp(1, n.max(1));
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let slots: Vec<std::sync::Mutex<Option<Result<T>>>> =
@@ -383,34 +434,4 @@ fn side_by_side<T: Send>(n: usize, job: &(dyn Fn(usize) -> Result<T> + Sync)) ->
         .into_iter()
         .map_while(|m| m.into_inner().expect("no job panics"))
         .collect()
-}
-
-/// A byte-count progress bar on stderr, only when it is a terminal.
-struct Progress(Option<indicatif::ProgressBar>);
-
-impl Progress {
-    fn new(wanted: bool, total: u64) -> Progress {
-        if !wanted || !io::stderr().is_terminal() {
-            return Progress(None);
-        }
-        let bar = indicatif::ProgressBar::new(total);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} importing [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}",
-            )
-            .expect("static template")
-            .progress_chars("=> "),
-        );
-        Progress(Some(bar))
-    }
-    fn advance(&self, n: u64) {
-        if let Some(bar) = &self.0 {
-            bar.inc(n);
-        }
-    }
-    fn finish(&self) {
-        if let Some(bar) = &self.0 {
-            bar.finish_and_clear();
-        }
-    }
 }

@@ -158,6 +158,24 @@ enum ImageCmd {
         #[command(flatten)]
         out: Output,
     },
+    /// Pull IMAGE from its registry (docker's reference grammar:
+    /// [HOST[:PORT]/]PATH[:TAG][@DIGEST], docker.io by default).
+    Pull {
+        reference: String,
+        /// OS/ARCH[/VARIANT] to take from a multi-platform index.
+        #[arg(long)]
+        platform: Option<String>,
+        /// Layers downloaded at once.
+        #[arg(long, default_value_t = strata_driver::pull::DEFAULT_JOBS)]
+        max_concurrent_downloads: usize,
+        /// Print only the image ID.
+        #[arg(short, long)]
+        quiet: bool,
+        #[command(flatten)]
+        registry: RegistryFlags,
+        #[command(flatten)]
+        out: Output,
+    },
     Ls {
         #[command(flatten)]
         out: Output,
@@ -179,6 +197,50 @@ enum ImageCmd {
         #[arg(long, default_value = "docker-archive")]
         format: SaveFormat,
     },
+}
+
+/// How to reach a registry, as docker, podman and skopeo take it.
+#[derive(Args)]
+struct RegistryFlags {
+    /// USER:PASSWORD for the registry (else the auth files: see README).
+    #[arg(long, env = "STRATA_REGISTRY_CREDS", hide_env_values = true)]
+    creds: Option<String>,
+    /// A CA certificate (PEM) to trust beside the system's; repeatable.
+    #[arg(long = "tls-ca")]
+    tls_ca: Vec<PathBuf>,
+    /// Directories of HOST[:PORT]/*.crt, tried before the defaults
+    /// (/etc/strata/certs.d, /etc/containers/certs.d, /etc/docker/certs.d).
+    #[arg(long = "certs-dir")]
+    certs_dirs: Vec<PathBuf>,
+    /// HOST[:PORT] to reach over plain HTTP or unverified TLS; repeatable.
+    /// Loopback registries may use plain HTTP without it.
+    #[arg(long = "insecure-registry")]
+    insecure: Vec<String>,
+    /// Seconds a read from the registry may wait for a byte.
+    #[arg(long, default_value_t = 30)]
+    read_timeout: u64,
+}
+
+impl RegistryFlags {
+    fn options(&self) -> Result<strata_driver::registry::RegistryOptions> {
+        use strata_driver::registry::{credentials, transport::TransportOptions};
+        let mut transport = TransportOptions::default();
+        transport.insecure.clone_from(&self.insecure);
+        transport.ca_files.clone_from(&self.tls_ca);
+        let mut dirs = self.certs_dirs.clone();
+        dirs.append(&mut transport.certs_dirs);
+        transport.certs_dirs = dirs;
+        transport.read_timeout = std::time::Duration::from_secs(self.read_timeout.max(1));
+        Ok(strata_driver::registry::RegistryOptions {
+            transport,
+            credentials: self
+                .creds
+                .as_deref()
+                .map(credentials::Credentials::parse)
+                .transpose()?,
+            auth_files: credentials::default_auth_files(|k| std::env::var(k).ok()),
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -369,6 +431,47 @@ fn serve_snapshotter(store: Store, address: PathBuf, group: Option<String>) -> R
     })
 }
 
+fn pull(
+    store: &Store,
+    reference: &str,
+    platform: Option<String>,
+    jobs: usize,
+    quiet: bool,
+    registry: &RegistryFlags,
+    out: Output,
+) -> Result<()> {
+    use strata_driver::image::platform::Platform;
+    use strata_driver::progress::{JsonEvents, LayerLines, Progress, Silent};
+    use strata_driver::pull::{PullOptions, RemoteImage};
+    let opts = PullOptions {
+        registry: registry.options()?,
+        platform: match platform {
+            Some(p) => Platform::parse(&p)?,
+            None => Platform::host(),
+        },
+        jobs,
+    };
+    let failed = || format!("pulling {reference}");
+    let remote = RemoteImage::resolve(reference, &opts).with_context(failed)?;
+    let digests = remote.layer_digests();
+    let progress: Box<dyn Progress> = match (quiet, out.format) {
+        (true, _) => Box::new(Silent),
+        (false, Format::Json) => Box::new(JsonEvents::new(digests)),
+        (false, Format::Table) => Box::new(LayerLines::new(digests)),
+    };
+    let report = remote
+        .store(store, progress.as_ref())
+        .with_context(failed)?;
+    drop(progress);
+    emit(out, &report, || {
+        if !quiet {
+            println!("Digest: {}", report.manifest_digest);
+            println!("Status: pulled {}", report.reference);
+        }
+        println!("{}", report.image.id);
+    })
+}
+
 fn image_cmd(store: &Store, cmd: ImageCmd) -> Result<()> {
     match cmd {
         ImageCmd::Import { src, name, out } => {
@@ -393,6 +496,22 @@ fn image_cmd(store: &Store, cmd: ImageCmd) -> Result<()> {
                 println!("{}", report.image.id);
             })
         }
+        ImageCmd::Pull {
+            reference,
+            platform,
+            max_concurrent_downloads,
+            quiet,
+            registry,
+            out,
+        } => pull(
+            store,
+            &reference,
+            platform,
+            max_concurrent_downloads,
+            quiet,
+            &registry,
+            out,
+        ),
         ImageCmd::Ls { out } => {
             let usage = store.image_usage()?;
             emit(out, &usage, || {

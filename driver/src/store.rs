@@ -14,6 +14,7 @@
 //!   snapshots/trash/       removed snapshots' data, until Cleanup
 //!   snapshots/empty/       what a view with no parent shows
 //!   tmp/                   staging; everything becomes visible by rename
+//!   downloads/<hex>        partial blobs of an interrupted pull (resumed)
 //! ```
 
 use std::fs::{self, File};
@@ -93,6 +94,7 @@ impl Store {
             "containers",
             "volumes",
             "tmp",
+            "downloads",
             "snapshots/trash",
             "snapshots/empty",
         ] {
@@ -125,6 +127,10 @@ impl Store {
     }
     pub fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
+    }
+    /// Partial layer blobs of interrupted pulls, resumed by the next one.
+    pub fn downloads_dir(&self) -> PathBuf {
+        self.root.join("downloads")
     }
     pub fn snapshots_dir(&self) -> PathBuf {
         self.root.join("snapshots")

@@ -53,7 +53,7 @@ pub fn parse(files: &ImageFiles, tag: Option<&str>, src: &Path) -> Result<Source
                 .strip_prefix("blobs/sha256/")
                 .and_then(|h| Digest::parse(&format!("sha256:{h}")).ok());
             Ok(SourceLayer {
-                blob: files.blob(l, src)?,
+                blob: Box::new(files.blob(l, src)?),
                 digest,
             })
         })

@@ -27,8 +27,10 @@ impl Blob {
     pub fn file(path: PathBuf) -> Blob {
         Blob { path, range: None }
     }
+}
 
-    pub fn open(&self) -> io::Result<Box<dyn Read>> {
+impl super::LayerSource for Blob {
+    fn open(&self) -> io::Result<Box<dyn Read + '_>> {
         let mut f = File::open(&self.path)?;
         Ok(match self.range {
             None => Box::new(f),
@@ -39,10 +41,10 @@ impl Blob {
         })
     }
 
-    pub fn size(&self) -> io::Result<u64> {
+    fn size(&self) -> Option<u64> {
         match self.range {
-            Some((_, len)) => Ok(len),
-            None => Ok(std::fs::metadata(&self.path)?.len()),
+            Some((_, len)) => Some(len),
+            None => std::fs::metadata(&self.path).ok().map(|m| m.len()),
         }
     }
 }
@@ -192,8 +194,7 @@ impl ImageFiles {
     /// read whole.
     pub fn read_small(&self, rel: &str, src: &Path) -> Result<Vec<u8>> {
         let mut data = Vec::new();
-        self.blob(rel, src)?
-            .open()
+        super::LayerSource::open(&self.blob(rel, src)?)
             .and_then(|r| r.take(SMALL_MAX + 1).read_to_end(&mut data))
             .ctx(|| format!("reading {rel} in {}", src.display()))?;
         if data.len() as u64 > SMALL_MAX {

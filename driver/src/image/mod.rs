@@ -9,6 +9,7 @@ pub mod config;
 pub mod docker;
 pub mod files;
 pub mod oci;
+pub mod platform;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -17,9 +18,23 @@ use crate::archive::{apply::clean_path, compression};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 
+/// Where a layer's blob is read from: a file (or a byte range of one,
+/// see `files`), or a registry (see `registry::fetcher`). The extraction
+/// reads every source the same way.
+pub trait LayerSource: std::fmt::Display + std::fmt::Debug + Send + Sync {
+    /// The blob from its first byte.
+    fn open(&self) -> std::io::Result<Box<dyn std::io::Read + '_>>;
+    /// Its size in bytes, where known before reading it.
+    fn size(&self) -> Option<u64>;
+    /// The layer it holds is stored: a download's partial copy can go.
+    fn stored(&self) {}
+    /// Its bytes proved wrong: forget any copy of them.
+    fn discard(&self) {}
+}
+
 #[derive(Debug)]
 pub struct SourceLayer {
-    pub blob: files::Blob,
+    pub blob: Box<dyn LayerSource>,
     /// Digest of the blob as stored (compressed), where the format has one.
     pub digest: Option<Digest>,
 }

@@ -6,19 +6,20 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::files::ImageFiles;
-use super::{config::host_arch, invalid, SourceImage, SourceLayer};
+use super::platform::Platform;
+use super::{invalid, SourceImage, SourceLayer};
 use crate::digest::Digest;
 use crate::error::Result;
 
-const MANIFEST_TYPES: &[&str] = &[
+pub const MANIFEST_TYPES: &[&str] = &[
     "application/vnd.oci.image.manifest.v1+json",
     "application/vnd.docker.distribution.manifest.v2+json",
 ];
-const INDEX_TYPES: &[&str] = &[
+pub const INDEX_TYPES: &[&str] = &[
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 ];
-const LAYER_TYPES: &[&str] = &[
+pub const LAYER_TYPES: &[&str] = &[
     "application/vnd.oci.image.layer.v1.tar",
     "application/vnd.oci.image.layer.v1.tar+gzip",
     "application/vnd.oci.image.layer.v1.tar+zstd",
@@ -106,7 +107,7 @@ pub fn parse(files: &ImageFiles, tag: Option<&str>, src: &Path) -> Result<Source
                 .blob(&blob_path(&digest), src)
                 .map_err(|_| invalid(src, format!("manifest names missing blob {digest}")))?;
             Ok(SourceLayer {
-                blob,
+                blob: Box::new(blob),
                 digest: Some(digest),
             })
         })
@@ -154,22 +155,11 @@ fn resolve(
         .get("manifests")
         .and_then(Value::as_array)
         .ok_or_else(|| invalid(src, format!("index {digest} has no manifests")))?;
-    let pick = entries
-        .iter()
-        .find(|m| {
-            m.pointer("/platform/architecture").and_then(Value::as_str) == Some(host_arch())
-                && m.pointer("/platform/os")
-                    .and_then(Value::as_str)
-                    .unwrap_or("linux")
-                    == "linux"
-        })
+    let platform = Platform::host();
+    let pick = platform
+        .pick(entries)
         .or_else(|| (entries.len() == 1).then(|| &entries[0]))
-        .ok_or_else(|| {
-            invalid(
-                src,
-                format!("index {digest} has no linux/{} image", host_arch()),
-            )
-        })?;
+        .ok_or_else(|| invalid(src, format!("index {digest} has no {platform} image")))?;
     resolve(files, pick, src, seen)
 }
 

@@ -18,6 +18,7 @@ pub mod containerd;
 pub mod docker;
 pub mod loopfs;
 pub mod podman;
+pub mod registry;
 
 /// Privileged tests run as root. In CI (CI=true) not being root is a
 /// failure, never a skip.

@@ -1,0 +1,239 @@
+//! What an import or a pull tells its user while it runs: one interface,
+//! `Progress`, and its printers. A bar for the whole import on a terminal;
+//! for a pull, docker's one line per layer (bars on a terminal, plain
+//! lines elsewhere), JSON events for scripts, or nothing.
+
+use std::io::{self, IsTerminal, Write};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// Events by the index of the layer in the image, bottom first. Called
+/// from the extraction threads, so implementations are Sync.
+pub trait Progress: Sync {
+    /// Layer `index` is being read: `size` blob bytes where known.
+    fn started(&self, index: usize, size: Option<u64>);
+    /// `bytes` more of it were read.
+    fn advanced(&self, index: usize, bytes: u64);
+    /// It is extracted and verified.
+    fn done(&self, index: usize);
+    /// The store has it already: it is not read at all.
+    fn exists(&self, index: usize, size: Option<u64>);
+    /// Everything is read (publishing follows).
+    fn finish(&self) {}
+}
+
+/// No output (`--quiet`, and the library's own callers).
+pub struct Silent;
+
+impl Progress for Silent {
+    fn started(&self, _: usize, _: Option<u64>) {}
+    fn advanced(&self, _: usize, _: u64) {}
+    fn done(&self, _: usize) {}
+    fn exists(&self, _: usize, _: Option<u64>) {}
+}
+
+/// One bar for all the bytes of an import, on a terminal only.
+pub struct TotalBar(Option<indicatif::ProgressBar>);
+
+impl TotalBar {
+    pub fn new(total: u64) -> TotalBar {
+        if !io::stderr().is_terminal() {
+            return TotalBar(None);
+        }
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} importing [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .expect("static template")
+            .progress_chars("=> "),
+        );
+        TotalBar(Some(bar))
+    }
+}
+
+impl Progress for TotalBar {
+    fn started(&self, _: usize, _: Option<u64>) {}
+    fn advanced(&self, _: usize, bytes: u64) {
+        if let Some(bar) = &self.0 {
+            bar.inc(bytes);
+        }
+    }
+    fn done(&self, _: usize) {}
+    fn exists(&self, index: usize, size: Option<u64>) {
+        self.advanced(index, size.unwrap_or(0));
+    }
+    fn finish(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// A layer as the per-layer printers name it: its blob digest's first 12
+/// hex digits, as docker shows it.
+fn short(digest: &str) -> &str {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    &hex[..hex.len().min(12)]
+}
+
+/// Per layer: bytes read and when it started.
+struct LayerState {
+    read: u64,
+    since: Option<Instant>,
+}
+
+/// docker's per-layer pull lines: a bar each on a terminal; elsewhere a
+/// plain line when a layer starts and one when it is done, with its rate.
+pub struct LayerLines {
+    digests: Vec<String>,
+    bars: Option<(indicatif::MultiProgress, Vec<indicatif::ProgressBar>)>,
+    state: Mutex<Vec<LayerState>>,
+}
+
+impl LayerLines {
+    /// `digests`: the layers' blob digests, bottom first. Bars only when
+    /// stderr is a terminal.
+    pub fn new(digests: Vec<String>) -> LayerLines {
+        let state = digests
+            .iter()
+            .map(|_| LayerState {
+                read: 0,
+                since: None,
+            })
+            .collect();
+        let bars = io::stderr().is_terminal().then(|| {
+            let multi = indicatif::MultiProgress::new();
+            let style = indicatif::ProgressStyle::with_template(
+                "{prefix}: {msg:12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .expect("static template")
+            .progress_chars("=> ");
+            let bars = digests
+                .iter()
+                .map(|d| {
+                    let b = multi.add(indicatif::ProgressBar::new(0));
+                    b.set_style(style.clone());
+                    b.set_prefix(short(d).to_string());
+                    b.set_message("waiting");
+                    b
+                })
+                .collect();
+            (multi, bars)
+        });
+        LayerLines {
+            digests,
+            bars,
+            state: Mutex::new(state),
+        }
+    }
+
+    fn line(&self, index: usize, what: &str) {
+        let _ = writeln!(io::stderr(), "{}: {what}", short(&self.digests[index]));
+    }
+}
+
+impl Progress for LayerLines {
+    fn started(&self, index: usize, size: Option<u64>) {
+        self.state.lock().expect("no panics under the lock")[index].since = Some(Instant::now());
+        match &self.bars {
+            Some((_, bars)) => {
+                bars[index].set_length(size.unwrap_or(0));
+                bars[index].set_message("downloading");
+            }
+            None => self.line(index, &format!("downloading {}", bytes(size.unwrap_or(0)))),
+        }
+    }
+    fn advanced(&self, index: usize, n: u64) {
+        self.state.lock().expect("no panics under the lock")[index].read += n;
+        if let Some((_, bars)) = &self.bars {
+            bars[index].inc(n);
+        }
+    }
+    fn done(&self, index: usize) {
+        let (read, since) = {
+            let s = &self.state.lock().expect("no panics under the lock")[index];
+            (s.read, s.since)
+        };
+        let secs = since.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        match &self.bars {
+            Some((_, bars)) => bars[index].finish_with_message("pull complete"),
+            None => self.line(
+                index,
+                &format!(
+                    "pull complete, {} in {secs:.2}s ({}/s)",
+                    bytes(read),
+                    bytes((read as f64 / secs.max(1e-3)) as u64)
+                ),
+            ),
+        }
+    }
+    fn exists(&self, index: usize, _: Option<u64>) {
+        match &self.bars {
+            Some((_, bars)) => bars[index].finish_with_message("already exists"),
+            None => self.line(index, "already exists"),
+        }
+    }
+}
+
+/// One JSON object per line on stderr per event, for scripts:
+/// `{"event":"started"|"done"|"exists","layer":DIGEST,...}`.
+pub struct JsonEvents {
+    digests: Vec<String>,
+    started: Mutex<Vec<Option<Instant>>>,
+    read: Mutex<Vec<u64>>,
+}
+
+impl JsonEvents {
+    pub fn new(digests: Vec<String>) -> JsonEvents {
+        let n = digests.len();
+        JsonEvents {
+            digests,
+            started: Mutex::new(vec![None; n]),
+            read: Mutex::new(vec![0; n]),
+        }
+    }
+
+    fn emit(&self, v: serde_json::Value) {
+        let _ = writeln!(io::stderr(), "{v}");
+    }
+}
+
+impl Progress for JsonEvents {
+    fn started(&self, index: usize, size: Option<u64>) {
+        self.started.lock().expect("no panics under the lock")[index] = Some(Instant::now());
+        self.emit(
+            serde_json::json!({"event": "started", "layer": self.digests[index], "size": size}),
+        );
+    }
+    fn advanced(&self, index: usize, n: u64) {
+        self.read.lock().expect("no panics under the lock")[index] += n;
+    }
+    fn done(&self, index: usize) {
+        let read = self.read.lock().expect("no panics under the lock")[index];
+        let secs = self.started.lock().expect("no panics under the lock")[index]
+            .map_or(0.0, |t| t.elapsed().as_secs_f64());
+        self.emit(serde_json::json!({"event": "done", "layer": self.digests[index], "bytes": read, "seconds": secs}));
+    }
+    fn exists(&self, index: usize, size: Option<u64>) {
+        self.emit(
+            serde_json::json!({"event": "exists", "layer": self.digests[index], "size": size}),
+        );
+    }
+}
+
+/// `12.3 MB`: decimal units, as docker prints them.
+fn bytes(n: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < units.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}

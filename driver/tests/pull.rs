@@ -1,0 +1,356 @@
+//! `strata image pull` from a real registry (the CNCF distribution
+//! registry, on 127.0.0.1): every layer compression, multi-platform
+//! indexes, TLS verified with a CA made for the run, basic auth, and
+//! layers the store has already not fetched again.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use strata_driver::archive::compression::Compression;
+use strata_driver::image::build::{write_oci_layout, LayerTar};
+use strata_driver::image::platform::Platform;
+use strata_driver::import::{import, ImportOptions};
+use strata_driver::pull::{pull, PullOptions};
+use strata_driver::registry::credentials::Credentials;
+use strata_driver::testing::registry::{Registry, RegistryConfig};
+use strata_driver::testing::{privileged, snapshot, TestStore};
+use strata_driver::Store;
+
+/// A base layer with files, a directory and a hardlink; a top layer that
+/// whites one file out and makes a directory opaque.
+fn layers(dir: &Path, seed: u8) -> Vec<PathBuf> {
+    let mut a = LayerTar::create(&dir.join("a.tar")).unwrap();
+    a.dir("etc", 0o755, 0, 0).unwrap();
+    a.file(
+        "etc/os-release",
+        format!("ID=strata{seed}\n").as_bytes(),
+        0o644,
+    )
+    .unwrap();
+    a.pattern_file("usr/bin/tool", 700_000, seed).unwrap();
+    a.hardlink("usr/bin/tool-link", "usr/bin/tool").unwrap();
+    a.file("var/cache/old", b"old\n", 0o644).unwrap();
+    a.file("opt/app/stale", b"stale\n", 0o644).unwrap();
+    let mut b = LayerTar::create(&dir.join("b.tar")).unwrap();
+    b.whiteout("var/cache/old").unwrap();
+    b.opaque("opt/app").unwrap();
+    b.file("opt/app/fresh", b"fresh\n", 0o600).unwrap();
+    vec![a.finish().unwrap(), b.finish().unwrap()]
+}
+
+/// What a container of `image` sees, and the image's ID.
+fn view(store: &Store, image: &str) -> (std::collections::BTreeMap<String, String>, String) {
+    let img = store.find_image(image).unwrap();
+    let seen = in_container(store, image, snapshot);
+    (seen, img.id.to_string())
+}
+
+/// `f` of the merged view of a new container of `image`.
+fn in_container<T>(store: &Store, image: &str, f: impl FnOnce(&Path) -> T) -> T {
+    let c = store.create_container(image, &Default::default()).unwrap();
+    let merged = store.mount_container(&c.id).unwrap();
+    let out = f(&merged);
+    store.remove_container(&c.id, true).unwrap();
+    out
+}
+
+fn blob_gets(reg: &Registry, repo: &str) -> usize {
+    reg.requests(&[&format!("\"GET /v2/{repo}/blobs/"), "strata/"])
+}
+
+#[test]
+fn a_pull_stores_what_an_import_of_the_same_image_stores() {
+    if !privileged() {
+        return;
+    }
+    let ts = TestStore::new();
+    let reg = Registry::start(&ts.scratch("registry"), &RegistryConfig::default());
+    let imported = TestStore::new();
+    for (i, compression) in [Compression::Gzip, Compression::Zstd, Compression::None]
+        .into_iter()
+        .enumerate()
+    {
+        let work = ts.scratch(&format!("src{i}"));
+        let layout = work.join("layout");
+        write_oci_layout(&layout, "v1", &layers(&work, i as u8), compression).unwrap();
+        let repo = format!("test/c{i}");
+        reg.push(
+            &format!("oci:{}:v1", layout.display()),
+            &format!("{repo}:v1"),
+            &[],
+        );
+
+        let reference = format!("{}/{repo}:v1", reg.host);
+        let report = pull(&ts.store, &reference, &PullOptions::default()).unwrap();
+        assert!(report.layers.iter().all(|l| !l.shared), "{compression:?}");
+        assert_eq!(
+            blob_gets(&reg, &repo),
+            3,
+            "config + 2 layers: {}",
+            reg.log()
+        );
+        let name = format!("{}:v1", layout.display());
+        let ours = import(
+            &imported.store,
+            &name,
+            &ImportOptions {
+                name: Some(format!("imp{i}")),
+                progress: false,
+            },
+        )
+        .unwrap();
+        let (pulled_view, pulled_id) = view(&ts.store, &reference);
+        let (imported_view, imported_id) = view(&imported.store, &format!("imp{i}"));
+        assert_eq!(
+            pulled_id, imported_id,
+            "{compression:?}: same config, same ID"
+        );
+        assert_eq!(pulled_view, imported_view, "{compression:?}");
+        assert_eq!(report.image.id, ours.image.id);
+        assert!(pulled_view["opt/app/fresh"].contains("mode=100600"));
+        assert!(!pulled_view.contains_key("var/cache/old"));
+        assert!(!pulled_view.contains_key("opt/app/stale"));
+
+        // Pulled again (by digest this time): nothing is fetched but the
+        // manifest and the config.
+        let by_digest = format!("{}/{repo}@{}", reg.host, report.manifest_digest);
+        let again = pull(&ts.store, &by_digest, &PullOptions::default()).unwrap();
+        assert!(again.layers.iter().all(|l| l.shared));
+        assert_eq!(blob_gets(&reg, &repo), 4, "only the config again");
+        assert_eq!(again.image.id, report.image.id);
+        let img = ts.store.find_image(&by_digest).unwrap();
+        assert_eq!(
+            img.repo_digests,
+            vec![format!("{}/{repo}@{}", reg.host, report.manifest_digest)]
+        );
+    }
+    assert!(ts.store.check(false).unwrap().is_empty());
+    assert_eq!(
+        fs::read_dir(ts.store.downloads_dir()).unwrap().count(),
+        0,
+        "no partial blob left"
+    );
+}
+
+/// An OCI layout whose one entry is an index of an amd64 and an arm64
+/// image, each with its own /etc/arch.
+fn multi_platform_layout(work: &Path) -> PathBuf {
+    let layout = work.join("multi");
+    for arch in ["amd64", "arm64"] {
+        let mut l = LayerTar::create(&work.join(format!("{arch}.tar"))).unwrap();
+        l.file("etc/arch", arch.as_bytes(), 0o644).unwrap();
+        write_oci_layout(&layout, arch, &[l.finish().unwrap()], Compression::Gzip).unwrap();
+    }
+    let index_path = layout.join("index.json");
+    let index: serde_json::Value = serde_json::from_slice(&fs::read(&index_path).unwrap()).unwrap();
+    let mut entries = index["manifests"].as_array().unwrap().clone();
+    for e in &mut entries {
+        let arch = e["annotations"]["org.opencontainers.image.ref.name"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        e["platform"] = serde_json::json!({"os": "linux", "architecture": arch});
+        e.as_object_mut().unwrap().remove("annotations");
+    }
+    let inner = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries,
+    })
+    .to_string();
+    let digest = strata_driver::digest::Digest::of_bytes(inner.as_bytes());
+    fs::write(layout.join("blobs/sha256").join(digest.hex()), &inner).unwrap();
+    let outer = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": digest,
+            "size": inner.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "multi"},
+        }],
+    });
+    fs::write(&index_path, outer.to_string()).unwrap();
+    layout
+}
+
+#[test]
+fn a_multi_platform_index_gives_the_platform_asked_for() {
+    if !privileged() {
+        return;
+    }
+    let ts = TestStore::new();
+    let reg = Registry::start(&ts.scratch("registry"), &RegistryConfig::default());
+    let layout = multi_platform_layout(&ts.scratch("src"));
+    reg.push(
+        &format!("oci:{}:multi", layout.display()),
+        "test/multi:v1",
+        &["--all"],
+    );
+    let reference = format!("{}/test/multi:v1", reg.host);
+
+    let arch = |image: &str| {
+        in_container(&ts.store, image, |m| {
+            fs::read_to_string(m.join("etc/arch")).unwrap()
+        })
+    };
+    let host = pull(&ts.store, &reference, &PullOptions::default()).unwrap();
+    assert_eq!(arch(&reference), Platform::host().architecture);
+
+    let arm = PullOptions {
+        platform: Platform::parse("linux/arm64").unwrap(),
+        ..Default::default()
+    };
+    let other = pull(&ts.store, &reference, &arm).unwrap();
+    assert_ne!(other.image.id, host.image.id);
+    assert_eq!(arch(other.image.id.as_str()), "arm64");
+
+    let s390 = PullOptions {
+        platform: Platform::parse("linux/s390x").unwrap(),
+        ..Default::default()
+    };
+    let e = pull(&ts.store, &reference, &s390).unwrap_err().to_string();
+    assert!(
+        e.contains("no image for linux/s390x") && e.contains("linux/amd64, linux/arm64"),
+        "{e}"
+    );
+}
+
+/// A CA and a certificate for 127.0.0.1 signed by it, as PEM files in
+/// `dir`: (ca.crt, server.crt, server.key).
+fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let paths = (
+        dir.join("ca.crt"),
+        dir.join("server.crt"),
+        dir.join("server.key"),
+    );
+    fs::write(&paths.0, ca.pem()).unwrap();
+    fs::write(&paths.1, cert.pem()).unwrap();
+    fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+fn one_layer_layout(work: &Path) -> PathBuf {
+    let layout = work.join("layout");
+    let mut l = LayerTar::create(&work.join("l.tar")).unwrap();
+    l.file("hello", b"hello\n", 0o644).unwrap();
+    write_oci_layout(&layout, "v1", &[l.finish().unwrap()], Compression::Gzip).unwrap();
+    layout
+}
+
+#[test]
+fn tls_is_verified_against_the_ca_given_and_never_skipped() {
+    if !privileged() {
+        return;
+    }
+    let ts = TestStore::new();
+    let certs = ts.scratch("certs");
+    let (ca, cert, key) = make_certs(&certs);
+    let reg = Registry::start(
+        &ts.scratch("registry"),
+        &RegistryConfig {
+            tls: Some((cert, key)),
+            ..Default::default()
+        },
+    );
+    let layout = one_layer_layout(&ts.scratch("src"));
+    reg.push(&format!("oci:{}:v1", layout.display()), "test/tls:v1", &[]);
+    let reference = format!("{}/test/tls:v1", reg.host);
+
+    let mut opts = PullOptions::default();
+    opts.registry.transport.certs_dirs.clear();
+    let e = pull(&ts.store, &reference, &opts).unwrap_err().to_string();
+    assert!(
+        e.contains("certificate not trusted") && e.contains("--tls-ca"),
+        "{e}"
+    );
+    assert!(ts.store.images().unwrap().is_empty());
+
+    opts.registry.transport.ca_files = vec![ca.clone()];
+    pull(&ts.store, &reference, &opts).unwrap();
+
+    // The same CA as certs.d/HOST:PORT/ca.crt, as docker keeps it.
+    let certs_d = ts.scratch("certs.d");
+    fs::create_dir_all(certs_d.join(&reg.host)).unwrap();
+    fs::copy(&ca, certs_d.join(&reg.host).join("ca.crt")).unwrap();
+    let other = TestStore::new();
+    let mut opts = PullOptions::default();
+    opts.registry.transport.certs_dirs = vec![certs_d];
+    pull(&other.store, &reference, &opts).unwrap();
+
+    // Marked insecure, the certificate is not checked.
+    let third = TestStore::new();
+    let mut opts = PullOptions::default();
+    opts.registry.transport.certs_dirs.clear();
+    opts.registry.transport.insecure = vec![reg.host.clone()];
+    pull(&third.store, &reference, &opts).unwrap();
+}
+
+#[test]
+fn basic_auth_takes_credentials_from_the_flag_or_an_auth_file_and_never_shows_them() {
+    if !privileged() {
+        return;
+    }
+    let ts = TestStore::new();
+    let dir = ts.scratch("auth");
+    let htpasswd = dir.join("htpasswd");
+    let hash = bcrypt::hash("pa55-word", 5).unwrap();
+    fs::write(&htpasswd, format!("tester:{hash}\n")).unwrap();
+    let reg = Registry::start(
+        &ts.scratch("registry"),
+        &RegistryConfig {
+            htpasswd: Some(htpasswd),
+            ..Default::default()
+        },
+    );
+    let layout = one_layer_layout(&ts.scratch("src"));
+    reg.push(
+        &format!("oci:{}:v1", layout.display()),
+        "test/private:v1",
+        &["--dest-creds", "tester:pa55-word"],
+    );
+    let reference = format!("{}/test/private:v1", reg.host);
+
+    let e = pull(&ts.store, &reference, &PullOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("needs credentials"), "{e}");
+    let mut wrong = PullOptions::default();
+    wrong.registry.credentials = Some(Credentials::new("tester", "not-it"));
+    let e = pull(&ts.store, &reference, &wrong).unwrap_err();
+    let shown = format!("{e} {e:?}");
+    assert!(
+        shown.contains("refused the credentials of \"tester\""),
+        "{shown}"
+    );
+    assert!(!shown.contains("not-it"), "the password leaked: {shown}");
+
+    let mut right = PullOptions::default();
+    right.registry.credentials = Some(Credentials::parse("tester:pa55-word").unwrap());
+    pull(&ts.store, &reference, &right).unwrap();
+
+    use base64::Engine as _;
+    let auth_file = dir.join("auth.json");
+    let b64 = base64::engine::general_purpose::STANDARD.encode("tester:pa55-word");
+    fs::write(
+        &auth_file,
+        format!(r#"{{"auths":{{"{}":{{"auth":"{b64}"}}}}}}"#, reg.host),
+    )
+    .unwrap();
+    let other = TestStore::new();
+    let mut from_file = PullOptions::default();
+    from_file.registry.auth_files = vec![dir.join("missing.json"), auth_file];
+    pull(&other.store, &reference, &from_file).unwrap();
+    assert_eq!(other.store.images().unwrap().len(), 1);
+}
