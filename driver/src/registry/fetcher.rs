@@ -178,7 +178,10 @@ impl<'a> Download<'a> {
                     )))
                 }
                 Ok(n) => return Ok(n),
-                Err(e) => e.to_string(),
+                Err(e) => format!(
+                    "the connection failed at byte {} of {}: {e}",
+                    self.at, self.blob.size
+                ),
             };
             self.body = None;
             self.failures += 1;
