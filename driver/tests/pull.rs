@@ -3,8 +3,11 @@
 //! indexes, TLS verified with a CA made for the run, basic auth, and
 //! layers the store has already not fetched again.
 
+mod support;
+
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 
 use strata_driver::archive::compression::Compression;
 use strata_driver::image::build::{write_oci_layout, LayerTar};
@@ -353,4 +356,72 @@ fn basic_auth_takes_credentials_from_the_flag_or_an_auth_file_and_never_shows_th
     from_file.registry.auth_files = vec![dir.join("missing.json"), auth_file];
     pull(&other.store, &reference, &from_file).unwrap();
     assert_eq!(other.store.images().unwrap().len(), 1);
+}
+
+#[test]
+fn token_auth_is_anonymous_where_allowed_and_one_token_serves_a_pull() {
+    if !privileged() {
+        return;
+    }
+    use support::token::{TokenServer, ISSUER, SERVICE, USER};
+    let ts = TestStore::new();
+    let tokens = TokenServer::start(&ts.scratch("token"));
+    let reg = Registry::start(
+        &ts.scratch("registry"),
+        &RegistryConfig {
+            token: Some((
+                tokens.realm.clone(),
+                SERVICE.into(),
+                ISSUER.into(),
+                tokens.bundle.clone(),
+            )),
+            ..Default::default()
+        },
+    );
+    let work = ts.scratch("src");
+    let layout = work.join("layout");
+    write_oci_layout(&layout, "v1", &layers(&work, 9), Compression::Gzip).unwrap();
+    let creds = format!("{}:{}", USER.0, USER.1);
+    for repo in ["public/app:v1", "private/app:v1"] {
+        reg.push(
+            &format!("oci:{}:v1", layout.display()),
+            repo,
+            &["--dest-creds", &creds],
+        );
+    }
+
+    // Anonymous: the token server grants pull of public/* only.
+    let before = tokens.issued.load(Ordering::SeqCst);
+    pull(
+        &ts.store,
+        &format!("{}/public/app:v1", reg.host),
+        &PullOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        tokens.issued.load(Ordering::SeqCst) - before,
+        1,
+        "one token for manifest, config and both layers"
+    );
+    let private = format!("{}/private/app:v1", reg.host);
+    let e = pull(&ts.store, &private, &PullOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("needs credentials"), "{e}");
+
+    let mut wrong = PullOptions::default();
+    wrong.registry.credentials = Some(Credentials::new(USER.0, "nope"));
+    let e = pull(&ts.store, &private, &wrong).unwrap_err().to_string();
+    assert!(
+        e.contains("refused the credentials") && !e.contains("nope"),
+        "{e}"
+    );
+
+    let mut right = PullOptions::default();
+    right.registry.credentials = Some(Credentials::new(USER.0, USER.1));
+    let report = pull(&ts.store, &private, &right).unwrap();
+    assert!(
+        report.layers.iter().all(|l| l.shared),
+        "the same layers as public/app's"
+    );
 }
