@@ -9,6 +9,7 @@ mod harness;
 mod hot_path;
 mod ops;
 mod peers;
+mod pull;
 mod serve;
 
 use std::path::PathBuf;
@@ -35,7 +36,7 @@ struct Cli {
     #[arg(long, default_value_t = 0.10)]
     threshold: f64,
     /// Only benches whose group matches: ops (import and containers), peers,
-    /// containerd, cow, serve, overhead.
+    /// pull, containerd, cow, serve, overhead.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     #[arg(long)]
@@ -73,6 +74,10 @@ fn main() -> Result<()> {
         if wanted("peers") {
             eprintln!("import, strata vs the engines' own (fresh filesystems):");
             results.extend(peers::all(&env, &cli.out.join("cache"))?);
+        }
+        if wanted("pull") {
+            eprintln!("pull from a local registry (fresh filesystems):");
+            results.extend(pull::all(&env, &cli.out.join("cache"))?);
         }
         if wanted("containerd") {
             eprintln!("containerd, strata snapshotter vs overlayfs:");

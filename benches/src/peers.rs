@@ -86,7 +86,7 @@ struct Source {
 }
 
 /// Runs `cmd`, which must succeed.
-fn run(mut cmd: Command, what: &str) -> Result<()> {
+pub(crate) fn run(mut cmd: Command, what: &str) -> Result<()> {
     let out = cmd.output().with_context(|| format!("running {what}"))?;
     if !out.status.success() {
         bail!("{what}: {}", String::from_utf8_lossy(&out.stderr).trim());
@@ -119,7 +119,7 @@ fn against(
 
 /// A peer's load, whose image is removed (by `remove`) before every
 /// sample but the first, so that each sample writes its layers again.
-fn load_afresh<'a>(
+pub(crate) fn load_afresh<'a>(
     remove: impl Fn() -> Result<()> + 'a,
     load: impl Fn() -> Result<()> + 'a,
 ) -> Timed<'a> {

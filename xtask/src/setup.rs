@@ -40,6 +40,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     // The profiler overhead bench's peer: what a user would write by hand
     // to time write-mode opens.
     ("bpftrace", "bpftrace"),
+    // The pull bench's floor: every blob fetched with curl, piped to tar.
+    ("curl", "curl"),
 ];
 
 pub fn setup() -> Result<()> {

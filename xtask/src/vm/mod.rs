@@ -50,6 +50,18 @@ const NOT_IN_GUEST: &[(&str, &str, &str)] = &[
          without them (the hand-made relative overlay, the same kernel reads, runs in profiler)",
     ),
     (
+        "pull",
+        "",
+        "needs the distribution registry and skopeo (host only); the layers it pulls go through \
+         the same extraction the guest's images tests run",
+    ),
+    (
+        "pull_hostile",
+        "",
+        "speaks HTTP on the guest's loopback, which the minimal busybox system does not bring up; \
+         what it tests is the registry client, not the kernel",
+    ),
+    (
         "profiler",
         "record_follows_a_containerd_container",
         "needs containerd, ctr and runc; the guest is a minimal busybox system without them",
