@@ -173,17 +173,17 @@ fn plain(path: PathBuf) -> SourceImage {
     }
 }
 
-struct Staged {
+pub(crate) struct Staged {
     dir: Option<StagingDir>,
-    chain_id: Digest,
-    diff_id: Digest,
+    pub chain_id: Digest,
+    pub diff_id: Digest,
     parent: Option<Digest>,
     size: u64,
 }
 
 impl Staged {
     /// Where this layer's contents are now: staging, or the store.
-    fn diff_dir(&self, store: &Store) -> PathBuf {
+    pub fn diff_dir(&self, store: &Store) -> PathBuf {
         match &self.dir {
             Some(d) => d.path().join("diff"),
             None => store.layer_diff(&self.chain_id),
@@ -197,6 +197,45 @@ fn import_source(
     src: &Path,
     how: &Publish,
 ) -> Result<ImportReport> {
+    let staged = stage_image(store, source, src, how)?;
+    let id = Digest::of_bytes(&staged.config);
+    let _lock = store.lock()?;
+    // From the first publish to the image record: if this process dies in
+    // between, the next command finds this abandoned and rolls back.
+    let txn = Txn::begin(&store.tmp_dir(), "import")?;
+    let layers = publish_layers(store, staged.layers)?;
+    let image = ImageRecord {
+        id,
+        names: how.names.clone(),
+        layers: layers.iter().map(|l| l.chain_id.clone()).collect(),
+        diff_ids: staged.diff_ids,
+        created: now_secs(),
+        repo_digests: how.repo_digests.clone(),
+    };
+    store.put_image(&image, &staged.config)?;
+    txn.done();
+    for layer in &source.layers {
+        layer.blob.stored();
+    }
+    let image = store.find_image(image.id.as_str())?;
+    Ok(ImportReport { image, layers })
+}
+
+/// An image's layers extracted, verified and durable in staging (or found
+/// stored), with its config: ready to publish under the store lock.
+pub(crate) struct StagedImage {
+    pub layers: Vec<Staged>,
+    pub diff_ids: Vec<Digest>,
+    pub config: Vec<u8>,
+}
+
+/// Stages every layer of `source` (see stage_layers) and flushes them.
+pub(crate) fn stage_image(
+    store: &Store,
+    source: &SourceImage,
+    src: &Path,
+    how: &Publish,
+) -> Result<StagedImage> {
     let expected_diff_ids = match &source.config {
         Some(c) => {
             let ids = config::diff_ids(c).map_err(|e| image::invalid(src, e.to_string()))?;
@@ -214,11 +253,10 @@ fn import_source(
         }
         None => None,
     };
-    let staged = stage_layers(store, source, expected_diff_ids.as_deref(), how, src)?;
+    let layers = stage_layers(store, source, expected_diff_ids.as_deref(), how, src)?;
     how.progress.finish();
-
-    let diff_ids: Vec<Digest> = staged.iter().map(|s| s.diff_id.clone()).collect();
-    let config_bytes = match &source.config {
+    let diff_ids: Vec<Digest> = layers.iter().map(|s| s.diff_id.clone()).collect();
+    let config = match &source.config {
         Some(c) => c.clone(),
         None => config::new_config(
             None,
@@ -226,15 +264,20 @@ fn import_source(
             &format!("strata image import {}", src.display()),
         ),
     };
-    let id = Digest::of_bytes(&config_bytes);
-    let names = how.names.clone();
-
     // Durable before visible: one syncfs covers every staged file.
     fsutil::syncfs(&store.tmp_dir())?;
-    let _lock = store.lock()?;
-    // From the first publish to the image record: if this process dies in
-    // between, the next command finds this abandoned and rolls back.
-    let txn = Txn::begin(&store.tmp_dir(), "import")?;
+    Ok(StagedImage {
+        layers,
+        diff_ids,
+        config,
+    })
+}
+
+/// Publishes the staged layers, bottom first; the caller holds the store
+/// lock inside a transaction. A layer found stored when staging that is
+/// gone now (a concurrent `image rm`) is a Conflict: the caller tries
+/// again.
+pub(crate) fn publish_layers(store: &Store, staged: Vec<Staged>) -> Result<Vec<ImportedLayer>> {
     for s in staged.iter().filter(|s| s.dir.is_none()) {
         if store.layer(&s.chain_id)?.is_none() {
             return Err(Error::Conflict(format!("layer {}", s.chain_id)));
@@ -257,21 +300,7 @@ fn import_source(
             shared,
         });
     }
-    let image = ImageRecord {
-        id,
-        names,
-        layers: layers.iter().map(|l| l.chain_id.clone()).collect(),
-        diff_ids,
-        created: now_secs(),
-        repo_digests: how.repo_digests.clone(),
-    };
-    store.put_image(&image, &config_bytes)?;
-    txn.done();
-    for layer in &source.layers {
-        layer.blob.stored();
-    }
-    let image = store.find_image(image.id.as_str())?;
-    Ok(ImportReport { image, layers })
+    Ok(layers)
 }
 
 /// Every layer of `source`, bottom first: shared where its chain (from

@@ -136,6 +136,15 @@ enum Cmd {
         /// Open the socket to this group (mode 0660).
         #[arg(long)]
         group: Option<String>,
+        /// Let containerd fetch every layer itself, even when its labels
+        /// ask a remote snapshotter to (by default strata fetches them).
+        #[arg(long)]
+        no_remote_pull: bool,
+        /// Layers strata fetches at once for containerd.
+        #[arg(long, default_value_t = strata_driver::pull::DEFAULT_JOBS)]
+        max_concurrent_downloads: usize,
+        #[command(flatten)]
+        registry: RegistryFlags,
     },
     /// Find (and with --repair fix) what a crash or a hand-made change
     /// left wrong; exits non-zero while a problem remains.
@@ -320,7 +329,24 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Image(cmd) => image_cmd(&store, cmd),
-        Cmd::Snapshotter { address, group } => serve_snapshotter(store, address, group),
+        Cmd::Snapshotter {
+            address,
+            group,
+            no_remote_pull,
+            max_concurrent_downloads,
+            registry,
+        } => {
+            let remote_pull = (!no_remote_pull)
+                .then(|| -> Result<_> {
+                    Ok(strata_driver::pull::PullOptions {
+                        registry: registry.options()?,
+                        platform: strata_driver::image::platform::Platform::host(),
+                        jobs: max_concurrent_downloads,
+                    })
+                })
+                .transpose()?;
+            serve_snapshotter(store, address, group, remote_pull)
+        }
         Cmd::Create {
             image,
             name,
@@ -396,7 +422,12 @@ fn main() -> Result<()> {
     }
 }
 
-fn serve_snapshotter(store: Store, address: PathBuf, group: Option<String>) -> Result<()> {
+fn serve_snapshotter(
+    store: Store,
+    address: PathBuf,
+    group: Option<String>,
+    remote_pull: Option<strata_driver::pull::PullOptions>,
+) -> Result<()> {
     let group = group
         .map(|g| {
             nix::unistd::Group::from_name(&g)
@@ -424,7 +455,11 @@ fn serve_snapshotter(store: Store, address: PathBuf, group: Option<String>) -> R
             "strata: serving containerd snapshots on {}",
             address.display()
         );
-        let opts = ServeOptions { address, group };
+        let opts = ServeOptions {
+            address,
+            group,
+            remote_pull,
+        };
         snapshotter::serve(store, opts, stop)
             .await
             .context("strata snapshotter")

@@ -6,18 +6,20 @@
 //! not downloaded. The image appears only when every layer and the
 //! config are verified and durable.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::digest::Digest;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::image::config;
 use crate::image::platform::Platform;
 use crate::image::{SourceImage, SourceLayer};
 use crate::images::ImageRecord;
-use crate::import::{store_source, ImportedLayer, Publish};
-use crate::progress::Progress;
+use crate::import::{stage_image, store_source, ImportedLayer, Publish};
+use crate::progress::{Progress, Silent};
 use crate::registry::fetcher::RemoteBlob;
 use crate::registry::reference::Reference;
 use crate::registry::resolver::{resolve, Resolved};
@@ -84,11 +86,80 @@ impl RemoteImage {
             .collect()
     }
 
+    /// The chain IDs of the layers, bottom first, from the config's
+    /// diffIDs: what containerd names their snapshots.
+    pub fn chain_ids(&self) -> Result<Vec<Digest>> {
+        let mut chain: Option<Digest> = None;
+        Ok(config::diff_ids(&self.resolved.config)?
+            .iter()
+            .map(|d| {
+                let c = Digest::chain(chain.as_ref(), d);
+                chain = Some(c.clone());
+                c
+            })
+            .collect())
+    }
+
     /// Fetches what the store lacks and stores the image under the
     /// reference's name.
     pub fn store(&self, store: &Store, progress: &dyn Progress) -> Result<PullReport> {
+        let source = self.source(store);
+        let r = &self.reference;
+        let how = Publish {
+            names: vec![r.image_name()],
+            repo_digests: vec![format!(
+                "{}/{}@{}",
+                r.registry, r.repository, self.resolved.manifest_digest
+            )],
+            jobs: self.jobs,
+            progress,
+        };
+        let shown = r.to_string();
+        let report = store_source(store, &source, Path::new(&shown), &how)?;
+        Ok(PullReport {
+            reference: shown,
+            manifest_digest: self.resolved.manifest_digest.clone(),
+            image: report.image,
+            layers: report.layers,
+        })
+    }
+
+    /// Fetches what the store lacks and records every layer as the
+    /// committed snapshot containerd names by its chain ID, with `labels`:
+    /// the remote snapshotter's answer (see snapshotter::remote). Returns
+    /// the snapshot names, bottom first.
+    pub fn store_as_snapshots(
+        &self,
+        store: &Store,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Vec<String>> {
+        let source = self.source(store);
+        let how = Publish {
+            names: Vec::new(),
+            repo_digests: Vec::new(),
+            jobs: self.jobs,
+            progress: &Silent,
+        };
+        let shown = self.reference.to_string();
+        let mut attempts = 0;
+        let names = loop {
+            attempts += 1;
+            let staged = stage_image(store, &source, Path::new(&shown), &how)?;
+            match store.publish_fetched_snapshots(staged, labels) {
+                Err(Error::Conflict(_)) if attempts < 3 => continue,
+                other => break other?,
+            }
+        };
+        for layer in &source.layers {
+            layer.blob.stored();
+        }
+        Ok(names)
+    }
+
+    /// The image as a source whose layers stream from the registry.
+    fn source(&self, store: &Store) -> SourceImage {
         let (attempts, backoff) = self.registry.blob_retries();
-        let source = SourceImage {
+        SourceImage {
             config: Some(self.resolved.config.clone()),
             layers: self
                 .resolved
@@ -108,25 +179,7 @@ impl RemoteImage {
                 })
                 .collect(),
             tags: Vec::new(),
-        };
-        let r = &self.reference;
-        let how = Publish {
-            names: vec![r.image_name()],
-            repo_digests: vec![format!(
-                "{}/{}@{}",
-                r.registry, r.repository, self.resolved.manifest_digest
-            )],
-            jobs: self.jobs,
-            progress,
-        };
-        let shown = r.to_string();
-        let report = store_source(store, &source, Path::new(&shown), &how)?;
-        Ok(PullReport {
-            reference: shown,
-            manifest_digest: self.resolved.manifest_digest.clone(),
-            image: report.image,
-            layers: report.layers,
-        })
+        }
     }
 }
 

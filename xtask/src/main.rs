@@ -6,6 +6,7 @@
 mod bpf_toolchain;
 mod containerd_suite;
 mod debs;
+mod go;
 mod setup;
 mod vm;
 

@@ -107,11 +107,12 @@ pub fn setup() -> Result<()> {
         did.push(format!("apt-get installed {}", missing.join(" ")));
     }
 
-    for (package, suite, needed) in crate::debs::UNPACKED {
-        if crate::debs::fetch(package, suite, needed)? {
-            did.push(format!("unpacked {package} under target/{package}"));
+    for (dir, package, suite, needed) in crate::debs::UNPACKED {
+        if crate::debs::fetch(dir, package, suite, needed)? {
+            did.push(format!("unpacked {package} under target/{dir}"));
         }
     }
+    did.extend(crate::go::setup()?);
 
     did.extend(mount_kernel_fs()?);
 

@@ -16,6 +16,7 @@
 //! Cleanup, because containerd's garbage collector removes while holding
 //! its own lock.
 
+mod fetched;
 pub mod filter;
 mod flush;
 mod metadata;
@@ -27,6 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+pub use fetched::TARGET_REF_LABEL;
 pub use flush::boot_id;
 pub use metadata::{MetadataCache, SnapshotDb, SnapshotRecord, SnapshotState};
 
@@ -80,7 +82,10 @@ impl Fields for SnapshotInfo {
         match path {
             [f] if f == "kind" => Some(kind.into()),
             [f] if f == "name" => Some(self.name.clone()),
-            [f] if f == "parent" => self.parent.clone(),
+            // Always present, empty for none, as containerd's adaptors
+            // have it: its unpacker walks for `parent==""` to find a
+            // remote snapshotter's bottom layer.
+            [f] if f == "parent" => Some(self.parent.clone().unwrap_or_default()),
             [f, rest @ ..] if f == "labels" && !rest.is_empty() => {
                 self.labels.get(&rest.join(".")).cloned()
             }

@@ -2,6 +2,7 @@
 //! socket, over the same store as the CLI (a proxy plugin of type
 //! `snapshot` in containerd's config).
 
+pub mod remote;
 mod service;
 
 use std::fs::{self, File};
@@ -26,6 +27,9 @@ pub struct ServeOptions {
     pub address: PathBuf,
     /// Opens the socket to this group (mode 0660); otherwise root only.
     pub group: Option<nix::unistd::Gid>,
+    /// Serve containerd's remote-snapshotter labels with strata's own
+    /// puller (see remote); None: containerd fetches every layer.
+    pub remote_pull: Option<crate::pull::PullOptions>,
 }
 
 /// Held while a snapshotter serves a store: a second one is refused.
@@ -113,7 +117,11 @@ pub async fn serve(
     let listener = bind(&opts)?;
     let committed = Arc::new(tokio::sync::Notify::new());
     let flusher = tokio::spawn(flush_after_commits(store.clone(), committed.clone()));
-    let svc = Arc::new(StrataSnapshotter::new(store.clone(), committed));
+    let remote = opts
+        .remote_pull
+        .clone()
+        .map(|o| Arc::new(remote::RemotePuller::new(o)));
+    let svc = Arc::new(StrataSnapshotter::new(store.clone(), committed, remote));
     let served = Server::builder()
         .add_service(containerd_snapshots::server(svc))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)

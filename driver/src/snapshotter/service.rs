@@ -13,22 +13,30 @@ use containerd_snapshots::api::types::Mount;
 use containerd_snapshots::tonic::{self, Code, Status};
 use containerd_snapshots::{Info, Kind as ApiKind, Snapshotter, Usage as ApiUsage};
 
+use super::remote::{LayerRequest, RemotePuller};
 use crate::error::Error;
 use crate::mount::MountSpec;
-use crate::snapshots::{Kind, SnapshotInfo};
+use crate::snapshots::{Kind, SnapshotInfo, TARGET_REF_LABEL};
 use crate::store::Store;
 
 pub struct StrataSnapshotter {
     store: Arc<Store>,
     /// Woken after each Commit: the flusher makes committed layers durable.
     committed: Arc<tokio::sync::Notify>,
+    /// Serves Prepares that carry an image's labels by fetching it.
+    remote: Option<Arc<RemotePuller>>,
 }
 
 impl StrataSnapshotter {
-    pub fn new(store: Store, committed: Arc<tokio::sync::Notify>) -> StrataSnapshotter {
+    pub fn new(
+        store: Store,
+        committed: Arc<tokio::sync::Notify>,
+        remote: Option<Arc<RemotePuller>>,
+    ) -> StrataSnapshotter {
         StrataSnapshotter {
             store: Arc::new(store),
             committed,
+            remote,
         }
     }
 
@@ -133,6 +141,18 @@ impl Snapshotter for StrataSnapshotter {
         parent: String,
         labels: HashMap<String, String>,
     ) -> Result<Vec<Mount>, Status> {
+        if let (Some(remote), Some(req)) = (&self.remote, LayerRequest::from_labels(&labels)) {
+            let (remote, parent) = (remote.clone(), parent.clone());
+            let served = self
+                .blocking(move |s| Ok(remote.prepare(s, &req, &parent)))
+                .await?;
+            if served {
+                return Err(Status::already_exists(format!(
+                    "snapshot {} fetched by strata",
+                    labels[TARGET_REF_LABEL]
+                )));
+            }
+        }
         self.blocking(move |s| s.create_snapshot(false, &key, &parent, sorted(labels)))
             .await
             .map(mounts)

@@ -20,8 +20,50 @@ pub const IMAGE: &str = "docker.io/library/strata-engine-test:latest";
 /// The bottom layer's /data/file.
 pub const BOTTOM: &[u8] = b"written in the bottom layer\n";
 
+/// Which containerd: bookworm's 1.6 (installed by setup), or trixie's 1.7
+/// (unpacked under target/containerd-1.7 by setup), whose unpacker
+/// speaks the remote-snapshotter protocol with AppendInfoHandlerWrapper's
+/// labels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Release {
+    V1_6,
+    V1_7,
+}
+
+impl Release {
+    /// Where its binaries (and shims) are; None: on PATH.
+    fn bin_dir(self) -> Option<PathBuf> {
+        match self {
+            Release::V1_6 => None,
+            Release::V1_7 => Some(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/containerd-1.7/root/usr/bin"),
+            ),
+        }
+    }
+
+    fn command(self, name: &str) -> Command {
+        match self.bin_dir() {
+            None => Command::new(name),
+            Some(dir) => {
+                let mut cmd = Command::new(dir.join(name));
+                // Its own shim first; runc stays bookworm's, on PATH.
+                let path = std::env::var("PATH").unwrap_or_default();
+                cmd.env("PATH", format!("{}:{path}", dir.display()));
+                cmd
+            }
+        }
+    }
+}
+
+/// The Go client that pulls through containerd as CRI does (built by
+/// `cargo xtask setup` from trixie's containerd 1.7 sources).
+pub fn cri_style_pull_binary() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/go-bin/strata-containerd-pull")
+}
+
 pub struct Containerd {
     pub dir: PathBuf,
+    pub release: Release,
     /// containerd namespace of this instance's images and containers. runc
     /// keeps its state per namespace under one global directory, so each
     /// instance has its own and deletes it when dropped.
@@ -102,9 +144,15 @@ impl Containerd {
     /// Starts both under `dir` (on a disk filesystem), `strata` being the
     /// CLI binary.
     pub fn start(dir: &Path, strata: &Path) -> Containerd {
+        Containerd::start_release(dir, strata, Release::V1_6)
+    }
+
+    /// The same with containerd `release`.
+    pub fn start_release(dir: &Path, strata: &Path, release: Release) -> Containerd {
         fs::create_dir_all(dir).unwrap();
         let mut c = Containerd {
             dir: dir.to_path_buf(),
+            release,
             namespace: format!("strata-test-{}", crate::fsutil::random_hex(4)),
             strata: strata.to_path_buf(),
             snapshotter: None,
@@ -114,7 +162,8 @@ impl Containerd {
         let config = c.dir.join("containerd.toml");
         fs::write(&config, c.config()).unwrap();
         let log = fs::File::create(c.dir.join("containerd.log")).unwrap();
-        let mut child = Command::new("containerd")
+        let mut child = release
+            .command("containerd")
             .arg("--config")
             .arg(&config)
             .stdout(log.try_clone().unwrap())
@@ -184,6 +233,21 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         self.snapshotter.take().expect("snapshotter running").stop()
     }
 
+    /// Pulls `reference` onto strata as CRI does (see
+    /// cri_style_pull_binary); the image's manifest digest.
+    pub fn pull_as_cri(&self, reference: &str) -> String {
+        let out = Command::new(cri_style_pull_binary())
+            .arg(self.address())
+            .arg(&self.namespace)
+            .arg(SNAPSHOTTER)
+            .arg(reference)
+            .output()
+            .expect("strata-containerd-pull is built by `cargo xtask setup`");
+        super::stdout_of_success(out, &format!("strata-containerd-pull {reference}"))
+            .trim()
+            .to_string()
+    }
+
     /// `ctr images import` of `tar` onto strata, to run or spawn.
     pub fn import_command(&self, tar: &Path) -> Command {
         self.ctr_command(&[
@@ -203,7 +267,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     }
     /// A `ctr` command against this containerd, in the test namespace.
     pub fn ctr_command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("ctr");
+        let mut cmd = self.release.command("ctr");
         cmd.arg("--address")
             .arg(self.address())
             .args(["--namespace", &self.namespace])
@@ -225,6 +289,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     /// `ctr run` of `/bin/sh -c script` as container `id`, on strata, from
     /// IMAGE (see busybox_image); `detach` returns once it started.
     pub fn run_sh(&self, id: &str, script: &str, detach: bool) -> String {
+        self.run_sh_from(IMAGE, id, script, detach)
+    }
+
+    /// The same from `image`.
+    pub fn run_sh_from(&self, image: &str, id: &str, script: &str, detach: bool) -> String {
         let mut args = vec!["run"];
         if detach {
             args.push("-d");
@@ -232,7 +301,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         args.extend([
             "--snapshotter",
             SNAPSHOTTER,
-            IMAGE,
+            image,
             id,
             "/bin/sh",
             "-c",

@@ -1,0 +1,160 @@
+//! containerd's remote snapshotter protocol, as stargz and nydus speak
+//! it, served by strata's own puller. When containerd's unpacker prepares
+//! a layer with `containerd.io/snapshot.ref` (its chain ID) and the image
+//! labels CRI, Docker's containerd image store and nerdctl add
+//! (`containerd.io/snapshot/cri.image-ref`, `cri.layer-digest`,
+//! `cri.manifest-digest`), strata fetches and unpacks the whole image
+//! itself, every layer at once (the prefetch `cri.image-layers` asks
+//! for), records each layer as the committed snapshot of its chain ID
+//! and answers AlreadyExists: containerd then neither downloads nor
+//! applies the layer. Whatever strata cannot serve (no such labels, a
+//! chain that does not match, a registry it cannot reach) falls back to
+//! an ordinary Prepare, and containerd fetches the layer itself.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::digest::Digest;
+use crate::error::Result;
+use crate::pull::{PullOptions, RemoteImage};
+use crate::registry::reference::Reference;
+use crate::snapshots::TARGET_REF_LABEL;
+use crate::store::Store;
+
+pub const IMAGE_REF_LABEL: &str = "containerd.io/snapshot/cri.image-ref";
+pub const LAYER_DIGEST_LABEL: &str = "containerd.io/snapshot/cri.layer-digest";
+pub const MANIFEST_DIGEST_LABEL: &str = "containerd.io/snapshot/cri.manifest-digest";
+
+/// A Prepare strata may serve itself.
+#[derive(Debug)]
+pub struct LayerRequest {
+    /// The chain ID the snapshot is to be committed as.
+    pub target: String,
+    pub image_ref: String,
+    pub layer: Digest,
+    pub manifest: Option<Digest>,
+}
+
+impl LayerRequest {
+    pub fn from_labels(labels: &HashMap<String, String>) -> Option<LayerRequest> {
+        Some(LayerRequest {
+            target: labels.get(TARGET_REF_LABEL)?.clone(),
+            image_ref: labels.get(IMAGE_REF_LABEL)?.clone(),
+            layer: Digest::parse(labels.get(LAYER_DIGEST_LABEL)?).ok()?,
+            manifest: labels
+                .get(MANIFEST_DIGEST_LABEL)
+                .and_then(|d| Digest::parse(d).ok()),
+        })
+    }
+}
+
+/// What the remote path did, for the snapshotter's log and the tests.
+#[derive(Debug, Default)]
+pub struct RemoteCounters {
+    /// Images fetched and unpacked by strata for containerd.
+    pub images_fetched: AtomicU64,
+    /// Prepares answered AlreadyExists from a strata-fetched snapshot.
+    pub layers_served: AtomicU64,
+    /// Prepares handed back to containerd to fetch itself.
+    pub fallbacks: AtomicU64,
+}
+
+pub struct RemotePuller {
+    opts: PullOptions,
+    /// One fetch per image at a time; the Prepares of its other layers
+    /// wait for it and then find their snapshots.
+    fetching: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    pub counters: RemoteCounters,
+}
+
+impl RemotePuller {
+    pub fn new(opts: PullOptions) -> RemotePuller {
+        RemotePuller {
+            opts,
+            fetching: Mutex::new(HashMap::new()),
+            counters: RemoteCounters::default(),
+        }
+    }
+
+    /// Serves `req` (a Prepare over `parent`): true when the snapshot
+    /// `req.target` now exists (answer AlreadyExists), false when
+    /// containerd should prepare and apply the layer itself.
+    pub fn prepare(&self, store: &Store, req: &LayerRequest, parent: &str) -> bool {
+        match self.try_prepare(store, req, parent) {
+            Ok(true) => {
+                self.counters.layers_served.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Ok(false) => {
+                self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            Err(e) => {
+                self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
+                eprintln!(
+                    "strata snapshotter: containerd fetches layer {} of {} itself: {e}",
+                    req.layer, req.image_ref
+                );
+                false
+            }
+        }
+    }
+
+    fn try_prepare(&self, store: &Store, req: &LayerRequest, parent: &str) -> Result<bool> {
+        if store.stat_snapshot(&req.target).is_ok() {
+            return Ok(true);
+        }
+        let gate = self
+            .fetching
+            .lock()
+            .expect("no panics under the lock")
+            .entry(req.image_ref.clone())
+            .or_default()
+            .clone();
+        let _one_at_a_time = gate.lock().expect("no panics under the lock");
+        if store.stat_snapshot(&req.target).is_ok() {
+            return Ok(true); // fetched while we waited
+        }
+        let remote = RemoteImage::resolve(&pinned(req)?, &self.opts)?;
+        let chains = remote.chain_ids()?;
+        let Some(i) = remote
+            .resolved
+            .layers
+            .iter()
+            .position(|l| l.digest == req.layer)
+        else {
+            return Ok(false);
+        };
+        let expected_parent = if i == 0 {
+            String::new()
+        } else {
+            chains[i - 1].to_string()
+        };
+        if chains[i].as_str() != req.target || parent != expected_parent {
+            return Ok(false);
+        }
+        let started = Instant::now();
+        let labels = BTreeMap::from([(IMAGE_REF_LABEL.to_string(), req.image_ref.clone())]);
+        remote.store_as_snapshots(store, &labels)?;
+        self.counters.images_fetched.fetch_add(1, Ordering::Relaxed);
+        eprintln!(
+            "strata snapshotter: fetched {} ({} layers) for containerd in {:.2}s",
+            req.image_ref,
+            chains.len(),
+            started.elapsed().as_secs_f64()
+        );
+        Ok(store.stat_snapshot(&req.target).is_ok())
+    }
+}
+
+/// The image by the manifest digest containerd resolved, where it says:
+/// the same image, whatever the tag points at now.
+fn pinned(req: &LayerRequest) -> Result<String> {
+    let r = Reference::parse(&req.image_ref)?;
+    Ok(match &req.manifest {
+        Some(d) => format!("{}/{}@{d}", r.registry, r.repository),
+        None => req.image_ref.clone(),
+    })
+}
