@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use strata_driver::archive::compression::Compression;
 use strata_driver::image::build::write_oci_layout;
 use strata_driver::pull::{PullOptions, RemoteImage};
-use strata_driver::testing::containerd::Containerd;
+use strata_driver::testing::containerd::{Containerd, Release, SNAPSHOTTER};
 use strata_driver::testing::docker::Dockerd;
 use strata_driver::testing::podman::Podman;
 use strata_driver::testing::registry::{Registry, RegistryConfig};
@@ -59,6 +59,7 @@ pub fn all(env: &Env, cache: &Path) -> Result<Vec<BenchResult>> {
     for (fs_name, fs) in crate::ops::fresh_filesystems(env, "pull-fs")? {
         for img in &images {
             out.push(against_floor(env, &fs.mount, fs_name, img)?);
+            out.push(through_containerd(env, &fs.mount, fs_name, img)?);
             if !env.quick {
                 out.extend(against_peers(env, &fs.mount, fs_name, img)?);
             }
@@ -186,6 +187,44 @@ fn curl_tar_all(blobs: &[(String, &str)], extract: &Path) -> Result<()> {
         }
     }
     crate::fixtures::sh("sync", &["-f", extract.to_str().context("UTF-8 path")?])
+}
+
+/// containerd 1.7 pulling as CRI does (the Go client: unpack, image
+/// labels) into strata, which fetches the layers itself, against the same
+/// containerd pulling into its own overlayfs snapshotter; the image
+/// removed (`--sync`: content and snapshots too) before every sample.
+fn through_containerd(env: &Env, fs: &Path, fs_name: &str, img: &Pushed) -> Result<BenchResult> {
+    let c = Containerd::start_release(&fs.join("ctrd-1.7"), &env.strata, Release::V1_7);
+    let r = img.reference.as_str();
+    let c = &c;
+    let pull_into = |snapshotter: &'static str| {
+        load_afresh(
+            move || {
+                run(
+                    c.ctr_command(&["images", "rm", "--sync", r]),
+                    "ctr images rm",
+                )
+            },
+            move || {
+                c.pull_as_cri_into(snapshotter, r);
+                Ok(())
+            },
+        )
+        .settled()
+    };
+    let result = compare(
+        &format!("containerd pull {} on fresh {fs_name}", img.label),
+        env.reps,
+        pull_into(SNAPSHOTTER),
+        "containerd pull into overlayfs",
+        pull_into("overlayfs"),
+        Some(PEER_BAR),
+    );
+    let _ = run(
+        c.ctr_command(&["images", "rm", "--sync", r]),
+        "ctr images rm",
+    );
+    result
 }
 
 fn against_peers(env: &Env, fs: &Path, fs_name: &str, img: &Pushed) -> Result<Vec<BenchResult>> {

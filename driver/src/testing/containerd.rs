@@ -236,10 +236,15 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     /// Pulls `reference` onto strata as CRI does (see
     /// cri_style_pull_binary); the image's manifest digest.
     pub fn pull_as_cri(&self, reference: &str) -> String {
+        self.pull_as_cri_into(SNAPSHOTTER, reference)
+    }
+
+    /// The same into `snapshotter` (`overlayfs`: containerd's own).
+    pub fn pull_as_cri_into(&self, snapshotter: &str, reference: &str) -> String {
         let out = Command::new(cri_style_pull_binary())
             .arg(self.address())
             .arg(&self.namespace)
-            .arg(SNAPSHOTTER)
+            .arg(snapshotter)
             .arg(reference)
             .output()
             .expect("strata-containerd-pull is built by `cargo xtask setup`");
