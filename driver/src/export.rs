@@ -11,13 +11,13 @@ use std::fs::File;
 use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use serde_json::{json, Value};
+use serde_json::json;
 use tar::{Builder, EntryType, Header};
 
 use crate::archive::{split, write_layer_tar};
 use crate::digest::{Digest, HashingWriter};
 use crate::error::{Error, IoContext, Result};
-use crate::image::config::host_arch;
+use crate::image::config::{self, host_arch};
 use crate::store::Store;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,18 +72,13 @@ pub fn save(store: &Store, reference: &str, out: &Path, format: SaveFormat) -> R
     }
     let exported: Vec<&Digest> = layers.iter().map(|l| &l.digest).collect();
     let config = store.image_config(&image.id)?;
-    let config = if exported.iter().copied().eq(image.diff_ids.iter()) {
-        // Every layer is the tar it was imported as: the config, and so
-        // the image ID, stay the source's, byte for byte.
-        config
-    } else {
-        let mut config: Value = serde_json::from_slice(&config).map_err(|e| Error::Corrupt {
-            path: store.image_dir(&image.id),
-            reason: e.to_string(),
-        })?;
-        config["rootfs"] = json!({"type": "layers", "diff_ids": exported});
-        serde_json::to_vec(&config).expect("JSON values serialise")
-    };
+    let exported: Vec<Digest> = exported.into_iter().cloned().collect();
+    // Every layer the tar it was imported as: the config, and so the
+    // image ID, stay the source's, byte for byte.
+    let config = config::with_diff_ids(&config, &exported).map_err(|e| Error::Corrupt {
+        path: store.image_dir(&image.id),
+        reason: e.to_string(),
+    })?;
     let saved = SavedImage {
         config_digest: Digest::of_bytes(&config),
         config,

@@ -6,6 +6,7 @@
 //! Volumes live outside the layer area and bypass copy-on-write.
 
 pub mod archive;
+pub mod blobs;
 pub mod changes;
 pub mod commit;
 pub mod containers;
@@ -22,6 +23,7 @@ pub mod lowerstack;
 pub mod mount;
 pub mod progress;
 pub mod pull;
+pub mod push;
 pub mod quota;
 pub mod recovery;
 pub mod registry;

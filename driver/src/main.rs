@@ -185,6 +185,16 @@ enum ImageCmd {
         #[command(flatten)]
         out: Output,
     },
+    /// Push IMAGE to a registry, as DEST (default: its first name). Blobs
+    /// the registry has are not sent again.
+    Push {
+        image: String,
+        dest: Option<String>,
+        #[command(flatten)]
+        registry: RegistryFlags,
+        #[command(flatten)]
+        out: Output,
+    },
     Ls {
         #[command(flatten)]
         out: Output,
@@ -547,6 +557,27 @@ fn image_cmd(store: &Store, cmd: ImageCmd) -> Result<()> {
             &registry,
             out,
         ),
+        ImageCmd::Push {
+            image,
+            dest,
+            registry,
+            out,
+        } => {
+            let report =
+                strata_driver::push::push(store, &image, dest.as_deref(), &registry.options()?)
+                    .with_context(|| format!("pushing {image}"))?;
+            emit(out, &report, || {
+                for l in &report.layers {
+                    let how = match l.sent {
+                        strata_driver::push::Sent::Exists => "already exists",
+                        strata_driver::push::Sent::Mounted => "mounted from another repository",
+                        strata_driver::push::Sent::Uploaded => "pushed",
+                    };
+                    println!("{}: {how} ({})", short(l.digest.hex()), human(l.size));
+                }
+                println!("{}: digest: {}", report.reference, report.manifest_digest);
+            })
+        }
         ImageCmd::Ls { out } => {
             let usage = store.image_usage()?;
             emit(out, &usage, || {

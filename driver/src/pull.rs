@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::blobs::KnownBlob;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::config;
@@ -116,6 +117,9 @@ impl RemoteImage {
         };
         let shown = r.to_string();
         let report = store_source(store, &source, Path::new(&shown), &how)?;
+        let chains: Vec<Digest> = report.layers.iter().map(|l| l.chain_id.clone()).collect();
+        self.remember(store, &chains)?;
+        store.keep_image_manifest(&report.image.id, &self.resolved.manifest)?;
         Ok(PullReport {
             reference: shown,
             manifest_digest: self.resolved.manifest_digest.clone(),
@@ -153,7 +157,23 @@ impl RemoteImage {
         for layer in &source.layers {
             layer.blob.stored();
         }
+        self.remember(store, &self.chain_ids()?)?;
         Ok(names)
+    }
+
+    /// Each layer is known as its blob in this repository (see blobs).
+    fn remember(&self, store: &Store, chains: &[Digest]) -> Result<()> {
+        let repository = format!("{}/{}", self.reference.registry, self.reference.repository);
+        for (chain, l) in chains.iter().zip(&self.resolved.layers) {
+            let blob = KnownBlob {
+                digest: l.digest.clone(),
+                size: l.size,
+                media_type: l.media_type.clone(),
+                repository: repository.clone(),
+            };
+            store.remember_blobs(chain, &[blob])?;
+        }
+        Ok(())
     }
 
     /// The image as a source whose layers stream from the registry.

@@ -425,3 +425,77 @@ fn token_auth_is_anonymous_where_allowed_and_one_token_serves_a_pull() {
         "the same layers as public/app's"
     );
 }
+
+fn uploads(reg: &Registry, repo: &str) -> usize {
+    reg.requests(&[&format!("\"PATCH /v2/{repo}/blobs/uploads/"), "strata/"])
+}
+
+#[test]
+fn a_pulled_image_pushes_unchanged_without_uploading_and_a_commit_uploads_one_layer() {
+    if !privileged() {
+        return;
+    }
+    use strata_driver::push::{push, Sent};
+    let ts = TestStore::new();
+    let reg = Registry::start(&ts.scratch("registry"), &RegistryConfig::default());
+    let work = ts.scratch("src");
+    let layout = work.join("layout");
+    write_oci_layout(&layout, "v1", &layers(&work, 3), Compression::Gzip).unwrap();
+    reg.push(&format!("oci:{}:v1", layout.display()), "test/orig:v1", &[]);
+    let orig = format!("{}/test/orig:v1", reg.host);
+    let pulled = pull(&ts.store, &orig, &PullOptions::default()).unwrap();
+    let opts = PullOptions::default();
+
+    // The same repository: every blob is there. Another one: mounted.
+    let same = push(&ts.store, &orig, None, &opts.registry).unwrap();
+    assert!(
+        same.layers.iter().all(|l| l.sent == Sent::Exists),
+        "{same:?}"
+    );
+    assert_eq!(
+        same.manifest_digest, pulled.manifest_digest,
+        "the manifest it was pulled by"
+    );
+    let copy = format!("{}/test/copy:v2", reg.host);
+    let copied = push(&ts.store, &orig, Some(&copy), &opts.registry).unwrap();
+    assert!(
+        copied.layers.iter().all(|l| l.sent == Sent::Mounted),
+        "{copied:?}"
+    );
+    assert_eq!(copied.manifest_digest, pulled.manifest_digest);
+    assert_eq!(uploads(&reg, "test/copy"), 0, "no layer was uploaded");
+
+    // A commit adds one layer: only that one is uploaded, and a fresh
+    // store pulls back the same image.
+    let c = ts
+        .store
+        .create_container(&orig, &Default::default())
+        .unwrap();
+    let merged = ts.store.mount_container(&c.id).unwrap();
+    fs::write(merged.join("etc/added"), b"by the commit\n").unwrap();
+    ts.store.unmount_container(&c.id).unwrap();
+    let committed = format!("{}/test/committed:v1", reg.host);
+    let img = strata_driver::commit::commit(&ts.store, &c.id, &committed).unwrap();
+    let pushed = push(&ts.store, &committed, None, &opts.registry).unwrap();
+    let sent: Vec<Sent> = pushed.layers.iter().map(|l| l.sent).collect();
+    assert_eq!(sent, [Sent::Mounted, Sent::Mounted, Sent::Uploaded]);
+    assert_eq!(
+        pushed.config_digest, img.id,
+        "the commit's config, unchanged"
+    );
+    let fresh = TestStore::new();
+    let back = pull(&fresh.store, &committed, &PullOptions::default()).unwrap();
+    assert_eq!(back.manifest_digest, pushed.manifest_digest);
+    assert_eq!(back.image.id, img.id);
+    let seen = in_container(&fresh.store, &committed, |m| {
+        fs::read_to_string(m.join("etc/added")).unwrap()
+    });
+    assert_eq!(seen, "by the commit\n");
+
+    // Pushed again: the new layer is known now, nothing is uploaded.
+    let before = uploads(&reg, "test/committed");
+    let again = push(&ts.store, &committed, None, &opts.registry).unwrap();
+    assert!(again.layers.iter().all(|l| l.sent == Sent::Exists));
+    assert_eq!(uploads(&reg, "test/committed"), before);
+    assert!(ts.store.check(false).unwrap().is_empty());
+}

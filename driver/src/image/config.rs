@@ -65,6 +65,17 @@ pub fn new_config(base: Option<&[u8]>, diff_ids: &[Digest], created_by: &str) ->
     serde_json::to_vec(&v).expect("JSON values serialise")
 }
 
+/// `config` listing `diff_ids` as its layers: the same bytes (and so the
+/// same image ID) when they are the ones it lists already.
+pub fn with_diff_ids(config: &[u8], diff_ids: &[Digest]) -> Result<Vec<u8>> {
+    if self::diff_ids(config)? == diff_ids {
+        return Ok(config.to_vec());
+    }
+    let mut v: Value = serde_json::from_slice(config).map_err(|e| bad(format!("not JSON: {e}")))?;
+    v["rootfs"] = json!({"type": "layers", "diff_ids": diff_ids});
+    Ok(serde_json::to_vec(&v).expect("JSON values serialise"))
+}
+
 pub fn host_arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",

@@ -68,9 +68,12 @@ impl Authorizer {
         url: &str,
         scope: &str,
         headers: &[(&str, String)],
+        body: Option<&[u8]>,
     ) -> Result<Response> {
         let held = self.authorization(scope);
-        let resp = self.transport.send(method, url, headers, held.as_deref())?;
+        let resp = self
+            .transport
+            .send_body(method, url, headers, held.as_deref(), body)?;
         if resp.status != 401 {
             return Ok(resp);
         }
@@ -81,7 +84,9 @@ impl Authorizer {
                 registry_error(self.registry(), "401 without a challenge this client knows")
             })?;
         let fresh = self.answer(&challenge, scope)?;
-        let resp = self.transport.send(method, url, headers, Some(&fresh))?;
+        let resp = self
+            .transport
+            .send_body(method, url, headers, Some(&fresh), body)?;
         if resp.status == 401 {
             return Err(registry_error(self.registry(), self.refused()));
         }

@@ -3,12 +3,14 @@
 //! typed; `transport` speaks HTTP(S) to one registry; `auth` wraps it with
 //! credentials and tokens (`credentials` finds them); `resolver` turns a
 //! reference into a verified manifest and config; `fetcher` streams one
-//! layer blob, resumably. `pull` (beside `import`) puts them to work on
-//! the store.
+//! layer blob, resumably; `pusher` uploads blobs and manifests. `pull`
+//! and `push` (beside `import`) put them to work on the
+//! store.
 
 pub mod auth;
 pub mod credentials;
 pub mod fetcher;
+pub mod pusher;
 pub mod reference;
 pub mod resolver;
 pub mod tls;
@@ -66,8 +68,35 @@ impl Registry {
     /// rights on REPO.
     pub fn get(&self, repo: &str, suffix: &str, headers: &[(&str, String)]) -> Result<Response> {
         let url = format!("{}/v2/{repo}/{suffix}", self.auth.base_url()?);
-        self.auth
-            .send("GET", &url, &format!("repository:{repo}:pull"), headers)
+        self.auth.send(
+            "GET",
+            &url,
+            &format!("repository:{repo}:pull"),
+            headers,
+            None,
+        )
+    }
+
+    /// `method` on `/v2/REPO/SUFFIX`, or on `location` (an upload's,
+    /// absolute or relative to the registry), with push rights on REPO.
+    pub fn send_for_push(
+        &self,
+        method: &str,
+        repo: &str,
+        target: Target<'_>,
+        headers: &[(&str, String)],
+        body: Option<&[u8]>,
+    ) -> Result<Response> {
+        let base = self.auth.base_url()?;
+        let url = match target {
+            Target::Suffix(s) => format!("{base}/v2/{repo}/{s}"),
+            Target::Location(l) => url::Url::parse(&base)
+                .and_then(|b| b.join(l))
+                .map_err(|e| registry_error(self.name(), format!("upload location {l:?}: {e}")))?
+                .to_string(),
+        };
+        let scope = format!("repository:{repo}:pull,push");
+        self.auth.send(method, &url, &scope, headers, body)
     }
 
     /// A small blob (a config), read whole and verified.
@@ -89,6 +118,14 @@ impl Registry {
         }
         Ok(body)
     }
+}
+
+/// Where a push request goes.
+pub enum Target<'a> {
+    /// `/v2/REPO/` + this.
+    Suffix(&'a str),
+    /// Where the registry said an upload continues.
+    Location(&'a str),
 }
 
 /// Credentials for Docker Hub are filed under docker.io, not its API host.

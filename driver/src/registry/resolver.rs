@@ -53,6 +53,8 @@ struct ManifestDoc {
 pub struct Resolved {
     /// The digest of the image manifest (not of an index above it).
     pub manifest_digest: Digest,
+    /// Its bytes, as the registry served them.
+    pub manifest: Vec<u8>,
     pub config: Vec<u8>,
     pub config_digest: Digest,
     pub layers: Vec<Descriptor>,
@@ -230,6 +232,7 @@ fn image_manifest(reg: &Registry, r: &Reference, body: &[u8], digest: Digest) ->
     }
     let config = reg.fetch_small_blob(&r.repository, &doc.config.digest, "the config")?;
     Ok(Resolved {
+        manifest: body.to_vec(),
         manifest_digest: digest,
         config,
         config_digest: doc.config.digest,

@@ -165,11 +165,24 @@ impl Transport {
         headers: &[(&str, String)],
         authorization: Option<&str>,
     ) -> Result<Response> {
+        self.send_body(method, url, headers, authorization, None)
+    }
+
+    /// `send` with a request body (an upload's chunk, a manifest), sent
+    /// again on a retry or a redirect.
+    pub fn send_body(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, String)],
+        authorization: Option<&str>,
+        body: Option<&[u8]>,
+    ) -> Result<Response> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             let last = attempt >= self.opts.attempts;
-            match self.send_once(method, url, headers, authorization) {
+            match self.send_once(method, url, headers, authorization, body) {
                 Ok(r) if (r.status == 429 || r.status >= 500) && !last => {
                     let wait = retry_after(&r).unwrap_or(self.backoff(attempt));
                     std::thread::sleep(wait.min(self.opts.max_wait));
@@ -202,6 +215,7 @@ impl Transport {
         url: &str,
         headers: &[(&str, String)],
         mut authorization: Option<&str>,
+        body: Option<&[u8]>,
     ) -> std::result::Result<Response, Retry> {
         let mut url = url::Url::parse(url)
             .map_err(|e| Retry::No(registry_error(&self.registry, format!("bad URL: {e}"))))?;
@@ -213,7 +227,11 @@ impl Transport {
             if let Some(a) = authorization {
                 req = req.set("Authorization", a);
             }
-            let resp = match req.call() {
+            let sent = match body {
+                Some(b) => req.send_bytes(b),
+                None => req.call(),
+            };
+            let resp = match sent {
                 Ok(r) | Err(ureq::Error::Status(_, r)) => r,
                 Err(ureq::Error::Transport(t)) => {
                     let e = self.transport_error(url.as_str(), &t);
