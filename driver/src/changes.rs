@@ -12,9 +12,10 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::archive::write::{is_whiteout, xattr_is};
 use crate::archive::OVERLAY_OPAQUE_XATTR;
 use crate::error::{IoContext, Result};
+use crate::fsutil::xattr_is;
+use crate::lowerstack::is_whiteout;
 use crate::lowerstack::{is_redirected, origin_of, Lowers};
 use crate::store::Store;
 
@@ -49,7 +50,7 @@ impl Store {
     pub fn container_changes(&self, reference: &str) -> Result<Vec<Change>> {
         let _lock = self.lock_shared()?;
         let c = self.find_container(reference)?;
-        let lowers = Lowers::of(self, &c.layers);
+        let lowers = self.lowers_of(&c.layers);
         let mut out = Vec::new();
         walk(
             &self.upper_dir(&c.id),

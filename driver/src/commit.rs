@@ -13,7 +13,6 @@ use crate::fsutil::{self, StagingDir, Txn};
 use crate::image::config;
 use crate::images::{normalize_name, ImageRecord};
 use crate::layers::now_secs;
-use crate::lowerstack::Lowers;
 use crate::store::Store;
 
 pub fn commit(store: &Store, container: &str, name: &str) -> Result<ImageRecord> {
@@ -31,7 +30,7 @@ pub fn commit(store: &Store, container: &str, name: &str) -> Result<ImageRecord>
     let work = StagingDir::create(&store.tmp_dir(), "commit")?;
     let tar_path = work.path().join("layer.tar");
     let out = File::create(&tar_path).ctx(|| format!("creating {}", tar_path.display()))?;
-    let lowers = Lowers::of(store, &c.layers);
+    let lowers = store.lowers_of(&c.layers);
     let hashing = write_upper_tar(
         &store.upper_dir(&c.id),
         &lowers,

@@ -14,9 +14,8 @@ use crate::archive::compression::{self, Compression};
 use crate::archive::split::{TarSplit, TAR_SPLIT_FILE};
 use crate::digest::{Digest, HashingReader};
 use crate::error::{Error, Result};
-use crate::image::{invalid, LayerSource};
-use crate::registry::fetcher::FetchFailed;
-use crate::store::SyncMode;
+use crate::fsutil::SyncMode;
+use crate::image::{invalid, LayerSource, SourceFailed};
 
 /// Bytes per chunk handed between the threads, and chunks in flight:
 /// 2 MiB at most, below malloc's mmap threshold per chunk.
@@ -69,12 +68,12 @@ pub fn extract_layer(
     })
 }
 
-/// A registry that failed mid-blob is that registry's error, not the
-/// blob's corruption.
+/// A source that failed mid-blob (a registry) is that source's error,
+/// not the blob's corruption.
 fn fetch_failure(e: io::Error) -> std::result::Result<Error, io::Error> {
-    if e.get_ref().is_some_and(|i| i.is::<FetchFailed>()) {
+    if e.get_ref().is_some_and(|i| i.is::<SourceFailed>()) {
         let inner = e.into_inner().expect("checked above");
-        return Ok(inner.downcast::<FetchFailed>().expect("checked above").0);
+        return Ok(inner.downcast::<SourceFailed>().expect("checked above").0);
     }
     Err(e)
 }

@@ -271,3 +271,102 @@ impl Drop for StagingDir {
         }
     }
 }
+
+/// How layer files reach the disk when a layer is extracted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SyncMode {
+    /// One syncfs per layer before it is published.
+    #[default]
+    Filesystem,
+    /// fsync every extracted file (much slower; for filesystems whose
+    /// syncfs cannot be trusted).
+    PerFile,
+}
+
+impl std::str::FromStr for SyncMode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<SyncMode, String> {
+        match s {
+            "filesystem" => Ok(SyncMode::Filesystem),
+            "per-file" => Ok(SyncMode::PerFile),
+            _ => Err(format!("{s:?} is not a sync mode: filesystem or per-file")),
+        }
+    }
+}
+
+/// xattr `name` of `path` (not following symlinks); None when it has none.
+pub fn get_xattr(path: &Path, name: &str) -> Result<Option<Vec<u8>>> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("paths have no NUL");
+    let n = std::ffi::CString::new(name).expect("xattr names have no NUL");
+    let mut buf = vec![0u8; 256];
+    loop {
+        // SAFETY: NUL-terminated strings and a buffer of buf.len() bytes.
+        let len =
+            unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        if len >= 0 {
+            buf.truncate(len as usize);
+            return Ok(Some(buf));
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ENODATA) | Some(libc::ENOTSUP) => return Ok(None),
+            Some(libc::ERANGE) => buf.resize(buf.len() * 4, 0),
+            _ => return Err(e).ctx(|| format!("reading xattr {name} of {}", path.display())),
+        }
+    }
+}
+
+pub fn xattr_is(path: &Path, name: &str, value: &[u8]) -> bool {
+    matches!(get_xattr(path, name), Ok(Some(v)) if v == value)
+}
+
+/// Which file a parse came from. Files replaced by rename (as
+/// write_atomic does) get a new inode and ctime: a new id means new
+/// contents, whoever wrote them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileId {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    ctime_ns: i64,
+}
+
+impl FileId {
+    pub fn of(md: &fs::Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt;
+        FileId {
+            dev: md.dev(),
+            ino: md.ino(),
+            size: md.size(),
+            ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+        }
+    }
+}
+
+/// One file's parse, kept while the file is unchanged, shared by clones.
+/// It holds any parsed type, so that the store can keep its documents'
+/// parses (the snapshot metadata) without knowing their models.
+#[derive(Clone, Default)]
+pub struct ParsedFile(ParsedSlot);
+
+type ParsedSlot = std::sync::Arc<std::sync::Mutex<Option<(FileId, ParsedValue)>>>;
+type ParsedValue = std::sync::Arc<dyn std::any::Any + Send + Sync>;
+
+impl ParsedFile {
+    /// The parse of the file `id`, if that is the one kept.
+    pub fn get<T: std::any::Any + Send + Sync>(&self, id: FileId) -> Option<std::sync::Arc<T>> {
+        let kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (i, v) = kept.as_ref()?;
+        (*i == id).then(|| v.clone().downcast::<T>().ok()).flatten()
+    }
+
+    pub fn put<T: std::any::Any + Send + Sync>(&self, id: FileId, parsed: std::sync::Arc<T>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((id, parsed));
+    }
+}
+
+impl std::fmt::Debug for ParsedFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ParsedFile")
+    }
+}

@@ -47,6 +47,12 @@ impl Store {
         self.layers_dir().join(chain.hex())
     }
 
+    /// The stack beneath a container whose layers are `layers`, bottom
+    /// first (as records keep them).
+    pub fn lowers_of(&self, layers: &[Digest]) -> crate::lowerstack::Lowers {
+        crate::lowerstack::Lowers(layers.iter().rev().map(|l| self.layer_diff(l)).collect())
+    }
+
     /// The directory overlayfs mounts as a lower layer.
     pub fn layer_diff(&self, chain: &Digest) -> PathBuf {
         self.layer_dir(chain).join("diff")

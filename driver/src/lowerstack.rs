@@ -9,11 +9,8 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use crate::archive::write::{get_xattr, is_whiteout, xattr_is};
-use crate::archive::OVERLAY_OPAQUE_XATTR;
-use crate::digest::Digest;
 use crate::error::Result;
-use crate::store::Store;
+use crate::fsutil::{get_xattr, xattr_is};
 
 /// overlayfs's xattr on an upper directory (or metacopy file) that was
 /// renamed: where in the lower layers its contents are.
@@ -22,16 +19,19 @@ pub const OVERLAY_REDIRECT_XATTR: &str = "trusted.overlay.redirect";
 /// (metadata-only copy-up).
 pub const OVERLAY_METACOPY_XATTR: &str = "trusted.overlay.metacopy";
 
+/// The xattr overlayfs reads to make a directory opaque.
+pub const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+
+/// Is `md` an overlay whiteout (a 0/0 character device)?
+pub fn is_whiteout(md: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    md.file_type().is_char_device() && md.rdev() == 0
+}
+
 /// The lower layers, top first.
 pub struct Lowers(pub Vec<PathBuf>);
 
 impl Lowers {
-    /// The stack beneath a container whose layers are `layers`, bottom
-    /// first (as records keep them).
-    pub fn of(store: &Store, layers: &[Digest]) -> Lowers {
-        Lowers(layers.iter().rev().map(|l| store.layer_diff(l)).collect())
-    }
-
     /// The file or directory `rel` resolves to in the lower stack (the
     /// topmost layer that has it, unless a whiteout or an opaque
     /// directory above hides it).

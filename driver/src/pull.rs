@@ -15,16 +15,20 @@ use serde::Serialize;
 use crate::blobs::KnownBlob;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::fsutil::Txn;
 use crate::image::config;
 use crate::image::platform::Platform;
 use crate::image::{SourceImage, SourceLayer};
 use crate::images::ImageRecord;
-use crate::import::{stage_image, store_source, ImportedLayer, Publish};
+use crate::import::{
+    publish_layers, stage_image, store_source, ImportedLayer, Publish, StagedImage,
+};
 use crate::progress::{Progress, Silent};
 use crate::registry::fetcher::RemoteBlob;
 use crate::registry::reference::Reference;
 use crate::registry::resolver::{resolve, Resolved};
 use crate::registry::{Registry, RegistryOptions};
+use crate::sizes;
 use crate::store::Store;
 
 /// docker's default `max-concurrent-downloads`.
@@ -149,7 +153,7 @@ impl RemoteImage {
         let names = loop {
             attempts += 1;
             let staged = stage_image(store, &source, Path::new(&shown), &how)?;
-            match store.publish_fetched_snapshots(staged, labels) {
+            match publish_as_snapshots(store, staged, labels) {
                 Err(Error::Conflict(_)) if attempts < 3 => continue,
                 other => break other?,
             }
@@ -201,6 +205,29 @@ impl RemoteImage {
             tags: Vec::new(),
         }
     }
+}
+
+/// Publishes `staged`'s layers and records each as the committed
+/// snapshot of its chain ID, in one transaction.
+fn publish_as_snapshots(
+    store: &Store,
+    staged: StagedImage,
+    labels: &BTreeMap<String, String>,
+) -> Result<Vec<String>> {
+    // Measured before the lock: containerd's Usage of a committed
+    // snapshot reports its inodes.
+    let inodes = staged
+        .layers
+        .iter()
+        .map(|s| sizes::dir_usage(&s.diff_dir(store)).map(|u| u.inodes))
+        .collect::<Result<Vec<_>>>()?;
+    let _lock = store.lock()?;
+    let txn = Txn::begin(&store.tmp_dir(), "snapshot-fetch")?;
+    let layers = publish_layers(store, staged.layers)?;
+    let chains: Vec<(Digest, u64)> = layers.into_iter().map(|l| l.chain_id).zip(inodes).collect();
+    let names = store.record_fetched_snapshots(&chains, labels)?;
+    txn.done();
+    Ok(names)
 }
 
 /// Resolves and stores `reference` without progress output.

@@ -25,27 +25,7 @@ use crate::error::{IoContext, Result};
 
 pub const DEFAULT_ROOT: &str = "/var/lib/strata";
 
-/// How layer files reach the disk when a layer is extracted.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum SyncMode {
-    /// One syncfs per layer before it is published.
-    #[default]
-    Filesystem,
-    /// fsync every extracted file (much slower; for filesystems whose
-    /// syncfs cannot be trusted).
-    PerFile,
-}
-
-impl std::str::FromStr for SyncMode {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<SyncMode, String> {
-        match s {
-            "filesystem" => Ok(SyncMode::Filesystem),
-            "per-file" => Ok(SyncMode::PerFile),
-            _ => Err(format!("{s:?} is not a sync mode: filesystem or per-file")),
-        }
-    }
-}
+pub use crate::fsutil::SyncMode;
 
 /// Settings a store is opened with. The library reads no environment:
 /// front doors decide (the CLI from its flags and STRATA_* variables).
@@ -66,7 +46,7 @@ pub struct Store {
     options: StoreOptions,
     /// The snapshot metadata as last read, shared by clones (see
     /// snapshots::metadata).
-    pub(crate) snapshot_cache: crate::snapshots::MetadataCache,
+    pub(crate) snapshot_cache: crate::fsutil::ParsedFile,
 }
 
 /// A held store lock; released on drop.

@@ -3,7 +3,7 @@
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
-use strata_driver::archive::write::get_xattr;
+use strata_driver::fsutil::get_xattr;
 use strata_driver::image::build::LayerTar;
 use strata_driver::testing::{layer, privileged, TestStore};
 use tar::{EntryType, Header};

@@ -18,7 +18,7 @@ use super::beneath::{cstr, cvt, join, open_beneath, open_or_create_dirs};
 use super::split::TarSplit;
 use super::{OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, OVERLAY_XATTR_PREFIX, WHITEOUT_PREFIX};
 use crate::error::{entry_error, Error, IoContext, Result};
-use crate::store::SyncMode;
+use crate::fsutil::SyncMode;
 
 #[derive(Debug, Default, Clone)]
 pub struct AppliedLayer {

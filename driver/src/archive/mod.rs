@@ -17,7 +17,6 @@ pub use write::write_layer_tar;
 /// OCI whiteout prefix and opaque-directory marker.
 pub const WHITEOUT_PREFIX: &str = ".wh.";
 pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
-/// The xattr overlayfs reads to make a directory opaque.
-pub const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+pub use crate::lowerstack::OVERLAY_OPAQUE_XATTR;
 /// xattrs that steer overlayfs itself; never taken from or given to a tar.
 pub const OVERLAY_XATTR_PREFIX: &str = "trusted.overlay.";

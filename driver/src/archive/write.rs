@@ -16,6 +16,7 @@ use tar::{Builder, EntryType, Header};
 
 use super::{OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, OVERLAY_XATTR_PREFIX, WHITEOUT_PREFIX};
 use crate::error::{Error, IoContext, Result};
+use crate::fsutil::{get_xattr, xattr_is};
 use crate::lowerstack::{is_metacopy, is_redirected, origin_of, Lowers};
 
 /// Streams `dir` as a layer tar into `out`, in sorted (reproducible) order.
@@ -233,34 +234,4 @@ pub fn read_xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     }
     out.sort();
     Ok(out)
-}
-
-pub fn get_xattr(path: &Path, name: &str) -> Result<Option<Vec<u8>>> {
-    let c = path_cstr(path);
-    let n = CString::new(name).expect("xattr names have no NUL");
-    let mut buf = vec![0u8; 256];
-    loop {
-        // SAFETY: NUL-terminated strings and a buffer of buf.len() bytes.
-        let len =
-            unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-        if len >= 0 {
-            buf.truncate(len as usize);
-            return Ok(Some(buf));
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::ENODATA) | Some(libc::ENOTSUP) => return Ok(None),
-            Some(libc::ERANGE) => buf.resize(buf.len() * 4, 0),
-            _ => return Err(e).ctx(|| format!("reading xattr {name} of {}", path.display())),
-        }
-    }
-}
-
-pub fn xattr_is(path: &Path, name: &str, value: &[u8]) -> bool {
-    matches!(get_xattr(path, name), Ok(Some(v)) if v == value)
-}
-
-/// Is `md` an overlay whiteout (a 0/0 character device)?
-pub fn is_whiteout(md: &Metadata) -> bool {
-    md.file_type().is_char_device() && md.rdev() == 0
 }

@@ -32,6 +32,19 @@ pub trait LayerSource: std::fmt::Display + std::fmt::Debug + Send + Sync {
     fn discard(&self) {}
 }
 
+/// A source that failed to deliver its bytes (a registry gone away, say),
+/// inside the io::Error its reader returns: the extraction reports this
+/// error itself rather than calling the blob corrupt.
+#[derive(Debug)]
+pub struct SourceFailed(pub Error);
+
+impl std::fmt::Display for SourceFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+impl std::error::Error for SourceFailed {}
+
 #[derive(Debug)]
 pub struct SourceLayer {
     pub blob: Box<dyn LayerSource>,

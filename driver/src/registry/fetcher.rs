@@ -18,7 +18,7 @@ use super::transport::registry_error;
 use super::Registry;
 use crate::digest::Digest;
 use crate::error::Error;
-use crate::image::LayerSource;
+use crate::image::{LayerSource, SourceFailed};
 
 pub struct RemoteBlob {
     pub registry: Arc<Registry>,
@@ -65,20 +65,8 @@ impl LayerSource for RemoteBlob {
     }
 }
 
-/// A registry failure inside an io::Error, so that the extraction can
-/// tell a lost registry from a corrupt blob (see extract::produce).
-#[derive(Debug)]
-pub struct FetchFailed(pub Error);
-
-impl std::fmt::Display for FetchFailed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-impl std::error::Error for FetchFailed {}
-
 fn fetch_failed(e: Error) -> io::Error {
-    io::Error::other(FetchFailed(e))
+    io::Error::other(SourceFailed(e))
 }
 
 struct Download<'a> {

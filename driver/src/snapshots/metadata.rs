@@ -6,15 +6,14 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil;
+use crate::fsutil::{self, FileId};
 use crate::store::Store;
 
 const FILE: &str = "metadata.json";
@@ -53,50 +52,6 @@ pub struct SnapshotDb {
     pub snapshots: BTreeMap<String, SnapshotRecord>,
 }
 
-/// Which file a parse came from. Every save replaces the file by rename,
-/// so a new inode (and ctime) means new contents, whoever wrote them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct FileId {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    ctime_ns: i64,
-}
-
-impl FileId {
-    fn of(md: &std::fs::Metadata) -> FileId {
-        FileId {
-            dev: md.dev(),
-            ino: md.ino(),
-            size: md.size(),
-            ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
-        }
-    }
-}
-
-/// The parsed metadata, kept while the file is unchanged: every RPC
-/// reads it, and parsing it each time made `ctr snapshots usage` over n
-/// snapshots cost O(n^2).
-#[derive(Clone, Debug, Default)]
-pub struct MetadataCache(Arc<Mutex<Option<Parsed>>>);
-
-/// One parse and the file it came from.
-type Parsed = (FileId, Arc<SnapshotDb>);
-
-impl MetadataCache {
-    fn get(&self, id: FileId) -> Option<Arc<SnapshotDb>> {
-        let cached = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        cached
-            .as_ref()
-            .filter(|(i, _)| *i == id)
-            .map(|(_, db)| db.clone())
-    }
-
-    fn put(&self, id: FileId, db: Arc<SnapshotDb>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((id, db));
-    }
-}
-
 impl Store {
     fn metadata_path(&self) -> std::path::PathBuf {
         self.snapshots_dir().join(FILE)
@@ -111,7 +66,7 @@ impl Store {
             }
             Err(e) => return Err(e).ctx(|| format!("stat {}", path.display())),
             Ok(md) => {
-                if let Some(db) = self.snapshot_cache.get(FileId::of(&md)) {
+                if let Some(db) = self.snapshot_cache.get::<SnapshotDb>(FileId::of(&md)) {
                     return Ok(db);
                 }
             }

@@ -30,7 +30,7 @@ use serde::Serialize;
 
 pub use fetched::TARGET_REF_LABEL;
 pub use flush::boot_id;
-pub use metadata::{MetadataCache, SnapshotDb, SnapshotRecord, SnapshotState};
+pub use metadata::{SnapshotDb, SnapshotRecord, SnapshotState};
 
 use crate::containers::ContainerRecord;
 use crate::digest::Digest;
