@@ -56,6 +56,12 @@ const NOT_IN_GUEST: &[(&str, &str, &str)] = &[
          the same extraction the guest's images tests run",
     ),
     (
+        "containerd_pull",
+        "",
+        "needs containerd 1.7, its Go client, the registry and skopeo (host only); the guest is a \
+         minimal busybox system without them",
+    ),
+    (
         "pull_hostile",
         "",
         "speaks HTTP on the guest's loopback, which the minimal busybox system does not bring up; \
