@@ -13,6 +13,7 @@ use strata_driver::image::config;
 use strata_driver::import::{import, ImportOptions};
 use strata_driver::mount::MountApi;
 use strata_driver::quota::QuotaLimit;
+use strata_driver::sizes::human;
 use strata_driver::snapshotter::{self, ServeOptions};
 use strata_driver::store::{StoreOptions, SyncMode, DEFAULT_ROOT};
 use strata_driver::volumes::VolumeMount;
@@ -740,33 +741,6 @@ fn emit<T: Serialize>(out: Output, value: &T, table: impl FnOnce()) -> Result<()
 
 fn short(hex: &str) -> String {
     hex.chars().take(12).collect()
-}
-
-/// Sizes as docker prints them: SI units, three significant digits.
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "kB", "MB", "GB", "TB", "PB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1000.0 && unit < UNITS.len() - 1 {
-        v /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        return format!("{bytes}B");
-    }
-    // Like Go's %.3g: three significant digits, trailing zeros dropped.
-    let decimals = if v < 10.0 {
-        2
-    } else if v < 100.0 {
-        1
-    } else {
-        0
-    };
-    let mut s = format!("{v:.decimals$}");
-    if s.contains('.') {
-        s = s.trim_end_matches('0').trim_end_matches('.').to_string();
-    }
-    format!("{s}{}", UNITS[unit])
 }
 
 trait IfEmpty {

@@ -7,6 +7,8 @@ use std::io::{self, IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::Instant;
 
+use crate::sizes::human;
+
 /// Events by the index of the layer in the image, bottom first. Called
 /// from the extraction threads, so implementations are Sync.
 pub trait Progress: Sync {
@@ -141,7 +143,7 @@ impl Progress for LayerLines {
                 bars[index].set_length(size.unwrap_or(0));
                 bars[index].set_message("downloading");
             }
-            None => self.line(index, &format!("downloading {}", bytes(size.unwrap_or(0)))),
+            None => self.line(index, &format!("downloading {}", human(size.unwrap_or(0)))),
         }
     }
     fn advanced(&self, index: usize, n: u64) {
@@ -162,8 +164,8 @@ impl Progress for LayerLines {
                 index,
                 &format!(
                     "pull complete, {} in {secs:.2}s ({}/s)",
-                    bytes(read),
-                    bytes((read as f64 / secs.max(1e-3)) as u64)
+                    human(read),
+                    human((read as f64 / secs.max(1e-3)) as u64)
                 ),
             ),
         }
@@ -219,21 +221,5 @@ impl Progress for JsonEvents {
         self.emit(
             serde_json::json!({"event": "exists", "layer": self.digests[index], "size": size}),
         );
-    }
-}
-
-/// `12.3 MB`: decimal units, as docker prints them.
-fn bytes(n: u64) -> String {
-    let units = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1000.0 && u < units.len() - 1 {
-        v /= 1000.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", units[u])
     }
 }

@@ -68,6 +68,19 @@ fn quick() -> PullOptions {
     o
 }
 
+/// Answers the requests whose path contains `part` with `reply`, every
+/// other one as a well-behaved registry would.
+fn on(part: &str, reply: impl Fn(&Request) -> Reply + Send + Sync + 'static) -> Script {
+    let part = part.to_string();
+    Box::new(move |r, _| {
+        if r.path.contains(&part) {
+            reply(r)
+        } else {
+            Reply::Normal
+        }
+    })
+}
+
 fn is_layer(r: &Request, img_layer: &Digest) -> bool {
     r.path.ends_with(&format!("blobs/{img_layer}"))
 }
@@ -140,20 +153,10 @@ fn lies_about_content_are_caught_and_store_nothing() {
     let e = failing_pull(
         &ts,
         normal_image(&dir),
-        Box::new(|r, _| {
-            if r.path.contains("/manifests/") {
-                let body = br#"{"schemaVersion":2}"#.to_vec();
-                Reply::Status(
-                    200,
-                    vec![(
-                        "Docker-Content-Digest".into(),
-                        Digest::of_bytes(b"x").to_string(),
-                    )],
-                    body,
-                )
-            } else {
-                Reply::Normal
-            }
+        on("/manifests/", |_| {
+            let said = Digest::of_bytes(b"x").to_string();
+            let headers = vec![("Docker-Content-Digest".into(), said)];
+            Reply::Status(200, headers, br#"{"schemaVersion":2}"#.to_vec())
         }),
         &quick(),
     );
@@ -168,12 +171,8 @@ fn oversized_documents_too_many_layers_and_hostile_tars_are_refused() {
     let ts = TestStore::new();
     let dir = ts.scratch("src");
 
-    let huge = Box::new(|r: &Request, _| {
-        if r.path.contains("/manifests/") {
-            Reply::Status(200, vec![], vec![b' '; 5 << 20])
-        } else {
-            Reply::Normal
-        }
+    let huge = on("/manifests/", |_| {
+        Reply::Status(200, vec![], vec![b' '; 5 << 20])
     });
     let e = failing_pull(&ts, normal_image(&dir), huge, &quick());
     assert!(e.contains("larger than the 4 MiB limit"), "{e}");
@@ -263,25 +262,14 @@ fn redirect_loops_and_scheme_changes_are_refused() {
     }
     let ts = TestStore::new();
     let dir = ts.scratch("src");
-    let to_self = Box::new(|r: &Request, _| {
-        if r.path.contains("/blobs/") {
-            Reply::Status(307, vec![("Location".into(), r.path.clone())], vec![])
-        } else {
-            Reply::Normal
-        }
+    let to_self = on("/blobs/", |r| {
+        Reply::Status(307, vec![("Location".into(), r.path.clone())], vec![])
     });
     let e = failing_pull(&ts, normal_image(&dir), to_self, &quick());
     assert!(e.contains("redirects (a loop?)"), "{e}");
-    let to_ftp = Box::new(|r: &Request, _| {
-        if r.path.contains("/blobs/") {
-            Reply::Status(
-                302,
-                vec![("Location".into(), "ftp://127.0.0.1/blob".into())],
-                vec![],
-            )
-        } else {
-            Reply::Normal
-        }
+    let to_ftp = on("/blobs/", |_| {
+        let location = vec![("Location".into(), "ftp://127.0.0.1/blob".into())];
+        Reply::Status(302, location, vec![])
     });
     let e = failing_pull(&ts, normal_image(&dir), to_ftp, &quick());
     assert!(e.contains("refused a redirect from http to ftp"), "{e}");
@@ -317,13 +305,8 @@ fn a_blob_cut_off_resumes_by_range_and_one_that_stalls_times_out() {
     // Cut off every time: a clear error after the tries.
     let ts = TestStore::new();
     let img = normal_image(&dir);
-    let layer = img.layer_digest.clone();
-    let always = Box::new(move |r: &Request, _| {
-        if is_layer(r, &layer) {
-            Reply::CutAfter(1000)
-        } else {
-            Reply::Normal
-        }
+    let always = on(&format!("blobs/{}", img.layer_digest), |_| {
+        Reply::CutAfter(1000)
     });
     let e = failing_pull(&ts, img, always, &quick());
     // Each try resumed where the last was cut: 1000 bytes further each.
@@ -335,13 +318,8 @@ fn a_blob_cut_off_resumes_by_range_and_one_that_stalls_times_out() {
     // A registry that stops sending: the read times out, no hang.
     let ts = TestStore::new();
     let img = normal_image(&dir);
-    let layer = img.layer_digest.clone();
-    let stall = Box::new(move |r: &Request, _| {
-        if is_layer(r, &layer) {
-            Reply::StallAfter(1000)
-        } else {
-            Reply::Normal
-        }
+    let stall = on(&format!("blobs/{}", img.layer_digest), |_| {
+        Reply::StallAfter(1000)
     });
     let started = Instant::now();
     let e = failing_pull(&ts, img, stall, &quick());
