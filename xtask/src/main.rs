@@ -186,28 +186,61 @@ fn bench(args: &[String]) -> Result<()> {
 const CI_KERNEL: &str = "debian-6.1";
 
 fn test() -> Result<()> {
-    setup::setup()?;
+    // Every group's time is printed at the end, failed or not: CI has
+    // 35 minutes on 2 cores, and the engine tests keep arriving.
+    let mut times = StageTimes::default();
+    times.run("setup", setup::setup)?;
     if std::env::var("CI").as_deref() == Ok("true") && !setup::is_root() {
         bail!("CI=true but not root: the privileged tests would not run");
     }
-    cargo(&["fmt", "--all", "--", "--check"])?;
-    cargo(&[
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ])?;
-    cargo_test(&["test", "--workspace"])?;
-    cargo(&["build", "-p", "strata-driver"])?;
-    containerd_suite::run_suite(&workspace_root().join("target/debug/strata"))?;
+    times.run("fmt", || cargo(&["fmt", "--all", "--", "--check"]))?;
+    times.run("clippy", || {
+        cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])
+    })?;
+    times.run("cargo test", || cargo_test(&["test", "--workspace"]))?;
+    times.run("containerd suite", || {
+        cargo(&["build", "-p", "strata-driver"])?;
+        containerd_suite::run_suite(&workspace_root().join("target/debug/strata"))
+    })?;
     // The same integration tests on a stock kernel: the precise profiler
     // backends and the pre-6.7 mount path exist only there.
     // A normal run takes about 5 minutes; a hung guest must not eat the
     // whole CI budget.
-    vm::vm_test(&[CI_KERNEL.to_string()], &[], Duration::from_secs(15 * 60))?;
-    bench(&["--quick".to_string()])
+    times.run("vm-test", || {
+        vm::vm_test(&[CI_KERNEL.to_string()], &[], Duration::from_secs(15 * 60))
+    })?;
+    times.run("quick benches", || bench(&["--quick".to_string()]))
+}
+
+/// How long each group of `test` took; printed when dropped.
+#[derive(Default)]
+struct StageTimes(Vec<(&'static str, Duration)>);
+
+impl StageTimes {
+    fn run(&mut self, name: &'static str, stage: impl FnOnce() -> Result<()>) -> Result<()> {
+        let started = std::time::Instant::now();
+        let result = stage();
+        self.0.push((name, started.elapsed()));
+        result
+    }
+}
+
+impl Drop for StageTimes {
+    fn drop(&mut self) {
+        let total: Duration = self.0.iter().map(|(_, d)| *d).sum();
+        println!("\ntest groups:");
+        for (name, d) in &self.0 {
+            println!("  {name:<18} {:>7.1} s", d.as_secs_f64());
+        }
+        println!("  {:<18} {:>7.1} s", "total", total.as_secs_f64());
+    }
 }
 
 /// Runs cargo test, passing its output through, and closes with the total
