@@ -155,22 +155,7 @@ fn append_layer(
     let w = tar.get_mut();
     let start = writing(w.stream_position())?;
     writing(w.write_all(&[0; BLOCK]))?;
-    let mut data = HashingWriter::new(&mut *w);
-    let rebuilt = split::rebuild(&store.layer_dir(chain), &mut data)?;
-    let data = if rebuilt {
-        data
-    } else {
-        write_layer_tar(&store.layer_diff(chain), data)?
-    };
-    let (w, digest, size) = data.finish();
-    if rebuilt && &digest != diff_id {
-        return Err(Error::Corrupt {
-            path: store.layer_dir(chain),
-            reason: format!(
-                "the layer's files no longer rebuild its tar: diffID {diff_id} recorded, {digest} rebuilt"
-            ),
-        });
-    }
+    let (w, digest, size) = write_stored_layer(store, chain, diff_id, &mut *w)?;
     let padding = (BLOCK - (size % BLOCK as u64) as usize) % BLOCK;
     writing(w.write_all(&[0; BLOCK][..padding]))?;
     let mut h = header(size);
@@ -181,6 +166,35 @@ fn append_layer(
     writing(w.write_all(h.as_bytes()))?;
     writing(w.seek(SeekFrom::End(0)))?;
     Ok(ExportedLayer { digest, size })
+}
+
+/// Writes layer `chain` as a tar into `out`: the very tar it came as
+/// (rebuilt from its tar-split and checked against `diff_id`), or, for a
+/// layer strata made, a canonical tar. Returns `out`, the tar's digest
+/// and size. What save and push send.
+pub(crate) fn write_stored_layer<W: Write>(
+    store: &Store,
+    chain: &Digest,
+    diff_id: &Digest,
+    out: W,
+) -> Result<(W, Digest, u64)> {
+    let mut data = HashingWriter::new(out);
+    let rebuilt = split::rebuild(&store.layer_dir(chain), &mut data)?;
+    let data = if rebuilt {
+        data
+    } else {
+        write_layer_tar(&store.layer_diff(chain), data)?
+    };
+    let (out, digest, size) = data.finish();
+    if rebuilt && &digest != diff_id {
+        return Err(Error::Corrupt {
+            path: store.layer_dir(chain),
+            reason: format!(
+                "the layer's files no longer rebuild its tar: diffID {diff_id} recorded, {digest} rebuilt"
+            ),
+        });
+    }
+    Ok((out, digest, size))
 }
 
 /// docker save's config and manifest.json, after the layers.

@@ -7,16 +7,15 @@
 //! The config follows, then the manifest: a pulled image pushed unchanged
 //! goes up with the manifest it was pulled by, so its digest stays.
 
-use std::io::Write as _;
 use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::archive::{split, write_layer_tar};
 use crate::blobs::KnownBlob;
 use crate::digest::{Digest, HashingWriter};
 use crate::error::{Error, Result};
+use crate::export::write_stored_layer;
 use crate::image::{config, oci};
 use crate::registry::pusher::Pusher;
 use crate::registry::reference::Reference;
@@ -146,7 +145,7 @@ fn reuse(
     Ok(None)
 }
 
-/// Rebuilds `chain`'s tar (see export), gzips it into a chunked upload,
+/// Writes `chain`'s tar (see export) gzipped into a chunked upload,
 /// and remembers the blob. Returns it and the tar's digest.
 fn upload_layer(
     store: &Store,
@@ -157,22 +156,8 @@ fn upload_layer(
 ) -> Result<(KnownBlob, Digest)> {
     let upload = HashingWriter::new(pusher.upload()?);
     let gzip = flate2::write::GzEncoder::new(upload, flate2::Compression::default());
-    let mut tar = HashingWriter::new(gzip);
-    let rebuilt = split::rebuild(&store.layer_dir(chain), &mut tar)?;
-    let tar = if rebuilt {
-        tar
-    } else {
-        write_layer_tar(&store.layer_diff(chain), tar)?
-    };
-    let (gzip, sent_diff_id, _) = tar.finish();
-    if rebuilt && &sent_diff_id != diff_id {
-        return Err(Error::Corrupt {
-            path: store.layer_dir(chain),
-            reason: format!("the layer's files no longer rebuild its tar: diffID {diff_id} recorded, {sent_diff_id} rebuilt"),
-        });
-    }
-    let mut upload = gzip.finish().map_err(|e| io_error(chain, e))?;
-    upload.flush().map_err(|e| io_error(chain, e))?;
+    let (gzip, sent_diff_id, _) = write_stored_layer(store, chain, diff_id, gzip)?;
+    let upload = gzip.finish().map_err(|e| io_error(chain, e))?;
     let (upload, digest, size) = upload.finish();
     upload.finish(&digest)?;
     let blob = KnownBlob {

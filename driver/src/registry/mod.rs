@@ -130,7 +130,7 @@ pub enum Target<'a> {
 
 /// Credentials for Docker Hub are filed under docker.io, not its API host.
 fn credentials_key(api_host: &str) -> &str {
-    if api_host == "registry-1.docker.io" {
+    if api_host == reference::DOCKER_HUB_API {
         reference::DOCKER_HUB
     } else {
         api_host

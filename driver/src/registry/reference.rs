@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 
 /// The registry docker.io names, and the host its API is served from.
 pub const DOCKER_HUB: &str = "docker.io";
-const DOCKER_HUB_API: &str = "registry-1.docker.io";
+pub const DOCKER_HUB_API: &str = "registry-1.docker.io";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reference {

@@ -82,7 +82,9 @@ impl RemotePuller {
     /// `req.target` now exists (answer AlreadyExists), false when
     /// containerd should prepare and apply the layer itself.
     pub fn prepare(&self, store: &Store, req: &LayerRequest, parent: &str) -> bool {
-        match self.try_prepare(store, req, parent) {
+        let outcome = self.try_prepare(store, req, parent);
+        self.forget_idle_gate(&req.image_ref);
+        match outcome {
             Ok(true) => {
                 self.counters.layers_served.fetch_add(1, Ordering::Relaxed);
                 true
@@ -99,6 +101,18 @@ impl RemotePuller {
                 );
                 false
             }
+        }
+    }
+
+    /// Drops the image's gate once no Prepare holds it, so a snapshotter
+    /// that serves for months keeps no entry per image it ever pulled.
+    fn forget_idle_gate(&self, image_ref: &str) {
+        let mut gates = self.fetching.lock().expect("no panics under the lock");
+        if gates
+            .get(image_ref)
+            .is_some_and(|g| Arc::strong_count(g) == 1)
+        {
+            gates.remove(image_ref);
         }
     }
 
