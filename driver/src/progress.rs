@@ -79,10 +79,25 @@ fn short(digest: &str) -> &str {
     &hex[..hex.len().min(12)]
 }
 
-/// Per layer: bytes read and when it started.
-struct LayerState {
-    read: u64,
-    since: Option<Instant>,
+/// Per layer: bytes read and when it started; what the per-layer
+/// printers report when a layer is done.
+struct LayerClock(Mutex<Vec<(u64, Option<Instant>)>>);
+
+impl LayerClock {
+    fn new(layers: usize) -> LayerClock {
+        LayerClock(Mutex::new(vec![(0, None); layers]))
+    }
+    fn start(&self, index: usize) {
+        self.0.lock().expect("no panics under the lock")[index].1 = Some(Instant::now());
+    }
+    fn add(&self, index: usize, n: u64) {
+        self.0.lock().expect("no panics under the lock")[index].0 += n;
+    }
+    /// Bytes read and seconds since the start.
+    fn so_far(&self, index: usize) -> (u64, f64) {
+        let (read, since) = self.0.lock().expect("no panics under the lock")[index];
+        (read, since.map_or(0.0, |t| t.elapsed().as_secs_f64()))
+    }
 }
 
 /// docker's per-layer pull lines: a bar each on a terminal; elsewhere a
@@ -90,20 +105,14 @@ struct LayerState {
 pub struct LayerLines {
     digests: Vec<String>,
     bars: Option<(indicatif::MultiProgress, Vec<indicatif::ProgressBar>)>,
-    state: Mutex<Vec<LayerState>>,
+    clock: LayerClock,
 }
 
 impl LayerLines {
     /// `digests`: the layers' blob digests, bottom first. Bars only when
     /// stderr is a terminal.
     pub fn new(digests: Vec<String>) -> LayerLines {
-        let state = digests
-            .iter()
-            .map(|_| LayerState {
-                read: 0,
-                since: None,
-            })
-            .collect();
+        let clock = LayerClock::new(digests.len());
         let bars = io::stderr().is_terminal().then(|| {
             let multi = indicatif::MultiProgress::new();
             let style = indicatif::ProgressStyle::with_template(
@@ -126,7 +135,7 @@ impl LayerLines {
         LayerLines {
             digests,
             bars,
-            state: Mutex::new(state),
+            clock,
         }
     }
 
@@ -137,7 +146,7 @@ impl LayerLines {
 
 impl Progress for LayerLines {
     fn started(&self, index: usize, size: Option<u64>) {
-        self.state.lock().expect("no panics under the lock")[index].since = Some(Instant::now());
+        self.clock.start(index);
         match &self.bars {
             Some((_, bars)) => {
                 bars[index].set_length(size.unwrap_or(0));
@@ -147,17 +156,13 @@ impl Progress for LayerLines {
         }
     }
     fn advanced(&self, index: usize, n: u64) {
-        self.state.lock().expect("no panics under the lock")[index].read += n;
+        self.clock.add(index, n);
         if let Some((_, bars)) = &self.bars {
             bars[index].inc(n);
         }
     }
     fn done(&self, index: usize) {
-        let (read, since) = {
-            let s = &self.state.lock().expect("no panics under the lock")[index];
-            (s.read, s.since)
-        };
-        let secs = since.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        let (read, secs) = self.clock.so_far(index);
         match &self.bars {
             Some((_, bars)) => bars[index].finish_with_message("pull complete"),
             None => self.line(
@@ -182,17 +187,14 @@ impl Progress for LayerLines {
 /// `{"event":"started"|"done"|"exists","layer":DIGEST,...}`.
 pub struct JsonEvents {
     digests: Vec<String>,
-    started: Mutex<Vec<Option<Instant>>>,
-    read: Mutex<Vec<u64>>,
+    clock: LayerClock,
 }
 
 impl JsonEvents {
     pub fn new(digests: Vec<String>) -> JsonEvents {
-        let n = digests.len();
         JsonEvents {
+            clock: LayerClock::new(digests.len()),
             digests,
-            started: Mutex::new(vec![None; n]),
-            read: Mutex::new(vec![0; n]),
         }
     }
 
@@ -203,18 +205,16 @@ impl JsonEvents {
 
 impl Progress for JsonEvents {
     fn started(&self, index: usize, size: Option<u64>) {
-        self.started.lock().expect("no panics under the lock")[index] = Some(Instant::now());
+        self.clock.start(index);
         self.emit(
             serde_json::json!({"event": "started", "layer": self.digests[index], "size": size}),
         );
     }
     fn advanced(&self, index: usize, n: u64) {
-        self.read.lock().expect("no panics under the lock")[index] += n;
+        self.clock.add(index, n);
     }
     fn done(&self, index: usize) {
-        let read = self.read.lock().expect("no panics under the lock")[index];
-        let secs = self.started.lock().expect("no panics under the lock")[index]
-            .map_or(0.0, |t| t.elapsed().as_secs_f64());
+        let (read, secs) = self.clock.so_far(index);
         self.emit(serde_json::json!({"event": "done", "layer": self.digests[index], "bytes": read, "seconds": secs}));
     }
     fn exists(&self, index: usize, size: Option<u64>) {
