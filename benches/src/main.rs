@@ -36,7 +36,8 @@ struct Cli {
     #[arg(long, default_value_t = 0.10)]
     threshold: f64,
     /// Only benches whose group matches: ops (import and containers), peers,
-    /// pull, containerd, cow, serve, overhead.
+    /// pull (containerd-pull: its containerd pulls alone), containerd,
+    /// cow, serve, overhead.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     #[arg(long)]
@@ -75,9 +76,10 @@ fn main() -> Result<()> {
             eprintln!("import, strata vs the engines' own (fresh filesystems):");
             results.extend(peers::all(&env, &cli.out.join("cache"))?);
         }
-        if wanted("pull") {
+        if wanted("pull") || wanted("containerd-pull") {
             eprintln!("pull from a local registry (fresh filesystems):");
-            results.extend(pull::all(&env, &cli.out.join("cache"))?);
+            let only_containerd = !wanted("pull");
+            results.extend(pull::all(&env, &cli.out.join("cache"), only_containerd)?);
         }
         if wanted("containerd") {
             eprintln!("containerd, strata snapshotter vs overlayfs:");

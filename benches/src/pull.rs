@@ -35,7 +35,9 @@ struct Pushed {
     reference: String,
 }
 
-pub fn all(env: &Env, cache: &Path) -> Result<Vec<BenchResult>> {
+/// Every pull bench; with `only_containerd` (`--only containerd-pull`),
+/// the containerd pulls alone.
+pub fn all(env: &Env, cache: &Path, only_containerd: bool) -> Result<Vec<BenchResult>> {
     let reg = Registry::start(&env.dir("registry"), &RegistryConfig::default());
     let mut images = vec![synthetic(
         env,
@@ -58,13 +60,16 @@ pub fn all(env: &Env, cache: &Path) -> Result<Vec<BenchResult>> {
     let mut out = Vec::new();
     for (fs_name, fs) in crate::ops::fresh_filesystems(env, "pull-fs")? {
         for img in &images {
-            out.push(against_floor(env, &fs.mount, fs_name, img)?);
             out.push(through_containerd(env, &fs.mount, fs_name, img)?);
+            if only_containerd {
+                continue;
+            }
+            out.push(against_floor(env, &fs.mount, fs_name, img)?);
             if !env.quick {
                 out.extend(against_peers(env, &fs.mount, fs_name, img)?);
             }
         }
-        if !env.quick && fs_name == "ext4" {
+        if !env.quick && !only_containerd && fs_name == "ext4" {
             // 1 GiB, for the memory bound (64 MiB) as much as the time.
             let big = synthetic(env, &reg, (6, 5300))?;
             out.push(against_floor(env, &fs.mount, fs_name, &big)?);

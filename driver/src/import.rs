@@ -42,6 +42,11 @@ pub(crate) struct Publish<'a> {
     /// Layers read and extracted at once.
     pub jobs: usize,
     pub progress: &'a dyn Progress,
+    /// Publish the layers without flushing them first, for the caller to
+    /// record them unflushed and the snapshotter's flusher to make them
+    /// durable soon after, many at once (containerd's snapshots: see
+    /// snapshots::flush). Images are always flushed before they appear.
+    pub defer_flush: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -100,6 +105,7 @@ pub fn import(store: &Store, src: &str, opts: &ImportOptions) -> Result<ImportRe
         repo_digests: Vec::new(),
         jobs: cores(),
         progress: if opts.progress { &bar } else { &silent },
+        defer_flush: false,
     };
     let report = store_source(store, &source, &path, &how);
     drop(unpacked);
@@ -212,6 +218,9 @@ fn import_source(
         created: now_secs(),
         repo_digests: how.repo_digests.clone(),
     };
+    // A layer it shares may be one the snapshotter fetched and has not
+    // flushed yet: an image never stands on data a crash can tear.
+    store.sync_unflushed_layers(&image.layers)?;
     store.put_image(&image, &staged.config)?;
     txn.done();
     for layer in &source.layers {
@@ -265,7 +274,9 @@ pub(crate) fn stage_image(
         ),
     };
     // Durable before visible: one syncfs covers every staged file.
-    fsutil::syncfs(&store.tmp_dir())?;
+    if !how.defer_flush {
+        fsutil::syncfs(&store.tmp_dir())?;
+    }
     Ok(StagedImage {
         layers,
         diff_ids,

@@ -29,6 +29,7 @@ use crate::registry::reference::Reference;
 use crate::registry::resolver::{resolve, Resolved};
 use crate::registry::{Registry, RegistryOptions};
 use crate::sizes;
+use crate::snapshots::FetchedLayer;
 use crate::store::Store;
 
 /// docker's default `max-concurrent-downloads`.
@@ -118,6 +119,7 @@ impl RemoteImage {
             )],
             jobs: self.jobs,
             progress,
+            defer_flush: false,
         };
         let shown = r.to_string();
         let report = store_source(store, &source, Path::new(&shown), &how)?;
@@ -147,6 +149,7 @@ impl RemoteImage {
             repo_digests: Vec::new(),
             jobs: self.jobs,
             progress: &Silent,
+            defer_flush: true,
         };
         let shown = self.reference.to_string();
         let mut attempts = 0;
@@ -208,7 +211,9 @@ impl RemoteImage {
 }
 
 /// Publishes `staged`'s layers and records each as the committed
-/// snapshot of its chain ID, in one transaction.
+/// snapshot of its chain ID, in one transaction. The layers it extracted
+/// are not flushed yet: their snapshots say so, as a Commit's do, until
+/// the snapshotter's flusher has run (see snapshots::flush).
 fn publish_as_snapshots(
     store: &Store,
     staged: StagedImage,
@@ -221,11 +226,20 @@ fn publish_as_snapshots(
         .iter()
         .map(|s| sizes::dir_usage(&s.diff_dir(store)).map(|u| u.inodes))
         .collect::<Result<Vec<_>>>()?;
+    let boot = crate::snapshots::boot_id()?;
     let _lock = store.lock()?;
     let txn = Txn::begin(&store.tmp_dir(), "snapshot-fetch")?;
     let layers = publish_layers(store, staged.layers)?;
-    let chains: Vec<(Digest, u64)> = layers.into_iter().map(|l| l.chain_id).zip(inodes).collect();
-    let names = store.record_fetched_snapshots(&chains, labels)?;
+    let fetched: Vec<FetchedLayer> = layers
+        .into_iter()
+        .zip(inodes)
+        .map(|(l, inodes)| FetchedLayer {
+            unflushed_boot: (!l.shared).then(|| boot.clone()),
+            chain_id: l.chain_id,
+            inodes,
+        })
+        .collect();
+    let names = store.record_fetched_snapshots(&fetched, labels)?;
     txn.done();
     Ok(names)
 }

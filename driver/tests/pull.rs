@@ -13,7 +13,7 @@ use strata_driver::archive::compression::Compression;
 use strata_driver::image::build::{write_oci_layout, LayerTar};
 use strata_driver::image::platform::Platform;
 use strata_driver::import::{import, ImportOptions};
-use strata_driver::pull::{pull, PullOptions};
+use strata_driver::pull::{pull, PullOptions, RemoteImage};
 use strata_driver::registry::credentials::Credentials;
 use strata_driver::testing::registry::{Registry, RegistryConfig};
 use strata_driver::testing::{privileged, snapshot, TestStore};
@@ -498,4 +498,78 @@ fn a_pulled_image_pushes_unchanged_without_uploading_and_a_commit_uploads_one_la
     assert!(again.layers.iter().all(|l| l.sent == Sent::Exists));
     assert_eq!(uploads(&reg, "test/committed"), before);
     assert!(ts.store.check(false).unwrap().is_empty());
+}
+
+fn unflushed_marks(store: &Store) -> Vec<Option<String>> {
+    let db = store.snapshot_db().unwrap();
+    db.snapshots
+        .values()
+        .map(|r| r.unflushed_boot.clone())
+        .collect()
+}
+
+/// The machine went down before the flusher ran: every mark as if
+/// written in an earlier boot.
+fn as_if_rebooted(store: &Store) {
+    let path = store.snapshots_dir().join("metadata.json");
+    let mut db: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    for rec in db["snapshots"].as_object_mut().unwrap().values_mut() {
+        if !rec["unflushed_boot"].is_null() {
+            rec["unflushed_boot"] = "an-earlier-boot".into();
+        }
+    }
+    fs::write(&path, serde_json::to_vec(&db).unwrap()).unwrap();
+}
+
+#[test]
+fn layers_fetched_for_containerd_are_unflushed_until_the_flusher_and_an_image_makes_them_durable() {
+    if !privileged() {
+        return;
+    }
+    let ts = TestStore::new();
+    let reg = Registry::start(&ts.scratch("registry"), &RegistryConfig::default());
+    let work = ts.scratch("src");
+    let layout = work.join("layout");
+    write_oci_layout(&layout, "v1", &layers(&work, 7), Compression::Gzip).unwrap();
+    reg.push(&format!("oci:{}:v1", layout.display()), "test/f:v1", &[]);
+    let reference = format!("{}/test/f:v1", reg.host);
+    let remote = RemoteImage::resolve(&reference, &PullOptions::default()).unwrap();
+    let s = &ts.store;
+    let boot = strata_driver::snapshots::boot_id().unwrap();
+
+    // Fetched as containerd's snapshots: recorded before any flush, as a
+    // Commit is; a crash before the flusher drops them, layers and all.
+    let names = remote.store_as_snapshots(s, &Default::default()).unwrap();
+    assert_eq!(names.len(), 2);
+    assert_eq!(unflushed_marks(s), vec![Some(boot.clone()); 2]);
+    as_if_rebooted(s);
+    assert!(s.recover_if_needed().unwrap().iter().all(|p| p.repaired));
+    assert!(s.list_snapshots(&[]).unwrap().is_empty());
+    assert!(s.layers().unwrap().is_empty(), "torn layers are not shared");
+    assert!(s.check(false).unwrap().is_empty());
+
+    // Fetched again, then flushed: durable, nothing left marked.
+    remote.store_as_snapshots(s, &Default::default()).unwrap();
+    assert_eq!(
+        blob_gets(&reg, "test/f"),
+        5,
+        "the config once, 2 layers twice"
+    );
+    assert_eq!(s.flush_snapshots().unwrap(), 2);
+    assert_eq!(unflushed_marks(s), vec![None; 2]);
+
+    // An image that shares unflushed fetched layers survives a crash
+    // though their snapshots do not.
+    let other = TestStore::new();
+    let o = &other.store;
+    remote.store_as_snapshots(o, &Default::default()).unwrap();
+    let report = pull(o, &reference, &PullOptions::default()).unwrap();
+    assert!(report.layers.iter().all(|l| l.shared), "nothing downloaded");
+    as_if_rebooted(o);
+    assert!(o.recover_if_needed().unwrap().iter().all(|p| p.repaired));
+    assert!(o.list_snapshots(&[]).unwrap().is_empty());
+    assert_eq!(o.layers().unwrap().len(), 2, "the image keeps its layers");
+    assert!(o.check(false).unwrap().is_empty());
+    let seen = in_container(o, &reference, snapshot);
+    assert!(seen["opt/app/fresh"].contains("mode=100600"), "{seen:?}");
 }

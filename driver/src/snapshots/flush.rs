@@ -10,7 +10,9 @@
 //! the filesystem and clears the mark. Recovery in the same boot simply
 //! flushes; recovery in a later boot drops every snapshot still marked,
 //! with its descendants, and containerd extracts them again from its
-//! content store, which it keeps durable itself.
+//! content store, which it keeps durable itself. Layers strata fetched
+//! for containerd (see fetched) are recorded the same way; an image that
+//! comes to share one flushes it first (sync_unflushed_layers).
 
 use std::collections::BTreeSet;
 
@@ -18,7 +20,9 @@ use crate::error::{IoContext, Result};
 use crate::fsutil;
 use crate::store::Store;
 
-use super::metadata::SnapshotDb;
+use crate::digest::Digest;
+
+use super::metadata::{SnapshotDb, SnapshotState};
 
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 
@@ -61,6 +65,22 @@ impl Store {
             self.save_snapshot_db(db)?;
         }
         Ok(flushed)
+    }
+
+    /// Flushes the filesystem if any of `layers` is a snapshot's still
+    /// unflushed, so that what is about to stand on them (an image) stands
+    /// on durable data. The marks stay for flush_snapshots to clear: it
+    /// takes the store lock, which the caller holds.
+    pub(crate) fn sync_unflushed_layers(&self, layers: &[Digest]) -> Result<()> {
+        let db = self.snapshot_db()?;
+        let unflushed = db.snapshots.values().any(|r| {
+            r.unflushed_boot.is_some()
+                && matches!(&r.state, SnapshotState::Committed { layer, .. } if layers.contains(layer))
+        });
+        if unflushed {
+            fsutil::syncfs(&self.layers_dir())?;
+        }
+        Ok(())
     }
 }
 

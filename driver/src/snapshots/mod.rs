@@ -28,6 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+pub(crate) use fetched::FetchedLayer;
 pub use fetched::TARGET_REF_LABEL;
 pub use flush::boot_id;
 pub use metadata::{SnapshotDb, SnapshotRecord, SnapshotState};

@@ -147,6 +147,8 @@ impl Snapshotter for StrataSnapshotter {
                 .blocking(move |s| Ok(remote.prepare(s, &req, &parent)))
                 .await?;
             if served {
+                // What it fetched is recorded unflushed: the flusher's turn.
+                self.committed.notify_one();
                 return Err(Status::already_exists(format!(
                     "snapshot {} fetched by strata",
                     labels[TARGET_REF_LABEL]
