@@ -144,6 +144,12 @@ enum Cmd {
         /// Layers strata fetches at once for containerd.
         #[arg(long, default_value_t = strata_driver::pull::DEFAULT_JOBS)]
         max_concurrent_downloads: usize,
+        /// containerd's socket: the layer blobs strata fetches for
+        /// containerd are written to its content store too. Docker's
+        /// containerd image store needs them (it hides images whose
+        /// blobs containerd lacks); CRI does not.
+        #[arg(long, value_name = "SOCK")]
+        containerd: Option<PathBuf>,
         #[command(flatten)]
         registry: RegistryFlags,
     },
@@ -345,6 +351,7 @@ fn main() -> Result<()> {
             group,
             no_remote_pull,
             max_concurrent_downloads,
+            containerd,
             registry,
         } => {
             let remote_pull = (!no_remote_pull)
@@ -356,7 +363,13 @@ fn main() -> Result<()> {
                     })
                 })
                 .transpose()?;
-            serve_snapshotter(store, address, group, remote_pull)
+            let opts = ServeOptions {
+                address,
+                group: None,
+                remote_pull,
+                containerd,
+            };
+            serve_snapshotter(store, opts, group)
         }
         Cmd::Create {
             image,
@@ -433,13 +446,8 @@ fn main() -> Result<()> {
     }
 }
 
-fn serve_snapshotter(
-    store: Store,
-    address: PathBuf,
-    group: Option<String>,
-    remote_pull: Option<strata_driver::pull::PullOptions>,
-) -> Result<()> {
-    let group = group
+fn serve_snapshotter(store: Store, mut opts: ServeOptions, group: Option<String>) -> Result<()> {
+    opts.group = group
         .map(|g| {
             nix::unistd::Group::from_name(&g)
                 .with_context(|| format!("looking up group {g}"))?
@@ -464,13 +472,8 @@ fn serve_snapshotter(
         };
         eprintln!(
             "strata: serving containerd snapshots on {}",
-            address.display()
+            opts.address.display()
         );
-        let opts = ServeOptions {
-            address,
-            group,
-            remote_pull,
-        };
         snapshotter::serve(store, opts, stop)
             .await
             .context("strata snapshotter")

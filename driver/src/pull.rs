@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::fsutil::Txn;
 use crate::image::config;
 use crate::image::platform::Platform;
-use crate::image::{SourceImage, SourceLayer};
+use crate::image::{LayerSource, SourceImage, SourceLayer};
 use crate::images::ImageRecord;
 use crate::import::{
     publish_layers, stage_image, store_source, ImportedLayer, Publish, StagedImage,
@@ -136,14 +136,24 @@ impl RemoteImage {
 
     /// Fetches what the store lacks and records every layer as the
     /// committed snapshot containerd names by its chain ID, with `labels`:
-    /// the remote snapshotter's answer (see snapshotter::remote). Returns
-    /// the snapshot names, bottom first.
+    /// the remote snapshotter's answer (see snapshotter::remote). `wrap`
+    /// gets each layer's blob (and its index) on its way to extraction,
+    /// to copy it elsewhere. Returns the snapshot names, bottom first.
     pub fn store_as_snapshots(
         &self,
         store: &Store,
         labels: &BTreeMap<String, String>,
+        wrap: &dyn Fn(usize, Box<dyn LayerSource>) -> Box<dyn LayerSource>,
     ) -> Result<Vec<String>> {
-        let source = self.source(store);
+        let mut source = self.source(store);
+        source.layers = std::mem::take(&mut source.layers)
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| SourceLayer {
+                blob: wrap(i, l.blob),
+                digest: l.digest,
+            })
+            .collect();
         let how = Publish {
             names: Vec::new(),
             repo_digests: Vec::new(),

@@ -539,7 +539,9 @@ fn layers_fetched_for_containerd_are_unflushed_until_the_flusher_and_an_image_ma
 
     // Fetched as containerd's snapshots: recorded before any flush, as a
     // Commit is; a crash before the flusher drops them, layers and all.
-    let names = remote.store_as_snapshots(s, &Default::default()).unwrap();
+    let names = remote
+        .store_as_snapshots(s, &Default::default(), &|_, b| b)
+        .unwrap();
     assert_eq!(names.len(), 2);
     assert_eq!(unflushed_marks(s), vec![Some(boot.clone()); 2]);
     as_if_rebooted(s);
@@ -549,7 +551,9 @@ fn layers_fetched_for_containerd_are_unflushed_until_the_flusher_and_an_image_ma
     assert!(s.check(false).unwrap().is_empty());
 
     // Fetched again, then flushed: durable, nothing left marked.
-    remote.store_as_snapshots(s, &Default::default()).unwrap();
+    remote
+        .store_as_snapshots(s, &Default::default(), &|_, b| b)
+        .unwrap();
     assert_eq!(
         blob_gets(&reg, "test/f"),
         5,
@@ -562,7 +566,9 @@ fn layers_fetched_for_containerd_are_unflushed_until_the_flusher_and_an_image_ma
     // though their snapshots do not.
     let other = TestStore::new();
     let o = &other.store;
-    remote.store_as_snapshots(o, &Default::default()).unwrap();
+    remote
+        .store_as_snapshots(o, &Default::default(), &|_, b| b)
+        .unwrap();
     let report = pull(o, &reference, &PullOptions::default()).unwrap();
     assert!(report.layers.iter().all(|l| l.shared), "nothing downloaded");
     as_if_rebooted(o);

@@ -11,7 +11,11 @@
 //!   tests of containerd pulling through strata), from trixie, which
 //!   bookworm lacks (its containerd is 1.6). trixie is reached through a
 //!   private apt state under target/apt-trixie: the host's sources, lists
-//!   and cache are never touched.
+//!   and cache are never touched;
+//! - Docker Engine 26 (`docker.io`, `docker-cli`, `docker-buildx` and
+//!   `tini` for docker-init), from trixie, for the tests and benches of
+//!   docker on strata through its containerd image store, which 20.10
+//!   lacks. Its binaries need only glibc 2.34.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -27,36 +31,47 @@ pub enum Suite {
     Trixie,
 }
 
-/// (directory under target/, package, suite, the files the tests need
-/// from it).
-pub const UNPACKED: [(&str, &str, Suite, &[&str]); 4] = [
+/// (directory under target/, packages, suite, the files the tests need
+/// from them).
+pub const UNPACKED: [(&str, &[&str], Suite, &[&str]); 5] = [
     (
         "prometheus",
-        "prometheus",
+        &["prometheus"],
         Suite::Host,
         &["usr/bin/prometheus", "usr/bin/promtool"],
     ),
     (
         "docker.io",
-        "docker.io",
+        &["docker.io"],
         Suite::Host,
         &["usr/sbin/dockerd", "usr/bin/docker"],
     ),
     (
         "docker-registry",
-        "docker-registry",
+        &["docker-registry"],
         Suite::Trixie,
         &["usr/bin/docker-registry"],
     ),
     // Its runc needs glibc 2.38: the shim runs bookworm's (installed).
     (
         "containerd-1.7",
-        "containerd",
+        &["containerd"],
         Suite::Trixie,
         &[
             "usr/bin/containerd",
             "usr/bin/ctr",
             "usr/bin/containerd-shim-runc-v2",
+        ],
+    ),
+    (
+        "docker-26",
+        &["docker.io", "docker-cli", "docker-buildx", "tini"],
+        Suite::Trixie,
+        &[
+            "usr/sbin/dockerd",
+            "usr/bin/docker",
+            "usr/bin/docker-init",
+            "usr/libexec/docker/cli-plugins/docker-buildx",
         ],
     ),
 ];
@@ -66,15 +81,15 @@ pub fn root(dir: &str) -> PathBuf {
     workspace_root().join("target").join(dir).join("root")
 }
 
-/// Unpacks `package` under target/`dir` once; true if it did something.
-pub fn fetch(dir: &str, package: &str, suite: Suite, needed: &[&str]) -> Result<bool> {
+/// Unpacks `packages` under target/`dir` once; true if it did something.
+pub fn fetch(dir: &str, packages: &[&str], suite: Suite, needed: &[&str]) -> Result<bool> {
     let root = root(dir);
     if needed.iter().all(|b| root.join(b).exists()) {
         return Ok(false);
     }
-    fetch_many(dir, suite, &[package])?;
+    fetch_many(dir, suite, packages)?;
     if let Some(missing) = needed.iter().find(|b| !root.join(b).exists()) {
-        bail!("the {package} package has no {missing}");
+        bail!("the packages {} have no {missing}", packages.join(" "));
     }
     Ok(true)
 }

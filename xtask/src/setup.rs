@@ -107,9 +107,12 @@ pub fn setup() -> Result<()> {
         did.push(format!("apt-get installed {}", missing.join(" ")));
     }
 
-    for (dir, package, suite, needed) in crate::debs::UNPACKED {
-        if crate::debs::fetch(dir, package, suite, needed)? {
-            did.push(format!("unpacked {package} under target/{dir}"));
+    for (dir, packages, suite, needed) in crate::debs::UNPACKED {
+        if crate::debs::fetch(dir, packages, suite, needed)? {
+            did.push(format!(
+                "unpacked {} under target/{dir}",
+                packages.join(" ")
+            ));
         }
     }
     did.extend(crate::go::setup()?);

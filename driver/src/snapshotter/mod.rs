@@ -2,6 +2,7 @@
 //! socket, over the same store as the CLI (a proxy plugin of type
 //! `snapshot` in containerd's config).
 
+mod content;
 pub mod remote;
 mod service;
 
@@ -30,6 +31,9 @@ pub struct ServeOptions {
     /// Serve containerd's remote-snapshotter labels with strata's own
     /// puller (see remote); None: containerd fetches every layer.
     pub remote_pull: Option<crate::pull::PullOptions>,
+    /// containerd's socket: the blobs fetched for it are written to its
+    /// content store too (see content), which Docker needs.
+    pub containerd: Option<PathBuf>,
 }
 
 /// Held while a snapshotter serves a store: a second one is refused.
@@ -117,10 +121,15 @@ pub async fn serve(
     let listener = bind(&opts)?;
     let committed = Arc::new(tokio::sync::Notify::new());
     let flusher = tokio::spawn(flush_after_commits(store.clone(), committed.clone()));
+    let content = opts
+        .containerd
+        .as_deref()
+        .map(content::ContentStore::connect_lazy)
+        .transpose()?;
     let remote = opts
         .remote_pull
         .clone()
-        .map(|o| Arc::new(remote::RemotePuller::new(o)));
+        .map(|o| Arc::new(remote::RemotePuller::new(o, content)));
     let svc = Arc::new(StrataSnapshotter::new(store.clone(), committed, remote));
     let served = Server::builder()
         .add_service(containerd_snapshots::server(svc))

@@ -7,7 +7,9 @@
 //! itself, every layer at once (the prefetch `cri.image-layers` asks
 //! for), records each layer as the committed snapshot of its chain ID
 //! and answers AlreadyExists: containerd then neither downloads nor
-//! applies the layer. Whatever strata cannot serve (no such labels, a
+//! applies the layer. With containerd's socket (`--containerd`), each
+//! blob is also written to containerd's content store on its way, as
+//! Docker's image store needs (see content). Whatever strata cannot serve (no such labels, a
 //! chain that does not match, a registry it cannot reach) falls back to
 //! an ordinary Prepare, and containerd fetches the layer itself.
 
@@ -16,8 +18,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use super::content::{BlobTarget, ContentStore};
 use crate::digest::Digest;
 use crate::error::Result;
+use crate::image::config;
 use crate::pull::{PullOptions, RemoteImage};
 use crate::registry::reference::Reference;
 use crate::snapshots::TARGET_REF_LABEL;
@@ -63,6 +67,8 @@ pub struct RemoteCounters {
 
 pub struct RemotePuller {
     opts: PullOptions,
+    /// Where the fetched blobs are written too, if anywhere.
+    content: Option<ContentStore>,
     /// One fetch per image at a time; the Prepares of its other layers
     /// wait for it and then find their snapshots.
     fetching: Mutex<HashMap<String, Arc<Mutex<()>>>>,
@@ -70,19 +76,27 @@ pub struct RemotePuller {
 }
 
 impl RemotePuller {
-    pub fn new(opts: PullOptions) -> RemotePuller {
+    pub fn new(opts: PullOptions, content: Option<ContentStore>) -> RemotePuller {
         RemotePuller {
             opts,
+            content,
             fetching: Mutex::new(HashMap::new()),
             counters: RemoteCounters::default(),
         }
     }
 
-    /// Serves `req` (a Prepare over `parent`): true when the snapshot
-    /// `req.target` now exists (answer AlreadyExists), false when
-    /// containerd should prepare and apply the layer itself.
-    pub fn prepare(&self, store: &Store, req: &LayerRequest, parent: &str) -> bool {
-        let outcome = self.try_prepare(store, req, parent);
+    /// Serves `req` (a Prepare over `parent`, in containerd `namespace`):
+    /// true when the snapshot `req.target` now exists (answer
+    /// AlreadyExists), false when containerd should prepare and apply the
+    /// layer itself.
+    pub fn prepare(
+        &self,
+        store: &Store,
+        req: &LayerRequest,
+        parent: &str,
+        namespace: &str,
+    ) -> bool {
+        let outcome = self.try_prepare(store, req, parent, namespace);
         self.forget_idle_gate(&req.image_ref);
         match outcome {
             Ok(true) => {
@@ -116,7 +130,13 @@ impl RemotePuller {
         }
     }
 
-    fn try_prepare(&self, store: &Store, req: &LayerRequest, parent: &str) -> Result<bool> {
+    fn try_prepare(
+        &self,
+        store: &Store,
+        req: &LayerRequest,
+        parent: &str,
+        namespace: &str,
+    ) -> Result<bool> {
         if store.stat_snapshot(&req.target).is_ok() {
             return Ok(true);
         }
@@ -151,7 +171,15 @@ impl RemotePuller {
         }
         let started = Instant::now();
         let labels = BTreeMap::from([(IMAGE_REF_LABEL.to_string(), req.image_ref.clone())]);
-        remote.store_as_snapshots(store, &labels)?;
+        let targets = self.content_targets(&remote, namespace)?;
+        remote.store_as_snapshots(
+            store,
+            &labels,
+            &|i, blob| match (&self.content, targets.get(i)) {
+                (Some(content), Some(target)) => content.tee(blob, target.clone()),
+                _ => blob,
+            },
+        )?;
         self.counters.images_fetched.fetch_add(1, Ordering::Relaxed);
         eprintln!(
             "strata snapshotter: fetched {} ({} layers) for containerd in {:.2}s",
@@ -163,6 +191,46 @@ impl RemotePuller {
     }
 }
 
+impl RemotePuller {
+    /// What each layer's blob is committed as in containerd: the labels
+    /// containerd's own pull gives it (its source, for cross-repository
+    /// pushes; its diffID). None without a content store.
+    fn content_targets(&self, remote: &RemoteImage, namespace: &str) -> Result<Vec<BlobTarget>> {
+        if self.content.is_none() {
+            return Ok(Vec::new());
+        }
+        let diff_ids = config::diff_ids(&remote.resolved.config)?;
+        let source = format!(
+            "containerd.io/distribution.source.{}",
+            hostname(&remote.reference.registry)
+        );
+        Ok(remote
+            .resolved
+            .layers
+            .iter()
+            .zip(diff_ids)
+            .map(|(l, diff_id)| BlobTarget {
+                namespace: namespace.to_string(),
+                digest: l.digest.clone(),
+                size: l.size,
+                labels: HashMap::from([
+                    (source.clone(), remote.reference.repository.clone()),
+                    ("containerd.io/uncompressed".into(), diff_id.to_string()),
+                ]),
+            })
+            .collect())
+    }
+}
+
+/// `host[:port]` without the port, as containerd keys its
+/// distribution-source labels.
+fn hostname(registry: &str) -> &str {
+    match registry.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => registry.split(':').next().unwrap_or(registry),
+    }
+}
+
 /// The image by the manifest digest containerd resolved, where it says:
 /// the same image, whatever the tag points at now.
 fn pinned(req: &LayerRequest) -> Result<String> {
@@ -171,4 +239,14 @@ fn pinned(req: &LayerRequest) -> Result<String> {
         Some(d) => format!("{}/{}@{d}", r.registry, r.repository),
         None => req.image_ref.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn distribution_source_labels_name_the_host_without_its_port() {
+        assert_eq!(super::hostname("127.0.0.1:5055"), "127.0.0.1");
+        assert_eq!(super::hostname("docker.io"), "docker.io");
+        assert_eq!(super::hostname("[::1]:5000"), "::1");
+    }
 }

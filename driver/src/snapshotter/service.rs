@@ -142,9 +142,11 @@ impl Snapshotter for StrataSnapshotter {
         labels: HashMap<String, String>,
     ) -> Result<Vec<Mount>, Status> {
         if let (Some(remote), Some(req)) = (&self.remote, LayerRequest::from_labels(&labels)) {
+            // containerd names an active snapshot NAMESPACE/ID/KEY.
+            let namespace = key.split('/').next().unwrap_or_default().to_string();
             let (remote, parent) = (remote.clone(), parent.clone());
             let served = self
-                .blocking(move |s| Ok(remote.prepare(s, &req, &parent)))
+                .blocking(move |s| Ok(remote.prepare(s, &req, &parent, &namespace)))
                 .await?;
             if served {
                 // What it fetched is recorded unflushed: the flusher's turn.
