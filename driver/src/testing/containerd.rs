@@ -69,6 +69,9 @@ pub struct Containerd {
     /// instance has its own and deletes it when dropped.
     pub namespace: String,
     strata: PathBuf,
+    /// The snapshotter writes the blobs it fetches to containerd's
+    /// content store (`--containerd`), as Docker needs.
+    writes_content: bool,
     snapshotter: Option<SnapshotterProcess>,
     containerd: Option<Child>,
 }
@@ -82,11 +85,23 @@ impl SnapshotterProcess {
     /// Serves the store at `root` on `socket`, once it listens. Its output
     /// is appended to `log`, or shown with the test's.
     pub fn start(strata: &Path, root: &Path, socket: &Path, log: Option<&Path>) -> Self {
+        Self::start_with(strata, root, socket, log, &[])
+    }
+
+    /// The same with more `strata snapshotter` flags.
+    pub fn start_with(
+        strata: &Path,
+        root: &Path,
+        socket: &Path,
+        log: Option<&Path>,
+        flags: &[&std::ffi::OsStr],
+    ) -> Self {
         let mut cmd = Command::new(strata);
         cmd.arg("--root")
             .arg(root)
             .args(["snapshotter", "--address"])
             .arg(socket)
+            .args(flags)
             .stdin(Stdio::null());
         if let Some(log) = log {
             let f = fs::File::options()
@@ -149,12 +164,23 @@ impl Containerd {
 
     /// The same with containerd `release`.
     pub fn start_release(dir: &Path, strata: &Path, release: Release) -> Containerd {
+        Containerd::start_full(dir, strata, release, false)
+    }
+
+    /// containerd 1.7 for a Docker Engine: the snapshotter writes the
+    /// blobs it fetches into containerd's content store too.
+    pub fn start_for_docker(dir: &Path, strata: &Path) -> Containerd {
+        Containerd::start_full(dir, strata, Release::V1_7, true)
+    }
+
+    fn start_full(dir: &Path, strata: &Path, release: Release, writes_content: bool) -> Containerd {
         fs::create_dir_all(dir).unwrap();
         let mut c = Containerd {
             dir: dir.to_path_buf(),
             release,
             namespace: format!("strata-test-{}", crate::fsutil::random_hex(4)),
             strata: strata.to_path_buf(),
+            writes_content,
             snapshotter: None,
             containerd: None,
         };
@@ -213,11 +239,18 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     pub fn start_snapshotter(&mut self) {
         assert!(self.snapshotter.is_none(), "snapshotter already running");
-        self.snapshotter = Some(SnapshotterProcess::start(
+        let address = self.address();
+        let flags: Vec<&std::ffi::OsStr> = if self.writes_content {
+            vec!["--containerd".as_ref(), address.as_os_str()]
+        } else {
+            Vec::new()
+        };
+        self.snapshotter = Some(SnapshotterProcess::start_with(
             &self.strata,
             &self.store_root(),
             &self.snapshotter_socket(),
             Some(&self.dir.join("snapshotter.log")),
+            &flags,
         ));
     }
 
@@ -317,6 +350,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 }
 
 impl Containerd {
+    /// Where its shim and ctr are, for a dockerd's PATH.
+    pub fn bin_dir(&self) -> Option<PathBuf> {
+        self.release.bin_dir()
+    }
+
     /// runc's record of this namespace's containers (their processes die
     /// with it), which would otherwise outlive the test under /run.
     fn delete_runc_state(&self) {
@@ -352,8 +390,21 @@ impl Drop for Containerd {
 /// an opaque directory over them; one more file. Tagged IMAGE; returns
 /// the `docker save` tar.
 pub fn busybox_image(work: &Path, pad_files: usize) -> PathBuf {
+    super::docker_save_tar(work, IMAGE, busybox_layers(pad_files, 0))
+}
+
+/// The bottom layer's file of `big_file_image`.
+pub const BIG_FILE: &str = "data/big";
+
+/// busybox_image with a `big` byte file BIG_FILE in the bottom layer: a
+/// copy-up that shows in a container's size.
+pub fn big_file_image(work: &Path, big: u64) -> PathBuf {
+    super::docker_save_tar(work, IMAGE, busybox_layers(0, big))
+}
+
+fn busybox_layers(pad_files: usize, big: u64) -> Vec<LayerFn> {
     let busybox = fs::read("/bin/busybox").expect("busybox-static is installed by setup");
-    let layers: Vec<LayerFn> = vec![
+    vec![
         layer(move |t| {
             t.dir("bin", 0o755, 0, 0).unwrap();
             t.file("bin/busybox", &busybox, 0o755).unwrap();
@@ -369,6 +420,9 @@ pub fn busybox_image(work: &Path, pad_files: usize) -> PathBuf {
                 t.pattern_file(&format!("pad/{i}"), 16 << 10, i as u8)
                     .unwrap();
             }
+            if big > 0 {
+                t.pattern_file(BIG_FILE, big, 7).unwrap();
+            }
         }),
         layer(|t| {
             t.whiteout("etc/gone").unwrap();
@@ -379,6 +433,5 @@ pub fn busybox_image(work: &Path, pad_files: usize) -> PathBuf {
         layer(|t| {
             t.file("top", b"top layer\n", 0o644).unwrap();
         }),
-    ];
-    super::docker_save_tar(work, IMAGE, layers)
+    ]
 }
