@@ -161,6 +161,54 @@ pub fn compare(
     ))
 }
 
+/// `candidate` against each of `peers`, all sampled in turn `reps`
+/// times (after one untimed warm-up each; who goes first rotates). The
+/// bar applies against the faster peer, by median: one result per peer,
+/// `target` on the faster one's.
+pub fn compare_with_faster(
+    name: &str,
+    reps: usize,
+    mut candidate: Timed<'_>,
+    mut peers: Vec<(&str, Timed<'_>)>,
+    target: Option<f64>,
+) -> Result<Vec<BenchResult>> {
+    candidate.sample()?;
+    for (_, p) in &mut peers {
+        p.sample()?;
+    }
+    let mut c = Vec::new();
+    let mut samples = vec![Vec::new(); peers.len()];
+    let sides = peers.len() + 1;
+    for i in 0..reps {
+        for slot in (0..sides).map(|k| (k + i) % sides) {
+            match slot {
+                0 => c.push(candidate.sample()?),
+                k => samples[k - 1].push(peers[k - 1].1.sample()?),
+            }
+        }
+    }
+    let measured: Vec<Measured> = samples.into_iter().map(Measured::of).collect();
+    let fastest = (0..measured.len())
+        .min_by_key(|&k| measured[k].median_ns)
+        .unwrap_or(0);
+    let candidate = Measured::of(c);
+    Ok(peers
+        .iter()
+        .zip(measured)
+        .enumerate()
+        .map(|(k, ((peer, _), m))| {
+            let bar = if k == fastest { target } else { None };
+            BenchResult::new(
+                &format!("{name} vs {peer}"),
+                candidate.clone(),
+                peer,
+                m,
+                bar,
+            )
+        })
+        .collect())
+}
+
 /// One line per result as it comes, on stderr.
 pub fn report(r: &BenchResult) {
     eprintln!(

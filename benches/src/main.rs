@@ -3,6 +3,7 @@
 
 mod containerd;
 mod cow;
+mod docker;
 mod fixtures;
 mod gate;
 mod harness;
@@ -37,7 +38,7 @@ struct Cli {
     threshold: f64,
     /// Only benches whose group matches: ops (import and containers), peers,
     /// pull (containerd-pull: its containerd pulls alone), containerd,
-    /// cow, serve, overhead.
+    /// docker (full runs only, unless asked), cow, serve, overhead.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     #[arg(long)]
@@ -80,6 +81,11 @@ fn main() -> Result<()> {
             eprintln!("pull from a local registry (fresh filesystems):");
             let only_containerd = !wanted("pull");
             results.extend(pull::all(&env, &cli.out.join("cache"), only_containerd)?);
+        }
+        // Three engines and a 130 MB image: full runs, or asked for.
+        if cli.only.iter().any(|o| o == "docker") || (cli.only.is_empty() && !env.quick) {
+            eprintln!("docker 26: strata vs overlayfs snapshotter vs overlay2:");
+            results.extend(docker::all(&env, &cli.out.join("cache"))?);
         }
         if wanted("containerd") {
             eprintln!("containerd, strata snapshotter vs overlayfs:");

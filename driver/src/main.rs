@@ -295,6 +295,10 @@ enum SystemCmd {
 }
 
 fn main() -> Result<()> {
+    // `strata ps | head` ends quietly, as other Unix tools do, instead
+    // of panicking on a write to a closed pipe (Rust ignores SIGPIPE).
+    // SAFETY: restoring a signal's default action, before any thread.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let options = StoreOptions {
         mount_api: cli.mount_api,

@@ -193,26 +193,30 @@ impl RemoteImage {
         Ok(())
     }
 
+    /// Layer `i`'s blob, streamed from the registry (resumably, through
+    /// the store's downloads directory).
+    pub fn layer_blob(&self, store: &Store, i: usize) -> Box<dyn LayerSource> {
+        let (attempts, backoff) = self.registry.blob_retries();
+        let l = &self.resolved.layers[i];
+        Box::new(RemoteBlob {
+            registry: self.registry.clone(),
+            repository: self.reference.repository.clone(),
+            digest: l.digest.clone(),
+            size: l.size,
+            partial: store.downloads_dir().join(l.digest.hex()),
+            attempts,
+            backoff,
+        })
+    }
+
     /// The image as a source whose layers stream from the registry.
     fn source(&self, store: &Store) -> SourceImage {
-        let (attempts, backoff) = self.registry.blob_retries();
         SourceImage {
             config: Some(self.resolved.config.clone()),
-            layers: self
-                .resolved
-                .layers
-                .iter()
-                .map(|l| SourceLayer {
-                    blob: Box::new(RemoteBlob {
-                        registry: self.registry.clone(),
-                        repository: self.reference.repository.clone(),
-                        digest: l.digest.clone(),
-                        size: l.size,
-                        partial: store.downloads_dir().join(l.digest.hex()),
-                        attempts,
-                        backoff,
-                    }),
-                    digest: Some(l.digest.clone()),
+            layers: (0..self.resolved.layers.len())
+                .map(|i| SourceLayer {
+                    blob: self.layer_blob(store, i),
+                    digest: Some(self.resolved.layers[i].digest.clone()),
                 })
                 .collect(),
             tags: Vec::new(),

@@ -396,3 +396,106 @@ fn docker_pulls_through_strata_builds_pushes_and_pulls_back() {
         .docker_ok(&["run", "--rm", &built, "busybox", "cat", "/out/made"]);
     assert_eq!(out, "made");
 }
+
+impl Engine {
+    /// kill -9 of dockerd, containerd and the snapshotter at once.
+    fn kill_all(&mut self) {
+        self.docker.kill();
+        self.ctrd.kill_containerd();
+        self.ctrd.kill_snapshotter();
+    }
+
+    /// All three started again on what they left.
+    fn restart(self, dir: &Path) -> Engine {
+        let Engine { docker, mut ctrd } = self;
+        drop(docker);
+        ctrd.start_snapshotter();
+        ctrd.start_containerd();
+        let docker = Dockerd::start_26(&dir.join("docker"), &ctrd, Storage::Snapshotter("strata"));
+        Engine { docker, ctrd }
+    }
+}
+
+#[test]
+fn docker_containerd_and_strata_killed_mid_run_and_mid_pull_agree_after_restart() {
+    if !privileged() {
+        return;
+    }
+    let ts = TestStore::new();
+    let reg = Registry::start(&ts.scratch("registry"), &RegistryConfig::default());
+    let tar = big_file_image(&ts.scratch("image"), 32 << 20);
+    reg.push(
+        &format!("docker-archive:{}", tar.display()),
+        "test/big:v1",
+        &[],
+    );
+    let pulled = format!("{}/test/big:v1", reg.host);
+    let dir = ts.dir.join("engine");
+    let mut e = Engine::start(&dir);
+    e.load(&tar);
+    e.docker.docker_ok(&[
+        "run",
+        "--name",
+        "before",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo kept > /kept",
+    ]);
+
+    // A run and a pull under way when all three die.
+    let mut run = e
+        .docker
+        .docker_command(&[
+            "run",
+            "--name",
+            "during",
+            IMAGE,
+            "sh",
+            "-c",
+            "echo x >> /data/big",
+        ])
+        .spawn()
+        .unwrap();
+    let mut pull = e
+        .docker
+        .docker_command(&["pull", "-q", &pulled])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    e.kill_all();
+    let _ = (run.wait(), pull.wait());
+    let e = e.restart(&dir);
+
+    // strata's store is whole, and docker's view agrees with it: every
+    // container docker lists has its layer in strata, every image runs.
+    assert!(e.ctrd.store().check(false).unwrap().is_empty());
+    let ids = e.docker.docker_ok(&["ps", "-a", "-q", "--no-trunc"]);
+    assert!(ids.lines().count() >= 1, "{ids}");
+    for id in ids.lines() {
+        e.strata_container(id);
+    }
+    let kept = e
+        .docker
+        .docker_ok(&["run", "--rm", IMAGE, "busybox", "cat", "/data/file"]);
+    assert_eq!(kept.as_bytes(), BOTTOM.strip_suffix(b"\n").unwrap());
+    let diff = e.docker.docker_ok(&["diff", "before"]);
+    assert_eq!(diff, "A /kept");
+
+    // The interrupted pull completes on the next try, and runs.
+    e.docker.docker_ok(&["pull", "-q", &pulled]);
+    // Known gap: `docker images` may still hide it here (a blob that
+    // reached neither side before the kill); see the README.
+    let size = e.docker.docker_ok(&[
+        "run",
+        "--rm",
+        &pulled,
+        "busybox",
+        "stat",
+        "-c",
+        "%s",
+        "/data/big",
+    ]);
+    assert_eq!(size, (32u64 << 20).to_string());
+    assert!(e.ctrd.store().check(false).unwrap().is_empty());
+}

@@ -15,7 +15,9 @@ use std::io::{self, Read};
 use std::path::Path;
 
 use containerd_client::services::v1::content_client::ContentClient;
-use containerd_client::services::v1::{AbortRequest, WriteAction, WriteContentRequest};
+use containerd_client::services::v1::{
+    AbortRequest, InfoRequest, WriteAction, WriteContentRequest,
+};
 use containerd_client::tonic::transport::{Channel, Endpoint};
 use containerd_client::tonic::{Code, Request, Status};
 use tokio::runtime::Handle;
@@ -73,6 +75,52 @@ impl ContentStore {
             content: self.clone(),
             target,
         })
+    }
+
+    /// Whether containerd holds `target`'s blob already.
+    pub fn has(&self, target: &BlobTarget) -> Result<bool> {
+        let mut client = self.client.clone();
+        let mut req = Request::new(InfoRequest {
+            digest: target.digest.to_string(),
+        });
+        let ns = target
+            .namespace
+            .parse()
+            .map_err(|_| Error::Invalid(format!("containerd namespace {:?}", target.namespace)))?;
+        req.metadata_mut().insert("containerd-namespace", ns);
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.runtime.spawn(async move {
+            let _ = tx.send(client.info(req).await.map(drop));
+        });
+        match rx.recv() {
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(s)) if s.code() == Code::NotFound => Ok(false),
+            Ok(Err(s)) => Err(Error::Io {
+                context: format!("asking containerd for blob {}", target.digest),
+                source: io::Error::other(s.message().to_string()),
+            }),
+            Err(_) => Err(Error::Io {
+                context: format!("asking containerd for blob {}", target.digest),
+                source: io::Error::other("the content client stopped"),
+            }),
+        }
+    }
+
+    /// `blob`, read to its end, written to containerd as `target`: a
+    /// layer strata holds already but containerd's content store lacks.
+    pub fn copy_in(&self, blob: &dyn LayerSource, target: &BlobTarget) -> Result<()> {
+        let mut reader = TeeReader {
+            inner: blob.open().map_err(|e| Error::Io {
+                context: format!("fetching blob {}", target.digest),
+                source: e,
+            })?,
+            writer: Some(self.writer(target)),
+        };
+        io::copy(&mut reader, &mut io::sink()).map_err(|e| Error::Io {
+            context: format!("copying blob {} into containerd", target.digest),
+            source: e,
+        })?;
+        Ok(())
     }
 
     /// Starts the Write stream of `target` under a ref of its own: a

@@ -138,6 +138,7 @@ impl RemotePuller {
         namespace: &str,
     ) -> Result<bool> {
         if store.stat_snapshot(&req.target).is_ok() {
+            self.backfill_content(store, req, namespace)?;
             return Ok(true);
         }
         let gate = self
@@ -149,7 +150,9 @@ impl RemotePuller {
             .clone();
         let _one_at_a_time = gate.lock().expect("no panics under the lock");
         if store.stat_snapshot(&req.target).is_ok() {
-            return Ok(true); // fetched while we waited
+            // Fetched while we waited.
+            self.backfill_content(store, req, namespace)?;
+            return Ok(true);
         }
         let remote = RemoteImage::resolve(&pinned(req)?, &self.opts)?;
         let chains = remote.chain_ids()?;
@@ -192,6 +195,28 @@ impl RemotePuller {
 }
 
 impl RemotePuller {
+    /// The blob of a layer strata holds already (an earlier image's, or a
+    /// fetch killed before its blobs reached containerd), written to
+    /// containerd's content store if that lacks it: Docker would hide the
+    /// image otherwise (see content). Only the blob is fetched.
+    fn backfill_content(&self, store: &Store, req: &LayerRequest, namespace: &str) -> Result<()> {
+        let Some(content) = &self.content else {
+            return Ok(());
+        };
+        let remote = RemoteImage::resolve(&pinned(req)?, &self.opts)?;
+        let targets = self.content_targets(&remote, namespace)?;
+        let Some(i) = targets.iter().position(|t| t.digest == req.layer) else {
+            return Ok(());
+        };
+        if content.has(&targets[i])? {
+            return Ok(());
+        }
+        let blob = remote.layer_blob(store, i);
+        content.copy_in(blob.as_ref(), &targets[i])?;
+        blob.stored();
+        Ok(())
+    }
+
     /// What each layer's blob is committed as in containerd: the labels
     /// containerd's own pull gives it (its source, for cross-repository
     /// pushes; its diffID). None without a content store.

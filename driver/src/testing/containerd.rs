@@ -185,10 +185,23 @@ impl Containerd {
             containerd: None,
         };
         c.start_snapshotter();
-        let config = c.dir.join("containerd.toml");
-        fs::write(&config, c.config()).unwrap();
-        let log = fs::File::create(c.dir.join("containerd.log")).unwrap();
-        let mut child = release
+        c.start_containerd();
+        c
+    }
+
+    /// Starts containerd itself (again, after kill_containerd), its log
+    /// appended to.
+    pub fn start_containerd(&mut self) {
+        assert!(self.containerd.is_none(), "containerd already running");
+        let config = self.dir.join("containerd.toml");
+        fs::write(&config, self.config()).unwrap();
+        let log = fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("containerd.log"))
+            .unwrap();
+        let mut child = self
+            .release
             .command("containerd")
             .arg("--config")
             .arg(&config)
@@ -196,9 +209,16 @@ impl Containerd {
             .stderr(log)
             .spawn()
             .expect("containerd is installed by `cargo xtask setup`");
-        wait_for_socket(&c.address(), "containerd", &mut child);
-        c.containerd = Some(child);
-        c
+        wait_for_socket(&self.address(), "containerd", &mut child);
+        self.containerd = Some(child);
+    }
+
+    /// kill -9 of containerd alone: its shims, and their containers, live on.
+    pub fn kill_containerd(&mut self) {
+        if let Some(mut child) = self.containerd.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     fn config(&self) -> String {
