@@ -579,3 +579,41 @@ fn layers_fetched_for_containerd_are_unflushed_until_the_flusher_and_an_image_ma
     let seen = in_container(o, &reference, snapshot);
     assert!(seen["opt/app/fresh"].contains("mode=100600"), "{seen:?}");
 }
+
+/// A pull killed after a layer's download was complete but before the
+/// layer was published leaves the whole blob as its partial copy: the
+/// next pull extracts it from there, fetching none of it again (asking
+/// for bytes past its end would be answered 416).
+#[test]
+fn a_blob_downloaded_whole_before_a_kill_is_not_fetched_again() {
+    if !privileged() {
+        return;
+    }
+    let ts = TestStore::new();
+    let reg = Registry::start(&ts.scratch("registry"), &RegistryConfig::default());
+    let work = ts.scratch("src");
+    let layout = work.join("layout");
+    write_oci_layout(&layout, "v1", &layers(&work, 3), Compression::Gzip).unwrap();
+    reg.push(
+        &format!("oci:{}:v1", layout.display()),
+        "test/whole:v1",
+        &[],
+    );
+    let reference = format!("{}/test/whole:v1", reg.host);
+    let remote = RemoteImage::resolve(&reference, &PullOptions::default()).unwrap();
+    let layer = &remote.resolved.layers[0].digest;
+    let blob = layout.join("blobs/sha256").join(layer.hex());
+    fs::create_dir_all(ts.store.downloads_dir()).unwrap();
+    fs::copy(&blob, ts.store.downloads_dir().join(layer.hex())).unwrap();
+
+    pull(&ts.store, &reference, &PullOptions::default()).unwrap();
+    let layer_gets = reg.requests(&[&format!("GET /v2/test/whole/blobs/{layer}"), "strata/"]);
+    assert_eq!(layer_gets, 0, "{}", reg.log());
+    assert_eq!(
+        blob_gets(&reg, "test/whole"),
+        3,
+        "the config twice (the test's resolve, the pull's) and the other layer"
+    );
+    assert!(ts.store.check(false).unwrap().is_empty());
+    assert_eq!(fs::read_dir(ts.store.downloads_dir()).unwrap().count(), 0);
+}
