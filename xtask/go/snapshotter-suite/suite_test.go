@@ -2,7 +2,7 @@
 // against a `strata snapshotter` process per case, through containerd's
 // proxy client: the path containerd itself takes to a proxy plugin.
 //
-// Built in GOPATH mode from Debian's containerd 1.6 sources by
+// Built in GOPATH mode from Debian's containerd 1.6 and 1.7 sources by
 // `cargo xtask test`; STRATA_BIN names the strata binary.
 package suite
 
