@@ -1,5 +1,7 @@
 //! strata-prof on the overlays other engines make: a docker 20.10 daemon,
-//! podman and containerd (`ctr run`, overlayfs snapshotter), each started
+//! docker 26 on strata (its containerd image store on strata's proxy
+//! snapshotter), podman and containerd (`ctr run`, overlayfs
+//! snapshotter), each started
 //! by the test on directories of its own. Each copy-up made inside a
 //! container is caught once, named by the engine's container id, with
 //! size, layer depth and directory depth as the engine built them; and
@@ -10,7 +12,7 @@ use std::path::Path;
 
 use serde_json::Value;
 use strata_driver::testing::containerd::{busybox_image, Containerd, BOTTOM, IMAGE};
-use strata_driver::testing::docker::Dockerd;
+use strata_driver::testing::docker::{Dockerd, Storage};
 use strata_driver::testing::podman::Podman;
 use strata_driver::testing::{docker_save_tar, layer, privileged, LayerFn, TestStore};
 
@@ -167,6 +169,54 @@ fn docker_containers_shallow_and_deep() {
         assert_eq!(seen["container"], &id[..12], "{seen}");
         dockerd.docker_ok(&["rm", "-f", "watched", "other"]);
     }
+}
+
+#[test]
+fn docker_26_containers_on_strata() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let ts = TestStore::new();
+    let strata = Path::new(BIN).with_file_name("strata");
+    let ctrd = Containerd::start_for_docker(&ts.dir.join("containerd"), &strata);
+    let dockerd = Dockerd::start_26(
+        &ts.dir.join("docker"),
+        &ctrd,
+        Storage::Snapshotter("strata"),
+    );
+    let tar = busybox_image(&ts.scratch("image"), 0);
+    dockerd.docker_ok(&["load", "-i", tar.to_str().unwrap()]);
+    let run = |name: &str| {
+        dockerd.docker_ok(&[
+            "run",
+            "-d",
+            "--network=none",
+            "--name",
+            name,
+            IMAGE,
+            "/bin/busybox",
+            "sleep",
+            "600",
+        ])
+    };
+    let (id, other) = (run("watched"), run("other"));
+    let root = dockerd.data_root();
+    let recording = Recording::start(&[
+        "--json".as_ref(),
+        "--container".as_ref(),
+        "watched".as_ref(),
+        "--docker-root".as_ref(),
+        root.as_os_str(),
+    ]);
+    dockerd.docker_ok(&["exec", "other", "/bin/sh", "-c", COPY_UPS]);
+    dockerd.docker_ok(&["exec", "watched", "/bin/sh", "-c", COPY_UPS]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let stdout = recording.stop();
+    // Docker 26 stacks an `-init` layer under the writable one here too.
+    check(&stdout, "docker", &id, 3, 1);
+    assert!(!stdout.contains(&other), "the other container's copy-ups");
+    dockerd.docker_ok(&["rm", "-f", "watched", "other"]);
 }
 
 #[test]
