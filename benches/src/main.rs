@@ -12,6 +12,7 @@ mod ops;
 mod peers;
 mod pull;
 mod serve;
+mod snapshot_rpc;
 
 use std::path::PathBuf;
 
@@ -38,7 +39,9 @@ struct Cli {
     threshold: f64,
     /// Only benches whose group matches: ops (import and containers), peers,
     /// pull (containerd-pull: its containerd pulls alone), containerd,
-    /// docker (full runs only, unless asked), cow, serve, overhead.
+    /// docker (full runs only, unless asked), containerd (and
+    /// snapshot-rpc: its calls against a null proxy alone), cow, serve,
+    /// overhead.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     #[arg(long)]
@@ -90,6 +93,10 @@ fn main() -> Result<()> {
         if wanted("containerd") {
             eprintln!("containerd, strata snapshotter vs overlayfs:");
             results.extend(containerd::all(&env, &cli.out.join("cache"))?);
+        }
+        if wanted("containerd") || wanted("snapshot-rpc") {
+            eprintln!("snapshot calls through containerd, strata vs a null proxy:");
+            results.extend(snapshot_rpc::all(&env)?);
         }
         if wanted("cow") {
             eprintln!("copy-up matrix (durable vs --volatile):");

@@ -5,6 +5,7 @@
 //! the snapshotter and every shim they started, and unmounts what they
 //! left beneath it.
 
+use std::fmt::Write as _;
 use std::fs;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -72,6 +73,8 @@ pub struct Containerd {
     /// The snapshotter writes the blobs it fetches to containerd's
     /// content store (`--containerd`), as Docker needs.
     writes_content: bool,
+    /// More proxy snapshotters to register: (name, socket).
+    extra_proxies: Vec<(String, PathBuf)>,
     snapshotter: Option<SnapshotterProcess>,
     containerd: Option<Child>,
 }
@@ -173,7 +176,27 @@ impl Containerd {
         Containerd::start_full(dir, strata, Release::V1_7, true)
     }
 
+    /// containerd 1.6 with more proxy snapshotters registered beside
+    /// strata's: (name, socket), each already serving.
+    pub fn start_with_proxies(dir: &Path, strata: &Path, extra: &[(&str, &Path)]) -> Containerd {
+        let extra = extra
+            .iter()
+            .map(|(n, p)| (n.to_string(), p.to_path_buf()))
+            .collect();
+        Containerd::start_configured(dir, strata, Release::V1_6, false, extra)
+    }
+
     fn start_full(dir: &Path, strata: &Path, release: Release, writes_content: bool) -> Containerd {
+        Containerd::start_configured(dir, strata, release, writes_content, Vec::new())
+    }
+
+    fn start_configured(
+        dir: &Path,
+        strata: &Path,
+        release: Release,
+        writes_content: bool,
+        extra_proxies: Vec<(String, PathBuf)>,
+    ) -> Containerd {
         fs::create_dir_all(dir).unwrap();
         let mut c = Containerd {
             dir: dir.to_path_buf(),
@@ -181,6 +204,7 @@ impl Containerd {
             namespace: format!("strata-test-{}", crate::fsutil::random_hex(4)),
             strata: strata.to_path_buf(),
             writes_content,
+            extra_proxies,
             snapshotter: None,
             containerd: None,
         };
@@ -223,7 +247,7 @@ impl Containerd {
 
     fn config(&self) -> String {
         let d = self.dir.display();
-        format!(
+        let mut config = format!(
             r#"version = 2
 root = "{d}/containerd/root"
 state = "{d}/containerd/state"
@@ -241,7 +265,15 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     address = "{}"
 "#,
             self.snapshotter_socket().display()
-        )
+        );
+        for (name, socket) in &self.extra_proxies {
+            let _ = write!(
+                config,
+                "  [proxy_plugins.{name}]\n    type = \"snapshot\"\n    address = \"{}\"\n",
+                socket.display()
+            );
+        }
+        config
     }
 
     pub fn address(&self) -> PathBuf {
