@@ -18,7 +18,7 @@ const ROOTS: &[&str] = &["golang-1.24-go", "golang-github-containerd-containerd-
 /// Where the Go toolchain and sources are unpacked.
 const ROOT: &str = "trixie-go";
 /// The clients: (name under xtask/go/ and target/go-bin/).
-const CLIENTS: &[&str] = &["strata-containerd-pull"];
+const CLIENTS: &[&str] = &["strata-containerd-pull", "strata-cri"];
 
 /// Unpacks the toolchain and sources once, and (re)builds each client
 /// whose source is newer than its binary. What it did, for setup's line.

@@ -75,6 +75,8 @@ pub struct Containerd {
     writes_content: bool,
     /// More proxy snapshotters to register: (name, socket).
     extra_proxies: Vec<(String, PathBuf)>,
+    /// containerd's CRI plugin on, as a Kubernetes node runs it.
+    cri: Option<CriConfig>,
     snapshotter: Option<SnapshotterProcess>,
     containerd: Option<Child>,
 }
@@ -186,6 +188,29 @@ impl Containerd {
         Containerd::start_configured(dir, strata, Release::V1_6, false, extra)
     }
 
+    /// containerd 1.7 with its CRI plugin serving on the same socket, as
+    /// kubelet's node runs it: images on strata (with the remote
+    /// snapshotter labels), host-network pods, the pause image and a
+    /// plain-HTTP registry from `cri`. CRI keeps everything in namespace
+    /// `k8s.io`, which becomes this instance's.
+    pub fn start_cri(dir: &Path, strata: &Path, cri: CriConfig) -> Containerd {
+        fs::create_dir_all(dir).unwrap();
+        let mut c = Containerd {
+            dir: dir.to_path_buf(),
+            release: Release::V1_7,
+            namespace: "k8s.io".into(),
+            strata: strata.to_path_buf(),
+            writes_content: false,
+            extra_proxies: Vec::new(),
+            cri: Some(cri),
+            snapshotter: None,
+            containerd: None,
+        };
+        c.start_snapshotter();
+        c.start_containerd();
+        c
+    }
+
     fn start_full(dir: &Path, strata: &Path, release: Release, writes_content: bool) -> Containerd {
         Containerd::start_configured(dir, strata, release, writes_content, Vec::new())
     }
@@ -205,6 +230,7 @@ impl Containerd {
             strata: strata.to_path_buf(),
             writes_content,
             extra_proxies,
+            cri: None,
             snapshotter: None,
             containerd: None,
         };
@@ -247,11 +273,15 @@ impl Containerd {
 
     fn config(&self) -> String {
         let d = self.dir.display();
+        let disabled = match self.cri {
+            Some(_) => String::new(),
+            None => r#"disabled_plugins = ["io.containerd.grpc.v1.cri"]"#.to_string(),
+        };
         let mut config = format!(
             r#"version = 2
 root = "{d}/containerd/root"
 state = "{d}/containerd/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
+{disabled}
 
 [grpc]
   address = "{d}/containerd.sock"
@@ -266,6 +296,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 "#,
             self.snapshotter_socket().display()
         );
+        if let Some(cri) = &self.cri {
+            config.push_str(&cri.section(&self.dir));
+        }
         for (name, socket) in &self.extra_proxies {
             let _ = write!(
                 config,
@@ -420,6 +453,91 @@ impl Containerd {
                 .output();
         }
         let _ = fs::remove_dir_all(&root);
+    }
+}
+
+/// What a CRI-enabled containerd is given (see Containerd::start_cri).
+#[derive(Clone, Debug)]
+pub struct CriConfig {
+    /// The pod sandbox image (kubelet's `--pod-infra-container-image`).
+    pub sandbox_image: String,
+    /// A plain-HTTP registry (`127.0.0.1:PORT`) containerd may reach.
+    pub registry: String,
+}
+
+impl CriConfig {
+    fn section(&self, dir: &Path) -> String {
+        let d = dir.display();
+        let (sandbox, host) = (&self.sandbox_image, &self.registry);
+        for sub in ["cni/bin", "cni/conf"] {
+            fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        // Stats every second (kubelet's own period is 10 s): the tests
+        // compare them with strata's right after a change.
+        format!(
+            r#"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{sandbox}"
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  disable_apparmor = true
+  stats_collect_period = 1
+  # The sandbox lacks CAP_SYS_RESOURCE: the pause container's -998 would
+  # fail in runc ("failed to update /proc/self/oom_score_adj").
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "{SNAPSHOTTER}"
+    disable_snapshot_annotations = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{d}/cni/bin"
+    conf_dir = "{d}/cni/conf"
+  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."{host}"]
+    endpoint = ["http://{host}"]
+"#
+        )
+    }
+}
+
+/// The CRI client the tests drive containerd's CRI plugin with, call by
+/// call (built by `cargo xtask setup` from trixie's cri-api sources).
+pub fn cri_client_binary() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/go-bin/strata-cri")
+}
+
+impl Containerd {
+    /// One CRI call through `strata-cri`: its JSON answer, or its error.
+    pub fn cri(&self, args: &[&str]) -> Result<serde_json::Value, String> {
+        let out = Command::new(cri_client_binary())
+            .arg(self.address())
+            .args(args)
+            .output()
+            .expect("strata-cri is built by `cargo xtask setup`");
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+    }
+
+    /// The same, panicking with the call and its error unless it succeeds.
+    pub fn cri_ok(&self, args: &[&str]) -> serde_json::Value {
+        self.cri(args)
+            .unwrap_or_else(|e| panic!("CRI {args:?}: {e}\n{}", self.log()))
+    }
+
+    /// containerd's log so far, and runc's of each task, for a failing
+    /// test's message.
+    pub fn log(&self) -> String {
+        let mut log = fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default();
+        let tasks = self
+            .dir
+            .join("containerd/state/io.containerd.runtime.v2.task");
+        for ns in fs::read_dir(tasks).into_iter().flatten().flatten() {
+            for task in fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+                let runc = fs::read_to_string(task.path().join("log.json")).unwrap_or_default();
+                log.push_str(&format!("\nrunc, {}:\n{runc}", task.path().display()));
+            }
+        }
+        log
     }
 }
 
