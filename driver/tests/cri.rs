@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use strata_driver::pull::{PullOptions, RemoteImage};
 use strata_driver::testing::containerd::{big_file_image, busybox_image, Containerd, CriConfig};
 use strata_driver::testing::registry::{Registry, RegistryConfig};
 use strata_driver::testing::{privileged, stdout_of_success, TestStore};
@@ -227,4 +228,192 @@ fn a_pod_lives_on_strata_through_cri_and_its_numbers_are_strata_s() {
     });
     assert!(store.check(false).unwrap().is_empty());
     assert_eq!(strata_json(&root, &["ps", "-a"]), Value::Array(vec![]));
+}
+
+/// A CRI node of the test's own with the pause image and `apps`
+/// (big_file_image of each size, pushed as test/app-N:v1) in the
+/// registry; returns the node and the apps' references.
+fn node(ts: &TestStore, reg: &Registry, apps: &[u64]) -> (Containerd, Vec<String>) {
+    let pause = push_pause_image(reg, &ts.scratch("pause"));
+    let refs = apps
+        .iter()
+        .enumerate()
+        .map(|(i, &size)| {
+            let tar = big_file_image(&ts.scratch(&format!("app-{i}")), size);
+            reg.push(
+                &format!("docker-archive:{}", tar.display()),
+                &format!("test/app-{i}:v1"),
+                &[],
+            );
+            format!("{}/test/app-{i}:v1", reg.host)
+        })
+        .collect();
+    let c = Containerd::start_cri(
+        &ts.dir.join("node"),
+        env!("CARGO_BIN_EXE_strata").as_ref(),
+        CriConfig {
+            sandbox_image: pause,
+            registry: reg.host.clone(),
+        },
+    );
+    (c, refs)
+}
+
+/// A pod running `image`'s sleep; (pod, container) ids.
+fn run_pod(c: &Containerd, name: &str, image: &str) -> (String, String) {
+    let uid = format!("uid-{name}");
+    let pod = c.cri_ok(&["run-pod", name, "default", &uid])["pod_sandbox_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ctr = c.cri_ok(&[
+        "create",
+        &pod,
+        name,
+        "default",
+        &uid,
+        "main",
+        image,
+        "/bin/busybox",
+        "sleep",
+        "600",
+    ])["container_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    c.cri_ok(&["start", &ctr]);
+    (pod, ctr)
+}
+
+fn image_fs_used(c: &Containerd) -> u64 {
+    num(&c.cri_ok(&["fs-info"])["image_filesystems"][0]["used_bytes"]["value"])
+}
+
+/// kubelet's image garbage collection, replayed: above its high
+/// threshold it lists the images, keeps those a container uses, and
+/// removes the others least recently used first until usage is under
+/// the low threshold; ImageFsInfo (strata's disk use) falls with each.
+#[test]
+fn kubelet_s_image_gc_through_cri_frees_what_strata_stored() {
+    if !privileged() {
+        return;
+    }
+    let ts = TestStore::new();
+    let reg = Registry::start(&ts.scratch("registry"), &RegistryConfig::default());
+    let (c, apps) = node(&ts, &reg, &[4 << 20, 6 << 20, 8 << 20]);
+    let root = c.store_root();
+    for app in &apps {
+        c.cri_ok(&["pull", app]);
+    }
+    // The newest image is in use; the two older ones are not.
+    let (pod, ctr) = run_pod(&c, "busy", &apps[2]);
+    let disk_used = || num(&strata_json(&root, &["system", "df"])["disk_used"]);
+    wait_for("ImageFsInfo to count all three", || {
+        let (used, ours) = (image_fs_used(&c), disk_used());
+        ok_or(used == ours, || format!("{used} vs strata's {ours}"))
+    });
+    let full = image_fs_used(&c);
+    // Thresholds as if the disk held just this: high is passed, low
+    // needs the oldest two gone.
+    let low = full - (4 << 20) - (6 << 20);
+
+    let images = c.cri_ok(&["list-images"]);
+    let listed = images["images"].as_array().unwrap();
+    assert!(
+        apps.iter().all(|a| images.to_string().contains(a)),
+        "{images}"
+    );
+    assert!(
+        listed.len() >= 4,
+        "three apps and the pause image: {images}"
+    );
+    for app in &apps[..2] {
+        if image_fs_used(&c) <= low {
+            break;
+        }
+        let before = image_fs_used(&c);
+        c.cri_ok(&["rmi", app]);
+        wait_for("ImageFsInfo to fall with the image", || {
+            let (used, ours) = (image_fs_used(&c), disk_used());
+            ok_or(used < before && used == ours, || {
+                format!("{used} (was {before}) vs strata's {ours}")
+            })
+        });
+    }
+    let after = image_fs_used(&c);
+    assert!(
+        after <= low + (1 << 20),
+        "{after} > {low}: the LRU images went"
+    );
+    // The one in use stays, and its container still runs.
+    let status = c.cri_ok(&["image-status", &apps[2]]);
+    assert!(status["image"].is_object(), "{status}");
+    let exec = c.cri_ok(&["exec", &ctr, "/bin/busybox", "true"]);
+    assert_eq!(exec["exit_code"].as_i64().unwrap_or(0), 0, "{exec}");
+    c.cri_ok(&["stop", &ctr]);
+    c.cri_ok(&["rm", &ctr]);
+    c.cri_ok(&["stop-pod", &pod]);
+    c.cri_ok(&["rm-pod", &pod]);
+    assert!(c.store().check(false).unwrap().is_empty());
+}
+
+/// The snapshotter restarted under a running pod: the pod runs on, and
+/// new pods start once it is back. containerd killed mid-PullImage: the
+/// next PullImage completes without fetching a complete layer again.
+#[test]
+fn a_running_pod_outlives_a_snapshotter_restart_and_a_killed_pull_resumes() {
+    if !privileged() {
+        return;
+    }
+    let ts = TestStore::new();
+    let reg = Registry::start(&ts.scratch("registry"), &RegistryConfig::default());
+    let (mut c, apps) = node(&ts, &reg, &[1 << 20, 48 << 20]);
+    c.cri_ok(&["pull", &apps[0]]);
+    let (_pod, ctr) = run_pod(&c, "steady", &apps[0]);
+
+    c.kill_snapshotter();
+    c.start_snapshotter();
+    let exec = c.cri_ok(&[
+        "exec",
+        &ctr,
+        "/bin/sh",
+        "-c",
+        "echo alive > /alive && busybox cat /alive",
+    ]);
+    assert_eq!(exec["exit_code"].as_i64().unwrap_or(0), 0, "{exec}");
+    // containerd reconnects to the snapshotter on its next call.
+    wait_for("a new pod after the restart", || {
+        c.cri(&["run-pod", "after", "default", "uid-after"])
+            .map(drop)
+    });
+
+    // Killed mid-pull: strata's fetch runs in the snapshotter, which
+    // lives on and finishes the layers it started.
+    let mut pull = Command::new(strata_driver::testing::containerd::cri_client_binary())
+        .arg(c.address())
+        .args(["pull", &apps[1]])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    c.kill_containerd();
+    let _ = pull.wait();
+    c.start_containerd();
+    wait_for("PullImage after containerd's restart", || {
+        c.cri(&["pull", &apps[1]]).map(drop)
+    });
+    // Every layer's blob came whole from the registry once at most (a
+    // resumed one would be a 206), and none through containerd.
+    let remote = RemoteImage::resolve(&apps[1], &PullOptions::default()).unwrap();
+    for layer in remote.layer_digests() {
+        let get = format!("\"GET /v2/test/app-1/blobs/{layer} ");
+        assert!(
+            reg.requests(&[&get, "\" 200 "]) <= 1,
+            "{layer} again:\n{}",
+            reg.log()
+        );
+        assert_eq!(reg.requests(&[&get, "containerd/"]), 0, "{}", reg.log());
+    }
+    let size = c.cri_ok(&["image-status", &apps[1]]);
+    assert!(size["image"].is_object(), "{size}");
+    assert!(c.store().check(false).unwrap().is_empty());
 }
