@@ -3,6 +3,7 @@
 
 mod containerd;
 mod cow;
+mod cri;
 mod docker;
 mod fixtures;
 mod gate;
@@ -39,7 +40,7 @@ struct Cli {
     threshold: f64,
     /// Only benches whose group matches: ops (import and containers), peers,
     /// pull (containerd-pull: its containerd pulls alone), containerd,
-    /// docker (full runs only, unless asked), containerd (and
+    /// docker and cri (full runs only, unless asked), containerd (and
     /// snapshot-rpc: its calls against a null proxy alone), cow, serve,
     /// overhead.
     #[arg(long, value_delimiter = ',')]
@@ -89,6 +90,11 @@ fn main() -> Result<()> {
         if cli.only.iter().any(|o| o == "docker") || (cli.only.is_empty() && !env.quick) {
             eprintln!("docker 26: strata vs overlayfs snapshotter vs overlay2:");
             results.extend(docker::all(&env, &cli.out.join("cache"))?);
+        }
+        // Two CRI nodes, 200 pods and a 130 MB image: full runs, or asked.
+        if cli.only.iter().any(|o| o == "cri") || (cli.only.is_empty() && !env.quick) {
+            eprintln!("CRI: strata vs overlayfs snapshotter:");
+            results.extend(cri::all(&env, &cli.out.join("cache"))?);
         }
         if wanted("containerd") {
             eprintln!("containerd, strata snapshotter vs overlayfs:");

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use strata_driver::pull::{PullOptions, RemoteImage};
-use strata_driver::testing::containerd::{big_file_image, busybox_image, Containerd, CriConfig};
+use strata_driver::testing::containerd::{
+    big_file_image, push_pause_image, Containerd, CriConfig, SNAPSHOTTER,
+};
 use strata_driver::testing::registry::{Registry, RegistryConfig};
 use strata_driver::testing::{privileged, stdout_of_success, TestStore};
 
@@ -26,32 +28,6 @@ fn strata_json(root: &Path, args: &[&str]) -> Value {
         .unwrap();
     serde_json::from_slice(&stdout_of_success(out, &format!("strata {args:?}")).into_bytes())
         .unwrap()
-}
-
-/// busybox with `sleep` for its entrypoint, pushed as the pod sandbox
-/// ("pause") image: CRI runs the image's own command.
-fn push_pause_image(reg: &Registry, work: &Path) -> String {
-    let tar = busybox_image(work, 0);
-    let layout = work.join("pause-layout");
-    let sh = |cmd: &mut Command| {
-        let out = cmd.output().unwrap();
-        stdout_of_success(out, &format!("{cmd:?}"));
-    };
-    sh(Command::new("skopeo")
-        .args(["copy", "--quiet"])
-        .arg(format!("docker-archive:{}", tar.display()))
-        .arg(format!("oci:{}:3.9", layout.display())));
-    sh(Command::new("umoci")
-        .args(["config", "--image"])
-        .arg(format!("{}:3.9", layout.display()))
-        .args(["--config.entrypoint", "/bin/busybox"])
-        .args(["--config.cmd", "sleep", "--config.cmd", "2147483647"]));
-    reg.push(
-        &format!("oci:{}:3.9", layout.display()),
-        "test/pause:3.9",
-        &[],
-    );
-    format!("{}/test/pause:3.9", reg.host)
 }
 
 /// Layer-blob GETs by user agents naming `agent`, the config's left out.
@@ -118,6 +94,8 @@ fn a_pod_lives_on_strata_through_cri_and_its_numbers_are_strata_s() {
         CriConfig {
             sandbox_image: pause.clone(),
             registry: reg.host.clone(),
+            snapshotter: SNAPSHOTTER.into(),
+            stats_period: 1,
         },
     );
     let root = c.store_root();
@@ -254,6 +232,8 @@ fn node(ts: &TestStore, reg: &Registry, apps: &[u64]) -> (Containerd, Vec<String
         CriConfig {
             sandbox_image: pause,
             registry: reg.host.clone(),
+            snapshotter: SNAPSHOTTER.into(),
+            stats_period: 1,
         },
     );
     (c, refs)

@@ -463,17 +463,23 @@ pub struct CriConfig {
     pub sandbox_image: String,
     /// A plain-HTTP registry (`127.0.0.1:PORT`) containerd may reach.
     pub registry: String,
+    /// Where CRI keeps images and containers: strata, or containerd's
+    /// own `overlayfs` for comparison.
+    pub snapshotter: String,
+    /// How often containerd refreshes its snapshot usage (seconds):
+    /// its own default is 10; tests that compare stats right after a
+    /// change take 1.
+    pub stats_period: u32,
 }
 
 impl CriConfig {
     fn section(&self, dir: &Path) -> String {
         let d = dir.display();
-        let (sandbox, host) = (&self.sandbox_image, &self.registry);
+        let (sandbox, host, sn) = (&self.sandbox_image, &self.registry, &self.snapshotter);
+        let period = self.stats_period;
         for sub in ["cni/bin", "cni/conf"] {
             fs::create_dir_all(dir.join(sub)).unwrap();
         }
-        // Stats every second (kubelet's own period is 10 s): the tests
-        // compare them with strata's right after a change.
         format!(
             r#"
 [plugins."io.containerd.grpc.v1.cri"]
@@ -481,12 +487,12 @@ impl CriConfig {
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
   disable_apparmor = true
-  stats_collect_period = 1
+  stats_collect_period = {period}
   # The sandbox lacks CAP_SYS_RESOURCE: the pause container's -998 would
   # fail in runc ("failed to update /proc/self/oom_score_adj").
   restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "{SNAPSHOTTER}"
+    snapshotter = "{sn}"
     disable_snapshot_annotations = false
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{d}/cni/bin"
@@ -496,6 +502,32 @@ impl CriConfig {
 "#
         )
     }
+}
+
+/// busybox with `sleep` for its entrypoint, pushed as the pod sandbox
+/// ("pause") image: CRI runs the image's own command.
+pub fn push_pause_image(reg: &super::registry::Registry, work: &Path) -> String {
+    let tar = busybox_image(work, 0);
+    let layout = work.join("pause-layout");
+    let sh = |cmd: &mut Command| {
+        let out = cmd.output().unwrap();
+        super::stdout_of_success(out, &format!("{cmd:?}"));
+    };
+    sh(Command::new("skopeo")
+        .args(["copy", "--quiet"])
+        .arg(format!("docker-archive:{}", tar.display()))
+        .arg(format!("oci:{}:3.9", layout.display())));
+    sh(Command::new("umoci")
+        .args(["config", "--image"])
+        .arg(format!("{}:3.9", layout.display()))
+        .args(["--config.entrypoint", "/bin/busybox"])
+        .args(["--config.cmd", "sleep", "--config.cmd", "2147483647"]));
+    reg.push(
+        &format!("oci:{}:3.9", layout.display()),
+        "test/pause:3.9",
+        &[],
+    );
+    format!("{}/test/pause:3.9", reg.host)
 }
 
 /// The CRI client the tests drive containerd's CRI plugin with, call by
