@@ -55,10 +55,14 @@ pub struct Owner {
     /// The Kubernetes pod's uid (CRI only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
-    /// containerd's namespace (`ctr run` only).
+    /// containerd's namespace (`ctr run`), or the pod's Kubernetes
+    /// namespace (CRI).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
-    /// The container's name, where known (strata's).
+    /// The pod's name (CRI only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    /// The container's name, where known (strata's, CRI's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
 }
@@ -70,6 +74,7 @@ impl Owner {
             id: id.to_string(),
             pod: None,
             namespace: None,
+            pod_name: None,
             name: None,
         }
     }
@@ -78,6 +83,9 @@ impl Owner {
     /// short id, containerd's namespace/id, CRI's short id and pod,
     /// strata's name.
     pub fn display_name(&self) -> String {
+        if let (Some(ns), Some(pod), Some(name)) = (&self.namespace, &self.pod_name, &self.name) {
+            return format!("{ns}/{pod}/{name}"); // CRI's, as kubectl names it
+        }
         match (&self.namespace, &self.pod, &self.name) {
             (Some(ns), _, _) => format!("{ns}/{}", self.id),
             (_, Some(pod), _) => format!("{} (pod {pod})", self.short_id()),
@@ -161,24 +169,51 @@ fn pod_uid(comp: &str) -> Option<String> {
 /// and kin): a container's init is the shim's child, what it runs the
 /// init's descendants.
 fn under_shim(pid: u32) -> bool {
+    shim_of(pid).is_some()
+}
+
+/// The containerd shim `pid` descends from.
+fn shim_of(pid: u32) -> Option<u32> {
     let mut pid = pid;
     for _ in 0..16 {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let Some(ppid) = status
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let ppid = status
             .lines()
             .find_map(|l| l.strip_prefix("PPid:"))
             .and_then(|p| p.trim().parse::<u32>().ok())
-            .filter(|p| *p > 1)
-        else {
-            return false;
-        };
+            .filter(|p| *p > 1)?;
         let comm = std::fs::read_to_string(format!("/proc/{ppid}/comm")).unwrap_or_default();
         if comm.starts_with("containerd-shim") {
-            return true;
+            return Some(ppid);
         }
         pid = ppid;
     }
-    false
+    None
+}
+
+/// A CRI container's Kubernetes names (namespace, pod, container), from
+/// the annotations containerd's CRI plugin writes into its OCI spec: the
+/// bundle of container `id` sits beside the one its pod's shim runs in
+/// (`STATE/io.containerd.runtime.v2.task/k8s.io/ID/config.json`).
+fn with_cri_names(mut owner: Owner, pid: u32) -> Owner {
+    if owner.engine != Engine::Cri {
+        return owner;
+    }
+    let names = shim_of(pid).and_then(|shim| {
+        let bundle = std::fs::read_link(format!("/proc/{shim}/cwd")).ok()?;
+        let spec = std::fs::read(bundle.parent()?.join(&owner.id).join("config.json")).ok()?;
+        let spec: serde_json::Value = serde_json::from_slice(&spec).ok()?;
+        let a = |k: &str| spec["annotations"][k].as_str().map(str::to_string);
+        Some((
+            a("io.kubernetes.cri.sandbox-namespace")?,
+            a("io.kubernetes.cri.sandbox-name")?,
+            a("io.kubernetes.cri.container-name")?,
+        ))
+    });
+    if let Some((ns, pod, name)) = names {
+        (owner.namespace, owner.pod_name, owner.name) = (Some(ns), Some(pod), Some(name));
+    }
+    owner
 }
 
 /// Whether a task in the cgroup directory `dir` descends from a shim.
@@ -192,10 +227,11 @@ fn cgroup_under_shim(dir: &Path) -> bool {
 /// containers the same way in both).
 pub fn owner_of_task(pid: u32) -> Option<Owner> {
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    cgroups.lines().find_map(|l| {
+    let owner = cgroups.lines().find_map(|l| {
         let path = l.splitn(3, ':').nth(2)?;
         owner_of_path(path, || under_shim(pid))
-    })
+    })?;
+    Some(with_cri_names(owner, pid))
 }
 
 /// Where cgroup v2 is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/
@@ -316,7 +352,12 @@ impl Owners {
             .or_insert_with(|| {
                 let dir = cgroup_dir(root, id)?;
                 let rel = dir.strip_prefix(root).ok()?.to_str()?.to_string();
-                owner_of_path(&rel, || cgroup_under_shim(&dir))
+                let owner = owner_of_path(&rel, || cgroup_under_shim(&dir))?;
+                let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+                Some(match procs.lines().find_map(|p| p.parse().ok()) {
+                    Some(pid) => with_cri_names(owner, pid),
+                    None => owner,
+                })
             })
             .clone()
     }
@@ -385,7 +426,7 @@ fn names(roots: &EngineRoots) -> Vec<(Engine, String, String)> {
 }
 
 /// The running engine container `spec` names: its id, a unique prefix of
-/// it, or (docker, podman) its name.
+/// it, (docker, podman) its name, or (CRI) `namespace/pod/container`.
 pub fn resolve(spec: &str, roots: &EngineRoots) -> Result<Owner> {
     let running = running();
     let by_name: Vec<String> = names(roots)
@@ -396,7 +437,7 @@ pub fn resolve(spec: &str, roots: &EngineRoots) -> Result<Owner> {
     let mut found: Vec<&Owner> = running
         .iter()
         .map(|(o, _)| o)
-        .filter(|o| o.id.starts_with(spec) || by_name.contains(&o.id))
+        .filter(|o| o.id.starts_with(spec) || by_name.contains(&o.id) || o.display_name() == spec)
         .collect();
     found.dedup();
     match found.as_slice() {

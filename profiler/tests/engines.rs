@@ -11,9 +11,12 @@ use std::fs;
 use std::path::Path;
 
 use serde_json::Value;
-use strata_driver::testing::containerd::{busybox_image, Containerd, BOTTOM, IMAGE};
+use strata_driver::testing::containerd::{
+    busybox_image, push_pause_image, Containerd, CriConfig, BOTTOM, IMAGE, SNAPSHOTTER,
+};
 use strata_driver::testing::docker::{Dockerd, Storage};
 use strata_driver::testing::podman::Podman;
+use strata_driver::testing::registry::{Registry, RegistryConfig};
 use strata_driver::testing::{docker_save_tar, layer, privileged, LayerFn, TestStore};
 
 mod common;
@@ -217,6 +220,83 @@ fn docker_26_containers_on_strata() {
     check(&stdout, "docker", &id, 3, 1);
     assert!(!stdout.contains(&other), "the other container's copy-ups");
     dockerd.docker_ok(&["rm", "-f", "watched", "other"]);
+}
+
+/// A Kubernetes pod's container on strata through containerd's CRI
+/// plugin: its copy-ups are CRI's, named by the pod's uid and by
+/// namespace/pod/container as kubectl names them, and `record
+/// --container` takes that name.
+#[test]
+fn cri_container_on_strata() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let ts = TestStore::new();
+    let reg = Registry::start(&ts.scratch("registry"), &RegistryConfig::default());
+    let pause = push_pause_image(&reg, &ts.scratch("pause"));
+    let tar = busybox_image(&ts.scratch("image"), 0);
+    reg.push(
+        &format!("docker-archive:{}", tar.display()),
+        "test/app:v1",
+        &[],
+    );
+    let app = format!("{}/test/app:v1", reg.host);
+    let strata = Path::new(BIN).with_file_name("strata");
+    let c = Containerd::start_cri(
+        &ts.dir.join("node"),
+        &strata,
+        CriConfig {
+            sandbox_image: pause,
+            registry: reg.host.clone(),
+            snapshotter: SNAPSHOTTER.into(),
+            stats_period: 10,
+        },
+    );
+    let uid = "6b1f7c52-1c1d-4c57-9a0a-5e0a1c2b3d4e";
+    c.cri_ok(&["pull", &app]);
+    let pod = c.cri_ok(&["run-pod", "web", "shop", uid])["pod_sandbox_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let id = c.cri_ok(&[
+        "create",
+        &pod,
+        "web",
+        "shop",
+        uid,
+        "server",
+        &app,
+        "/bin/busybox",
+        "sleep",
+        "600",
+    ])["container_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    c.cri_ok(&["start", &id]);
+    let recording = Recording::start(&[
+        "--json".as_ref(),
+        "--container".as_ref(),
+        "shop/web/server".as_ref(),
+    ]);
+    c.cri_ok(&["exec", &id, "/bin/sh", "-c", COPY_UPS]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let stdout = recording.stop();
+    check(&stdout, "cri", &id, 3, 0);
+    let ev = json_lines(&stdout)
+        .into_iter()
+        .find(|v| v["type"] == "copy_up")
+        .unwrap();
+    let owner = &ev["container"];
+    assert_eq!(owner["pod"], uid, "{ev}");
+    assert_eq!(owner["namespace"], "shop", "{ev}");
+    assert_eq!(owner["pod_name"], "web", "{ev}");
+    assert_eq!(owner["name"], "server", "{ev}");
+    c.cri_ok(&["stop", &id]);
+    c.cri_ok(&["rm", &id]);
+    c.cri_ok(&["stop-pod", &pod]);
+    c.cri_ok(&["rm-pod", &pod]);
 }
 
 #[test]

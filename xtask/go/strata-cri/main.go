@@ -66,6 +66,8 @@ func podConfig(name, namespace, uid string) *runtime.PodSandboxConfig {
 		Labels: map[string]string{"io.kubernetes.pod.name": name,
 			"io.kubernetes.pod.namespace": namespace, "io.kubernetes.pod.uid": uid},
 		Linux: &runtime.LinuxPodSandboxConfig{
+			// kubelet's, with the cgroupfs driver, for a BestEffort pod.
+			CgroupParent: "/kubepods/besteffort/pod" + uid,
 			SecurityContext: &runtime.LinuxSandboxSecurityContext{
 				NamespaceOptions: &runtime.NamespaceOption{
 					Network: runtime.NamespaceMode_NODE,
