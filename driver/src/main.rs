@@ -150,6 +150,15 @@ enum Cmd {
         /// blobs containerd lacks); CRI does not.
         #[arg(long, value_name = "SOCK")]
         containerd: Option<PathBuf>,
+        /// Serve Kubernetes' CRI image service on this socket (kubelet's
+        /// imageServiceEndpoint), every call forwarded to --cri-upstream;
+        /// the credentials of each PullImage sign in strata's own fetch
+        /// of its layers, for that pull only.
+        #[arg(long, value_name = "SOCK", requires = "cri_upstream")]
+        cri_listen: Option<PathBuf>,
+        /// containerd's CRI socket, behind --cri-listen.
+        #[arg(long, value_name = "SOCK", requires = "cri_listen")]
+        cri_upstream: Option<PathBuf>,
         #[command(flatten)]
         registry: RegistryFlags,
     },
@@ -356,6 +365,8 @@ fn main() -> Result<()> {
             no_remote_pull,
             max_concurrent_downloads,
             containerd,
+            cri_listen,
+            cri_upstream,
             registry,
         } => {
             let remote_pull = (!no_remote_pull)
@@ -372,6 +383,7 @@ fn main() -> Result<()> {
                 group: None,
                 remote_pull,
                 containerd,
+                cri_proxy: cri_listen.zip(cri_upstream),
             };
             serve_snapshotter(store, opts, group)
         }

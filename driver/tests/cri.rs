@@ -397,3 +397,81 @@ fn a_running_pod_outlives_a_snapshotter_restart_and_a_killed_pull_resumes() {
     assert!(size["image"].is_object(), "{size}");
     assert!(c.store().check(false).unwrap().is_empty());
 }
+
+/// kubelet's imagePullSecrets, in PullImageRequest.auth, reach strata's
+/// own fetch through its CRI image service (kubelet's
+/// imageServiceEndpoint): a registry that wants basic auth serves every
+/// layer to strata, none to containerd, and the password shows up in no
+/// log.
+#[test]
+fn pull_credentials_from_kubelet_sign_in_strata_s_fetch_and_are_never_logged() {
+    if !privileged() {
+        return;
+    }
+    let ts = TestStore::new();
+    let htpasswd = ts.scratch("auth").join("htpasswd");
+    let hash = bcrypt::hash("s3cret-pw", 5).unwrap();
+    fs::write(&htpasswd, format!("kube:{hash}\n")).unwrap();
+    let reg = Registry::start(
+        &ts.scratch("registry"),
+        &RegistryConfig {
+            htpasswd: Some(htpasswd),
+            ..Default::default()
+        },
+    );
+    let creds = ["--dest-creds", "kube:s3cret-pw"];
+    // No pod runs here: the sandbox image is never pulled.
+    let pause = format!("{}/test/pause:3.9", reg.host);
+    let tar = big_file_image(&ts.scratch("image"), 1 << 20);
+    reg.push(
+        &format!("docker-archive:{}", tar.display()),
+        "test/private:v1",
+        &creds,
+    );
+    let app = format!("{}/test/private:v1", reg.host);
+    let c = Containerd::start_cri(
+        &ts.dir.join("node"),
+        env!("CARGO_BIN_EXE_strata").as_ref(),
+        CriConfig {
+            sandbox_image: pause,
+            registry: reg.host.clone(),
+            snapshotter: SNAPSHOTTER.into(),
+            stats_period: 1,
+        },
+    );
+    let images = c.cri_images_socket();
+    c.cri_at(&images, &["pull", &app, "kube", "s3cret-pw"])
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
+    let config = config_digest(&tar);
+    assert_eq!(
+        layer_gets(&reg, "test/private", "containerd/", &config),
+        0,
+        "{}",
+        reg.log()
+    );
+    let signed_in = reg
+        .log()
+        .lines()
+        .filter(|l| l.contains("\"GET /v2/test/private/blobs/sha256:") && l.contains("strata/"))
+        .filter(|l| !l.contains(&config) && l.contains("\" 200 "))
+        .count();
+    assert_eq!(
+        signed_in,
+        3,
+        "strata fetched each layer, signed in:\n{}",
+        reg.log()
+    );
+    // Through the proxy the other image calls are containerd's own.
+    let status = c.cri_at(&images, &["image-status", &app]).unwrap();
+    assert!(status["image"].is_object(), "{status}");
+    for log in ["snapshotter.log", "containerd.log"] {
+        let text = fs::read_to_string(c.dir.join(log)).unwrap_or_default();
+        assert!(!text.contains("s3cret-pw"), "the password is in {log}");
+    }
+    // Without credentials, strata's fetch is refused; the pull still
+    // fails cleanly (containerd is refused too) and leaves nothing.
+    c.cri_ok(&["rmi", &app]);
+    let e = c.cri_at(&images, &["pull", &app]).unwrap_err();
+    assert!(!e.contains("s3cret-pw"), "{e}");
+    assert!(c.store().check(false).unwrap().is_empty());
+}

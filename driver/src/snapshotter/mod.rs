@@ -3,6 +3,7 @@
 //! `snapshot` in containerd's config).
 
 mod content;
+pub mod cri;
 pub mod remote;
 mod service;
 
@@ -34,6 +35,9 @@ pub struct ServeOptions {
     /// containerd's socket: the blobs fetched for it are written to its
     /// content store too (see content), which Docker needs.
     pub containerd: Option<PathBuf>,
+    /// Serve CRI's image service on the first socket, forwarding every
+    /// call to containerd's CRI on the second (see cri).
+    pub cri_proxy: Option<(PathBuf, PathBuf)>,
 }
 
 /// Held while a snapshotter serves a store: a second one is refused.
@@ -69,19 +73,19 @@ fn clear_stale_socket(address: &Path) -> Result<()> {
     fs::remove_file(address).ctx(|| format!("removing stale socket {}", address.display()))
 }
 
-fn bind(opts: &ServeOptions) -> Result<UnixListener> {
+fn bind(address: &Path, group: Option<nix::unistd::Gid>) -> Result<UnixListener> {
     // The socket is born 0600: no window in which others may connect.
     // SAFETY: umask only swaps the process's file-creation mask.
     let old = unsafe { libc::umask(0o177) };
-    let bound = UnixListener::bind(&opts.address);
+    let bound = UnixListener::bind(address);
     // SAFETY: as above, restoring the previous mask.
     unsafe { libc::umask(old) };
-    let listener = bound.ctx(|| format!("binding {}", opts.address.display()))?;
-    if let Some(gid) = opts.group {
-        nix::unistd::chown(&opts.address, None, Some(gid))
-            .ctx(|| format!("giving {} to group {gid}", opts.address.display()))?;
-        fs::set_permissions(&opts.address, fs::Permissions::from_mode(0o660))
-            .ctx(|| format!("chmod {}", opts.address.display()))?;
+    let listener = bound.ctx(|| format!("binding {}", address.display()))?;
+    if let Some(gid) = group {
+        nix::unistd::chown(address, None, Some(gid))
+            .ctx(|| format!("giving {} to group {gid}", address.display()))?;
+        fs::set_permissions(address, fs::Permissions::from_mode(0o660))
+            .ctx(|| format!("chmod {}", address.display()))?;
     }
     Ok(listener)
 }
@@ -118,7 +122,7 @@ pub async fn serve(
     // and what it committed in this boot made durable.
     store.recover_if_needed()?;
     store.flush_snapshots()?;
-    let listener = bind(&opts)?;
+    let listener = bind(&opts.address, opts.group)?;
     let committed = Arc::new(tokio::sync::Notify::new());
     let flusher = tokio::spawn(flush_after_commits(store.clone(), committed.clone()));
     let content = opts
@@ -126,22 +130,61 @@ pub async fn serve(
         .as_deref()
         .map(content::ContentStore::connect_lazy)
         .transpose()?;
+    let secrets = opts
+        .cri_proxy
+        .as_ref()
+        .map(|_| Arc::new(cri::PullSecrets::default()));
     let remote = opts
         .remote_pull
         .clone()
-        .map(|o| Arc::new(remote::RemotePuller::new(o, content)));
+        .map(|o| Arc::new(remote::RemotePuller::new(o, content, secrets.clone())));
     let svc = Arc::new(StrataSnapshotter::new(store.clone(), committed, remote));
-    let served = Server::builder()
+    let cri_proxy = match (&opts.cri_proxy, secrets) {
+        (Some((listen, upstream)), Some(secrets)) => {
+            clear_stale_socket(listen)?;
+            let listener = bind(listen, opts.group)?;
+            Some((listener, cri::CriImageProxy::new(upstream, secrets)?))
+        }
+        _ => None,
+    };
+    // One shutdown for both servers.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let on_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.changed().await;
+    };
+    let snapshots = Server::builder()
         .add_service(containerd_snapshots::server(svc))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-        .await;
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), on_stop(stopped.clone()));
+    let images = async {
+        match cri_proxy {
+            Some((listener, proxy)) => {
+                Server::builder()
+                    .add_service(proxy.server())
+                    .serve_with_incoming_shutdown(
+                        UnixListenerStream::new(listener),
+                        on_stop(stopped.clone()),
+                    )
+                    .await
+            }
+            None => Ok(()),
+        }
+    };
+    let (served, images_served, ()) = tokio::join!(snapshots, images, async {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
     flusher.abort();
     let flushed = store.flush_snapshots();
     let removed = fs::remove_file(&opts.address);
+    if let Some((listen, _)) = &opts.cri_proxy {
+        let _ = fs::remove_file(listen);
+    }
     flushed?;
-    served.map_err(|e| Error::Io {
-        context: format!("serving {}", opts.address.display()),
-        source: std::io::Error::other(e),
-    })?;
+    for (what, result) in [("snapshots", served), ("CRI images", images_served)] {
+        result.map_err(|e| Error::Io {
+            context: format!("serving {what} on {}", opts.address.display()),
+            source: std::io::Error::other(e),
+        })?;
+    }
     removed.ctx(|| format!("removing {}", opts.address.display()))
 }

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::content::{BlobTarget, ContentStore};
+use super::cri::PullSecrets;
 use crate::digest::Digest;
 use crate::error::Result;
 use crate::image::config;
@@ -69,6 +70,8 @@ pub struct RemotePuller {
     opts: PullOptions,
     /// Where the fetched blobs are written too, if anywhere.
     content: Option<ContentStore>,
+    /// Credentials kubelet gave the pulls under way (see cri).
+    secrets: Option<Arc<PullSecrets>>,
     /// One fetch per image at a time; the Prepares of its other layers
     /// wait for it and then find their snapshots.
     fetching: Mutex<HashMap<String, Arc<Mutex<()>>>>,
@@ -76,10 +79,15 @@ pub struct RemotePuller {
 }
 
 impl RemotePuller {
-    pub fn new(opts: PullOptions, content: Option<ContentStore>) -> RemotePuller {
+    pub fn new(
+        opts: PullOptions,
+        content: Option<ContentStore>,
+        secrets: Option<Arc<PullSecrets>>,
+    ) -> RemotePuller {
         RemotePuller {
             opts,
             content,
+            secrets,
             fetching: Mutex::new(HashMap::new()),
             counters: RemoteCounters::default(),
         }
@@ -154,7 +162,7 @@ impl RemotePuller {
             self.backfill_content(store, req, namespace)?;
             return Ok(true);
         }
-        let remote = RemoteImage::resolve(&pinned(req)?, &self.opts)?;
+        let remote = RemoteImage::resolve(&pinned(req)?, &self.opts_for(req))?;
         let chains = remote.chain_ids()?;
         let Some(i) = remote
             .resolved
@@ -195,6 +203,20 @@ impl RemotePuller {
 }
 
 impl RemotePuller {
+    /// The pull options for `req`: the credentials of kubelet's PullImage
+    /// of that image where the CRI proxy holds some, else strata's own.
+    fn opts_for(&self, req: &LayerRequest) -> PullOptions {
+        let mut opts = self.opts.clone();
+        if let Some(creds) = self
+            .secrets
+            .as_ref()
+            .and_then(|s| s.for_image(&req.image_ref))
+        {
+            opts.registry.credentials = Some(creds);
+        }
+        opts
+    }
+
     /// The blob of a layer strata holds already (an earlier image's, or a
     /// fetch killed before its blobs reached containerd), written to
     /// containerd's content store if that lacks it: Docker would hide the
@@ -203,7 +225,7 @@ impl RemotePuller {
         let Some(content) = &self.content else {
             return Ok(());
         };
-        let remote = RemoteImage::resolve(&pinned(req)?, &self.opts)?;
+        let remote = RemoteImage::resolve(&pinned(req)?, &self.opts_for(req))?;
         let targets = self.content_targets(&remote, namespace)?;
         let Some(i) = targets.iter().position(|t| t.digest == req.layer) else {
             return Ok(());

@@ -315,6 +315,11 @@ state = "{d}/containerd/state"
     pub fn snapshotter_socket(&self) -> PathBuf {
         self.dir.join("strata.sock")
     }
+    /// strata's CRI image service (a CRI node's), kubelet's
+    /// imageServiceEndpoint.
+    pub fn cri_images_socket(&self) -> PathBuf {
+        self.dir.join("strata-cri-images.sock")
+    }
     pub fn store_root(&self) -> PathBuf {
         self.dir.join("store")
     }
@@ -325,11 +330,16 @@ state = "{d}/containerd/state"
     pub fn start_snapshotter(&mut self) {
         assert!(self.snapshotter.is_none(), "snapshotter already running");
         let address = self.address();
-        let flags: Vec<&std::ffi::OsStr> = if self.writes_content {
-            vec!["--containerd".as_ref(), address.as_os_str()]
-        } else {
-            Vec::new()
-        };
+        let images = self.cri_images_socket();
+        let mut flags: Vec<&std::ffi::OsStr> = Vec::new();
+        if self.writes_content {
+            flags.extend(["--containerd".as_ref(), address.as_os_str()]);
+        }
+        if self.cri.is_some() {
+            // kubelet's imageServiceEndpoint, in front of containerd's CRI.
+            flags.extend(["--cri-listen".as_ref(), images.as_os_str()]);
+            flags.extend(["--cri-upstream".as_ref(), address.as_os_str()]);
+        }
         self.snapshotter = Some(SnapshotterProcess::start_with(
             &self.strata,
             &self.store_root(),
@@ -443,7 +453,10 @@ impl Containerd {
     /// runc's record of this namespace's containers (their processes die
     /// with it), which would otherwise outlive the test under /run.
     fn delete_runc_state(&self) {
-        let root = Path::new("/run/containerd/runc").join(&self.namespace);
+        let root = match self.cri {
+            Some(_) => self.dir.join("runc").join(&self.namespace),
+            None => Path::new("/run/containerd/runc").join(&self.namespace),
+        };
         for e in fs::read_dir(&root).into_iter().flatten().flatten() {
             let _ = Command::new("runc")
                 .arg("--root")
@@ -494,6 +507,12 @@ impl CriConfig {
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "{sn}"
     disable_snapshot_annotations = false
+  # runc's state of this node's own: CRI's namespace (k8s.io) is every
+  # node's, and each test's cleanup deletes what runc keeps there.
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+      Root = "{d}/runc"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{d}/cni/bin"
     conf_dir = "{d}/cni/conf"
@@ -539,8 +558,14 @@ pub fn cri_client_binary() -> PathBuf {
 impl Containerd {
     /// One CRI call through `strata-cri`: its JSON answer, or its error.
     pub fn cri(&self, args: &[&str]) -> Result<serde_json::Value, String> {
+        self.cri_at(&self.address(), args)
+    }
+
+    /// The same to the CRI endpoint at `socket` (containerd's, or
+    /// strata's image service).
+    pub fn cri_at(&self, socket: &Path, args: &[&str]) -> Result<serde_json::Value, String> {
         let out = Command::new(cri_client_binary())
-            .arg(self.address())
+            .arg(socket)
             .args(args)
             .output()
             .expect("strata-cri is built by `cargo xtask setup`");
