@@ -10,11 +10,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use strata_driver::pull::{PullOptions, RemoteImage};
+use strata_driver::sizes::dir_usage;
 use strata_driver::testing::containerd::{
     big_file_image, push_pause_image, Containerd, CriConfig, SNAPSHOTTER,
 };
 use strata_driver::testing::registry::{Registry, RegistryConfig};
 use strata_driver::testing::{privileged, stdout_of_success, TestStore};
+use strata_driver::Store;
 
 const BIG: u64 = 8 << 20;
 
@@ -66,6 +68,25 @@ fn ok_or(ok: bool, why: impl FnOnce() -> String) -> Result<(), String> {
     } else {
         Err(why())
     }
+}
+
+/// Inodes in strata's store as containerd's Usage counts them: every
+/// entry of each layer and each writable layer (see sizes::dir_usage).
+fn store_inodes(store: &Store) -> u64 {
+    let layers = store
+        .layers()
+        .unwrap()
+        .into_iter()
+        .map(|l| store.layer_diff(&l.chain_id));
+    let uppers = store
+        .containers()
+        .unwrap()
+        .into_iter()
+        .map(|c| store.upper_dir(&c.id));
+    layers
+        .chain(uppers)
+        .map(|d| dir_usage(&d).unwrap().inodes)
+        .sum()
 }
 
 fn num(v: &Value) -> u64 {
@@ -170,6 +191,15 @@ fn a_pod_lives_on_strata_through_cri_and_its_numbers_are_strata_s() {
         num(&mine["size"]),
         "{stats}\n{mine}"
     );
+    let store = c.store();
+    let record = store
+        .containers()
+        .unwrap()
+        .into_iter()
+        .find(|r| r.snapshot.as_deref().is_some_and(|k| k.ends_with(&ctr)))
+        .unwrap();
+    let upper_inodes = dir_usage(&store.upper_dir(&record.id)).unwrap().inodes;
+    assert_eq!(num(&wl["inodes_used"]["value"]), upper_inodes, "{stats}");
     let listed = c.cri_ok(&["list-stats"]);
     assert!(listed.to_string().contains(&ctr), "{listed}");
 
@@ -180,8 +210,10 @@ fn a_pod_lives_on_strata_through_cri_and_its_numbers_are_strata_s() {
         let info = c.cri_ok(&["fs-info"]);
         let used = num(&info["image_filesystems"][0]["used_bytes"]["value"]);
         let ours = num(&strata_json(&root, &["system", "df"])["disk_used"]);
-        ok_or(used == ours, || {
-            format!("{info} vs strata's disk_used {ours}")
+        let inodes = num(&info["image_filesystems"][0]["inodes_used"]["value"]);
+        let our_inodes = store_inodes(&c.store());
+        ok_or(used == ours && inodes == our_inodes, || {
+            format!("{info} vs strata's disk_used {ours} and {our_inodes} inodes")
         })
     };
     wait_for("ImageFsInfo to equal strata's disk use", image_fs_matches);
@@ -194,7 +226,6 @@ fn a_pod_lives_on_strata_through_cri_and_its_numbers_are_strata_s() {
     c.cri_ok(&["rm-pod", &pod]);
     c.cri_ok(&["rmi", &app]);
     // Falls with the image: the pause image's layers are all that is left.
-    let store = c.store();
     let layers = || fs::read_dir(store.layers_dir()).unwrap().count();
     wait_for("the app's layers to go", || {
         ok_or(layers() == 3, || format!("{} layers", layers()))
