@@ -62,6 +62,18 @@ const NOT_IN_GUEST: &[(&str, &str, &str)] = &[
          minimal busybox system without them",
     ),
     (
+        "docker_engine",
+        "",
+        "needs dockerd 26, containerd 1.7, runc, the registry and skopeo (host only); the guest is \
+         a minimal busybox system without them",
+    ),
+    (
+        "cri",
+        "",
+        "needs containerd 1.7's CRI plugin, runc, the Go CRI client, the registry and skopeo (host \
+         only); the guest is a minimal busybox system without them",
+    ),
+    (
         "pull_hostile",
         "",
         "speaks HTTP on the guest's loopback, which the minimal busybox system does not bring up; \
