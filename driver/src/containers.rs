@@ -160,6 +160,44 @@ impl Store {
         opts: &CreateOptions,
     ) -> Result<ContainerRecord> {
         let _lock = self.lock()?;
+        let record = self.new_container_record(image_ref, opts)?;
+        self.publish_container(record, true)
+    }
+
+    /// `create --mount`: creates and mounts the container under one lock,
+    /// in one process, with one journal commit (the record's), which is
+    /// what a `run`-style start pays. A kill at any point leaves no
+    /// container or a complete one: the record is durable before the
+    /// mount, and the `txn-` marker lets recovery zero a count whose mount
+    /// never happened. A failed mount removes the container again.
+    pub fn create_mounted(
+        &self,
+        image_ref: &str,
+        opts: &CreateOptions,
+    ) -> Result<(ContainerRecord, PathBuf)> {
+        let _lock = self.lock()?;
+        let mut record = self.new_container_record(image_ref, opts)?;
+        record.mount_count = 1;
+        let txn = Txn::begin(&self.tmp_dir(), "create-mount")?;
+        let record = self.publish_container(record, true)?;
+        if let Err(e) = self.mount_stack(&record) {
+            // Left to recovery (the marker stays) if this fails too.
+            self.discard_container(&record, false)?;
+            txn.done();
+            return Err(e);
+        }
+        txn.done();
+        let merged = self.merged_dir(&record.id);
+        Ok((record, merged))
+    }
+
+    /// A new container's record for `image_ref`: name, volumes, metacopy
+    /// and quota checked and chosen. Call with the store lock held.
+    fn new_container_record(
+        &self,
+        image_ref: &str,
+        opts: &CreateOptions,
+    ) -> Result<ContainerRecord> {
         let image = self.find_image(image_ref)?;
         for v in &opts.volumes {
             self.volume(&v.volume)?;
@@ -192,22 +230,19 @@ impl Store {
             }
             None => None,
         };
-        self.publish_container(
-            ContainerRecord {
-                id,
-                name,
-                image: Some(image.id.clone()),
-                layers: image.layers.clone(),
-                snapshot: None,
-                volumes: opts.volumes.clone(),
-                volatile: opts.volatile,
-                metacopy,
-                quota,
-                mount_count: 0,
-                created: now_secs(),
-            },
-            true,
-        )
+        Ok(ContainerRecord {
+            id,
+            name,
+            image: Some(image.id.clone()),
+            layers: image.layers.clone(),
+            snapshot: None,
+            volumes: opts.volumes.clone(),
+            volatile: opts.volatile,
+            metacopy,
+            quota,
+            mount_count: 0,
+            created: now_secs(),
+        })
     }
 
     /// Makes `record` (its layers checked, its id fresh) visible with an
@@ -342,7 +377,8 @@ impl Store {
         Ok(())
     }
 
-    fn unmount_all(&self, c: &ContainerRecord, force: bool) -> Result<()> {
+    /// Unmounts what is mounted of the container: volumes, then overlay.
+    pub(crate) fn unmount_all(&self, c: &ContainerRecord, force: bool) -> Result<()> {
         let merged = self.merged_dir(&c.id);
         for v in c.volumes.iter().rev() {
             let p = merged.join(v.path.trim_start_matches('/'));
@@ -392,8 +428,16 @@ impl Store {
             )));
         }
         let txn = Txn::begin(&self.tmp_dir(), "rm")?;
+        self.discard_container(&c, mounted)?;
+        txn.done();
+        Ok(())
+    }
+
+    /// Unmounts (if `mounted`) and deletes a container's directory and
+    /// quota. Call with the store lock held and a `txn-` marker begun.
+    fn discard_container(&self, c: &ContainerRecord, mounted: bool) -> Result<()> {
         if mounted {
-            self.unmount_all(&c, true)?;
+            self.unmount_all(c, true)?;
         }
         let dir = self.container_dir(&c.id);
         let doomed = self
@@ -408,7 +452,6 @@ impl Store {
             // holds an id that next_project skips, so it is not an error.
             let _ = quota::release(&self.containers_dir(), q.project);
         }
-        txn.done();
         Ok(())
     }
 }

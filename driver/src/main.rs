@@ -1,13 +1,13 @@
 //! `strata`: the storage driver's command line (privileged).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
 use strata_driver::changes::Change;
-use strata_driver::containers::CreateOptions;
+use strata_driver::containers::{ContainerRecord, CreateOptions};
 use strata_driver::export::{self, SaveFormat};
 use strata_driver::image::config;
 use strata_driver::import::{import, ImportOptions};
@@ -83,6 +83,10 @@ enum Cmd {
         /// With --size: also cap files and directories created.
         #[arg(long, requires = "size")]
         inodes: Option<u64>,
+        /// Also mount it (as `strata mount` would) and print the mount
+        /// point instead of the ID: one process and one commit for both.
+        #[arg(long)]
+        mount: bool,
         #[command(flatten)]
         out: Output,
     },
@@ -395,18 +399,25 @@ fn main() -> Result<()> {
             metacopy,
             size,
             inodes,
+            mount,
             out,
         } => {
-            let c = store.create_container(
-                &image,
-                &CreateOptions {
-                    name,
-                    volumes,
-                    volatile,
-                    metacopy,
-                    size: size.map(|bytes| QuotaLimit { bytes, inodes }),
-                },
-            )?;
+            let opts = CreateOptions {
+                name,
+                volumes,
+                volatile,
+                metacopy,
+                size: size.map(|bytes| QuotaLimit { bytes, inodes }),
+            };
+            if mount {
+                let (c, merged) = store.create_mounted(&image, &opts)?;
+                let created = MountedContainer {
+                    container: &c,
+                    mountpoint: &merged,
+                };
+                return emit(out, &created, || println!("{}", merged.display()));
+            }
+            let c = store.create_container(&image, &opts)?;
             emit(out, &c, || println!("{}", c.id))
         }
         Cmd::Mount { container } => {
@@ -747,6 +758,14 @@ fn volume_cmd(store: &Store, cmd: VolumeCmd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `create --mount --format json`: the record and where it is mounted.
+#[derive(Serialize)]
+struct MountedContainer<'a> {
+    #[serde(flatten)]
+    container: &'a ContainerRecord,
+    mountpoint: &'a Path,
 }
 
 /// JSON when asked, else the table printer.

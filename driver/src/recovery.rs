@@ -3,9 +3,9 @@
 //!
 //! Every operation stages its work under `tmp/` (owner-locked, see
 //! `StagingDir`) and makes it visible by rename; multi-step publishes
-//! (import, commit, image rm, mount, umount, rm) also leave a `txn-*`
-//! marker from their first visible change to their last. So an interrupted operation
-//! always leaves an abandoned entry in `tmp/`, and the next command that
+//! (import, commit, image rm, create --mount, mount, umount, rm) also
+//! leave a `txn-*` marker from their first visible change to their last.
+//! So an interrupted operation always leaves an abandoned entry in `tmp/`, and the next command that
 //! sees one runs the full recovery under the store lock:
 //! - abandoned staging is deleted (the operation rolls back), as are
 //!   directories renamed in for deletion (rm rolls forward);
@@ -251,12 +251,7 @@ impl Store {
                     merged.display()
                 ),
                 true,
-                || {
-                    for v in c.volumes.iter().rev() {
-                        mount::unmount(&merged.join(v.path.trim_start_matches('/')), true)?;
-                    }
-                    mount::unmount(&merged, true)
-                },
+                || self.unmount_all(c, true),
             );
         } else if !mounted && c.mount_count > 0 {
             found.add(
@@ -265,16 +260,38 @@ impl Store {
                     c.name, c.mount_count
                 ),
                 true,
-                || {
-                    let mut fixed = c.clone();
-                    fixed.mount_count = 0;
-                    fsutil::write_json_atomic(
-                        &self.container_dir(&c.id).join("container.json"),
-                        &fixed,
-                    )
-                },
+                || self.zero_mount_count(c),
             );
+        } else if mounted {
+            // A mount killed between the overlay and its volumes' binds:
+            // what the container writes there would land in its layer.
+            let unbound: Vec<&str> = c
+                .volumes
+                .iter()
+                .filter(|v| !mount::is_mountpoint(&merged.join(v.path.trim_start_matches('/'))))
+                .map(|v| v.path.as_str())
+                .collect();
+            if !unbound.is_empty() {
+                found.add(
+                    format!(
+                        "container {} is mounted without its volumes at {}",
+                        c.name,
+                        unbound.join(", ")
+                    ),
+                    true,
+                    || {
+                        self.unmount_all(c, true)?;
+                        self.zero_mount_count(c)
+                    },
+                );
+            }
         }
+    }
+
+    fn zero_mount_count(&self, c: &ContainerRecord) -> Result<()> {
+        let mut fixed = c.clone();
+        fixed.mount_count = 0;
+        fsutil::write_json_atomic(&self.container_dir(&c.id).join("container.json"), &fixed)
     }
 
     /// A container directory without a record is what a power cut leaves

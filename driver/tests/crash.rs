@@ -288,6 +288,72 @@ fn hand_deleted_links_and_metadata_are_found_and_repaired() {
 /// the disk: empty, or zeros. The store must go on working around it, and
 /// `check --repair` remove it, unless someone wrote into it.
 #[test]
+fn a_kill_during_create_mount_leaves_no_container_or_a_mountable_one() {
+    if !privileged() {
+        return;
+    }
+    let ts = TestStore::new();
+    let a = archive(&ts.dir.join("src"), 8, 20, "x:1");
+    let root = ts.store.root().to_path_buf();
+    ok(
+        &root,
+        &["image", "import", a.to_str().unwrap(), "--name", "x"],
+    );
+    ok(&root, &["volume", "create", "vol"]);
+    let args = ["create", "--mount", "x", "--name", "c", "-v", "vol:/data"];
+    let t = Instant::now();
+    let merged = PathBuf::from(ok(&root, &args));
+    let whole = t.elapsed();
+    assert!(merged.join("l7/f19").is_file() && merged.join("data").is_dir());
+    ok(&root, &["rm", "-f", "c"]);
+
+    let steps = 16;
+    let (mut none, mut complete) = (0, 0);
+    for i in 0..=steps {
+        kill_then_recover(&root, &args, whole * i / steps);
+        if Store::open(&root).unwrap().containers().unwrap().is_empty() {
+            none += 1;
+            continue;
+        }
+        complete += 1;
+        // Complete: it mounts (again), with its image and its volume.
+        let m = PathBuf::from(ok(&root, &["mount", "c"]));
+        assert!(
+            m.join("l7/f19").is_file(),
+            "kill {i}/{steps}: no image files"
+        );
+        fs::write(m.join("data/probe"), b"v").unwrap();
+        assert!(
+            root.join("volumes/vol/_data/probe").is_file(),
+            "kill {i}/{steps}: /data is not the volume"
+        );
+        fs::remove_file(m.join("data/probe")).unwrap();
+        ok(&root, &["rm", "-f", "c"]);
+        ok(&root, &["check"]);
+    }
+    eprintln!("kills during create --mount: {none} left no container, {complete} a complete one");
+
+    // A kill between the overlay and the volume's bind, made by hand.
+    let m = PathBuf::from(ok(&root, &args));
+    let unbound = Command::new("umount").arg(m.join("data")).status().unwrap();
+    assert!(unbound.success());
+    let check = strata(&root, &["check"]);
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(!check.status.success(), "{report}");
+    assert!(
+        report.contains("container c is mounted without its volumes at /data"),
+        "{report}"
+    );
+    ok(&root, &["check", "--repair"]);
+    let m = PathBuf::from(ok(&root, &["mount", "c"]));
+    fs::write(m.join("data/probe"), b"v").unwrap();
+    assert!(root.join("volumes/vol/_data/probe").is_file());
+    ok(&root, &["rm", "-f", "c"]);
+    ok(&root, &["check"]);
+    unmount_beneath(&ts.dir);
+}
+
+#[test]
 fn a_power_cut_during_create_leaves_nothing_that_breaks_the_store() {
     if !privileged() {
         return;
