@@ -3,6 +3,7 @@
 //! proto/cri/api.proto, with the same tonic 0.9 as containerd's APIs.
 
 fn main() {
+    println!("cargo:rustc-link-arg-bin=strata=-Wl,-z,pack-relative-relocs");
     println!("cargo:rerun-if-changed=proto/cri/api.proto");
     tonic_build::configure()
         .build_server(true)
