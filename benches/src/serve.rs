@@ -86,18 +86,28 @@ fn scrape_every_label_set(env: &Env) -> Result<Vec<BenchResult>> {
             })?;
         }
     }
-    let timed = |exporter: &Exporter| -> Result<(u64, usize)> {
+    // What serve hands hyper (the chunks), or one joined string (what
+    // serve built before: a fresh 8.6 MB buffer a scrape).
+    let timed = |exporter: &Exporter, joined: bool| -> Result<u64> {
         let started = thread_cpu_ns();
-        let text = exporter.encode(Format::OpenMetrics)?;
-        let series = text
-            .matches("strata_copy_up_duration_seconds_count")
-            .count();
-        Ok((thread_cpu_ns() - started, series))
+        let len = if joined {
+            exporter.encode(Format::OpenMetrics)?.len() as u64
+        } else {
+            exporter.encode_chunks(Format::OpenMetrics).len()
+        };
+        let spent = thread_cpu_ns() - started;
+        anyhow::ensure!(len > 0, "an empty scrape");
+        Ok(spent)
     };
-    let (first, series) = timed(&exporter)?;
+    let first = timed(&exporter, false)?;
+    let series = exporter
+        .encode(Format::OpenMetrics)?
+        .matches("strata_copy_up_duration_seconds_count")
+        .count();
     let reps = if env.quick { 5 } else { 21 };
-    let mut steady = Vec::new();
-    for rep in 0..reps {
+    // [chunks, joined] x [idle, loaded], in turn, so all see one state.
+    let mut steady: [[Vec<u64>; 2]; 2] = Default::default();
+    for rep in 0..4 * reps {
         for e in events
             .iter()
             .skip(rep * 100)
@@ -109,13 +119,27 @@ fn scrape_every_label_set(env: &Env) -> Result<Vec<BenchResult>> {
                 ..e.clone()
             })?;
         }
-        steady.push(timed(&exporter)?.0);
+        let (joined, loaded) = (rep % 2, rep / 2 % 2);
+        let _load = (loaded == 1).then(BackgroundLoad::start);
+        steady[joined][loaded].push(timed(&exporter, joined == 1)?);
     }
+    let [[idle, loaded], [joined_idle, joined_loaded]] = steady;
     Ok(vec![
         against_budget(
             &format!("one scrape, {series} series, 100 changed"),
-            steady,
+            idle,
             Some(1.0),
+        ),
+        against_budget(
+            "the same, every core busy copying and hashing",
+            loaded,
+            Some(1.0),
+        ),
+        against_budget("the same joined into one string, idle", joined_idle, None),
+        against_budget(
+            "the same joined into one string, every core busy",
+            joined_loaded,
+            None,
         ),
         against_budget(
             &format!("first scrape, {series} series all new"),
@@ -123,6 +147,53 @@ fn scrape_every_label_set(env: &Env) -> Result<Vec<BenchResult>> {
             None,
         ),
     ])
+}
+
+/// What a CI machine does beside a scrape: a thread per core moving and
+/// hashing 8 MiB buffers, as an import does (CPU, caches and memory
+/// bandwidth taken); stopped and joined on drop.
+struct BackgroundLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl BackgroundLoad {
+    fn start() -> BackgroundLoad {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let threads = (0..cores)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut a = vec![1u8; 8 << 20];
+                    let mut b = vec![0u8; 8 << 20];
+                    let mut sum = 0u64;
+                    while !stop.load(Relaxed) {
+                        b.copy_from_slice(&a);
+                        sum = b
+                            .iter()
+                            .step_by(64)
+                            .fold(sum, |s, x| s.rotate_left(5) ^ *x as u64);
+                        a[0] = sum as u8;
+                    }
+                    std::hint::black_box(sum);
+                })
+            })
+            .collect();
+        // Let every thread get going before the timed scrape.
+        std::thread::sleep(Duration::from_millis(20));
+        BackgroundLoad { stop, threads }
+    }
+}
+
+impl Drop for BackgroundLoad {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
 }
 
 fn event(

@@ -5,8 +5,7 @@
 
 use std::convert::Infallible;
 
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
+use hyper::body::Incoming;
 use hyper::header::{ACCEPT, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -15,12 +14,13 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
+use super::chunks::Chunks;
 use super::Format;
 
 /// One scrape, for the recording loop to answer.
 pub struct ScrapeRequest {
     pub format: Format,
-    pub reply: oneshot::Sender<String>,
+    pub reply: oneshot::Sender<Chunks>,
 }
 
 /// Accepts connections until the runtime ends.
@@ -45,7 +45,7 @@ pub async fn serve(listener: TcpListener, scrapes: mpsc::Sender<ScrapeRequest>) 
 async fn respond(
     req: Request<Incoming>,
     scrapes: mpsc::Sender<ScrapeRequest>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<Chunks>, Infallible> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(plain(StatusCode::METHOD_NOT_ALLOWED, "GET /metrics\n"));
     }
@@ -74,7 +74,7 @@ async fn respond(
     Ok(match answered {
         Some(text) => Response::builder()
             .header(CONTENT_TYPE, format.content_type())
-            .body(Full::new(Bytes::from(text)))
+            .body(text)
             .expect("static headers are valid"),
         None => plain(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -83,11 +83,11 @@ async fn respond(
     })
 }
 
-fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
+fn plain(status: StatusCode, text: &'static str) -> Response<Chunks> {
     Response::builder()
         .status(status)
         .header(CONTENT_TYPE, "text/plain; charset=utf-8")
-        .body(Full::new(Bytes::from_static(text.as_bytes())))
+        .body(Chunks::from(text))
         .expect("static headers are valid")
 }
 

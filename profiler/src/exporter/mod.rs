@@ -1,7 +1,9 @@
 //! `strata-prof serve`'s Prometheus exporter: the copy-up metrics kept
 //! from events ([`copy_ups`]), the kernel's own aggregates read at scrape
-//! time, their encoding ([`families`]) and the HTTP front ([`http`]).
+//! time, their encoding ([`families`]), a scrape's text as shared chunks
+//! ([`chunks`]) and the HTTP front ([`http`]).
 
+pub mod chunks;
 pub mod classes;
 pub mod copy_ups;
 pub mod duration;
@@ -11,6 +13,7 @@ pub mod http;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::Result;
+use hyper::body::Bytes;
 use prometheus_client::registry::Registry;
 use strata_common::{VfsKey, LOG2_SLOTS};
 
@@ -19,6 +22,7 @@ use crate::events::CopyUp;
 use crate::probes::ProgramCost;
 use crate::session::{KernelCounters, Session};
 use crate::sink::{Interval, Sink, Summary};
+use chunks::Chunks;
 use copy_ups::CopyUpMetrics;
 
 /// The exposition formats a scrape may ask for.
@@ -67,9 +71,6 @@ pub struct State {
 pub struct Exporter {
     state: Arc<Mutex<State>>,
     registry: Arc<Registry>,
-    /// The last scrape's size: the next one's buffer is made that big at
-    /// once (megabytes with every label set filled), never regrown.
-    last_len: Arc<std::sync::atomic::AtomicUsize>,
     vfs: bool,
     probe_cost: bool,
 }
@@ -138,14 +139,13 @@ impl Exporter {
         Exporter {
             state,
             registry: Arc::new(registry),
-            last_len: Arc::new(std::sync::atomic::AtomicUsize::new(64 * 1024)),
             vfs,
             probe_cost,
         }
     }
 
     /// Reads the kernel's aggregates and encodes every family.
-    pub fn scrape(&self, session: &Session, format: Format) -> Result<String> {
+    pub fn scrape(&self, session: &Session, format: Format) -> Result<Chunks> {
         let probes = session.probes();
         let kernel = KernelView {
             counters: session.counters()?,
@@ -157,21 +157,26 @@ impl Exporter {
                 .transpose()?,
         };
         lock(&self.state).kernel = kernel;
-        self.encode(format)
+        Ok(self.encode_chunks(format))
     }
 
     /// Every family, in `format`: the collector's, then the duration
     /// family from its per-series cache (before OpenMetrics' `# EOF`).
-    pub fn encode(&self, format: Format) -> Result<String> {
-        use std::sync::atomic::Ordering::Relaxed;
-        let mut out = String::with_capacity(self.last_len.load(Relaxed) + 4096);
-        encode_registry(&self.registry, format, &mut out);
-        let eof = out.len() - if out.ends_with("# EOF\n") { 6 } else { 0 };
-        let tail = out.split_off(eof);
+    pub fn encode_chunks(&self, format: Format) -> Chunks {
+        let mut head = String::new();
+        encode_registry(&self.registry, format, &mut head);
+        let eof = head.len() - if head.ends_with("# EOF\n") { 6 } else { 0 };
+        let tail = head.split_off(eof);
+        let mut out = Chunks::default();
+        out.push(Bytes::from(head));
         duration::encode(&mut lock(&self.state).copy_ups.duration, format, &mut out);
-        out.push_str(&tail);
-        self.last_len.store(out.len(), Relaxed);
-        Ok(out)
+        out.push(Bytes::from(tail));
+        out
+    }
+
+    /// The same, as one string (tests and tools; serve sends the chunks).
+    pub fn encode(&self, format: Format) -> Result<String> {
+        Ok(self.encode_chunks(format).to_text())
     }
 }
 
