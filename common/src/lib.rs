@@ -109,9 +109,6 @@ pub struct SyscallSpec {
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct InFlight {
-    /// Function backends: the copy-up function's entry. Tracepoint
-    /// backend: the call's first inode created in the upper filesystem
-    /// (0 until then), so that calls that copy nothing read no clock.
     pub start_ns: u64,
     /// Time the copied-up (non-directory) inode was created in the upper fs.
     pub target_created_ns: u64,
@@ -183,8 +180,8 @@ pub struct CopyUpEvent {
     pub start_ns: u64,
     /// The time `source` says: the syscall's, or the copy-up function's.
     pub latency_ns: u64,
-    /// From the start until the target's upper inode existed: copying up
-    /// the ancestor directories (and, on the function backends, lookups).
+    /// From the start until the target's upper inode existed: lookups and
+    /// copying up the ancestor directories.
     pub prepare_ns: u64,
     /// Time in the upper filesystem's fsync during the call.
     pub fsync_ns: u64,

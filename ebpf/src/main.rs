@@ -126,12 +126,11 @@ fn opens_for_writing(flags: u64) -> bool {
     flags & O_ACCMODE != 0 || flags & O_TRUNC != 0
 }
 
-/// Starts tracking the current thread's watched call. No clock is read:
-/// nearly every watched call copies nothing, and a copy-up is timed from
-/// its first created inode (see try_inode_created).
+/// Starts tracking the current thread's watched call.
 #[inline(always)]
 fn track(nr: i32, trigger: u8, pid_tgid: u64, dfd: i32, path: u64) {
-    let mut state = InFlight::new(0, pid_tgid as u32, path);
+    // SAFETY: helper with no arguments.
+    let mut state = InFlight::new(unsafe { bpf_ktime_get_ns() }, pid_tgid as u32, path);
     state.syscall_nr = nr as u32;
     state.dfd = dfd;
     state.trigger = trigger;
@@ -161,24 +160,16 @@ fn try_inode_created(ctx: &TracePointContext) -> Result<(), i64> {
     let mode: u16 = unsafe { ctx.read_at(g.wb_mode_off() as usize)? };
     // SAFETY: the entry belongs to this thread, which is running this program.
     let call = unsafe { &mut *call };
-    let kind = mode & S_IFMT;
-    // A 0/0 char device is a whiteout (rename, unlink), not a copy.
-    if kind == S_IFCHR {
-        return Ok(());
-    }
-    // SAFETY: helper with no arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    // The copy-up's start: its first new inode in the upper filesystem
-    // (an ancestor directory, or the file's temp copy in the work dir).
-    if call.start_ns == 0 {
-        call.start_ns = now;
-    }
-    if kind == S_IFDIR {
-        call.dirs_created += 1;
-    } else {
-        call.files_created += 1;
-        if call.target_created_ns == 0 {
-            call.target_created_ns = now;
+    match mode & S_IFMT {
+        S_IFDIR => call.dirs_created += 1,
+        // A 0/0 char device is a whiteout (rename, unlink), not a copy.
+        S_IFCHR => {}
+        _ => {
+            call.files_created += 1;
+            if call.target_created_ns == 0 {
+                // SAFETY: helper with no arguments.
+                call.target_created_ns = unsafe { bpf_ktime_get_ns() };
+            }
         }
     }
     Ok(())

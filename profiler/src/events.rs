@@ -14,12 +14,10 @@ use crate::mounts::{self, OverlayMount};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Timed {
-    /// From the copy-up's first new upper inode (an ancestor directory,
-    /// or the file's temp copy in the work dir) to the exit of the syscall
-    /// that copied up (tracepoint backend): the copy and the rest of the
-    /// call after it, without the path lookup before it.
+    /// Entry to exit of the syscall that copied up (tracepoint backend):
+    /// the copy plus the rest of the call (path lookup, the open itself).
     #[default]
-    CopyUpToSyscallExit,
+    Syscall,
     /// Entry to exit of overlayfs's copy-up function (fentry, kprobe):
     /// the copy alone.
     CopyUpFunction,
@@ -32,8 +30,8 @@ pub struct CopyUp {
     /// What `latency_ns` spans.
     #[serde(default)]
     pub timed: Timed,
-    /// From the start until the file's upper inode existed: copying up
-    /// ancestor directories (plus lookups on the function backends).
+    /// From the start until the file's upper inode existed: lookups plus
+    /// copying up ancestor directories.
     pub prepare_ns: u64,
     pub pid: u32,
     pub tid: u32,
@@ -79,7 +77,7 @@ impl CopyUp {
         CopyUp {
             trigger: trigger.into(),
             latency_ns,
-            timed: Timed::CopyUpToSyscallExit,
+            timed: Timed::Syscall,
             prepare_ns: 0,
             pid: 0,
             tid: 0,
@@ -119,7 +117,7 @@ pub fn attribute(ev: &CopyUpEvent, mounts: &[OverlayMount], fsync_traced: bool) 
             .unwrap_or("unknown")
             .to_string(),
         latency_ns: ev.latency_ns,
-        timed: Timed::CopyUpToSyscallExit,
+        timed: Timed::Syscall,
         prepare_ns: ev.prepare_ns,
         pid: ev.pid,
         tid: ev.tid,

@@ -113,7 +113,7 @@ impl Session {
         let ring = probes.ring_buffer()?;
         let mut reason = if probes.backend == Backend::Tracepoint {
             format!(
-                "{reason}; {} syscalls watched; latency is from the copy-up's first new inode to the syscall's exit",
+                "{reason}; {} syscalls watched; latency is the syscall's",
                 probes.attached.len()
             )
         } else {

@@ -479,10 +479,9 @@ fn collect(session: &mut Session, want: usize, timeout: Duration) -> Vec<CopyUp>
 
 /// The truth bar: every triggered copy-up caught once, no more; kernel
 /// time within the stopwatch (<= it, and within 10% or 50us of it); size,
-/// layer depth and directory depth as built. An event timed over part of
-/// its syscall (the copy-up function, or from the copy-up's first inode)
-/// has the rest added first: at most what the same open costs without a
-/// copy-up, by the same stopwatch. Stopwatch
+/// layer depth and directory depth as built. An event timed over the
+/// copy-up function alone has the rest of its syscall added first: what
+/// the same open costs without a copy-up, by the same stopwatch. Stopwatch
 /// disagreements go to `timing` (the caller may measure the cell again),
 /// everything else to `violations`.
 fn judge(
@@ -533,9 +532,8 @@ fn judge(
         // work (tens of ns here, ~100 us under emulation).
         let rest = e.probe_ns
             + match e.timed {
-                // Both leave out part of the call, the same part an
-                // open that copies nothing takes at most.
-                Timed::CopyUpFunction | Timed::CopyUpToSyscallExit => without,
+                Timed::CopyUpFunction => without,
+                Timed::Syscall => 0,
             };
         let slack = (user_ns / 10).max(50_000);
         if e.latency_ns > user_ns || user_ns.saturating_sub(e.latency_ns + rest) > slack {

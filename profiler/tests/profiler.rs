@@ -557,7 +557,7 @@ fn record_streams_one_event_per_copy_up_with_its_trigger() {
     let timed = if function_level {
         "copy-up-function"
     } else {
-        "copy-up-to-syscall-exit"
+        "syscall"
     };
     for e in events
         .iter()
