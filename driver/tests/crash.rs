@@ -333,6 +333,32 @@ fn a_kill_during_create_mount_leaves_no_container_or_a_mountable_one() {
     }
     eprintln!("kills during create --mount: {none} left no container, {complete} a complete one");
 
+    // A mount that fails (the volume's mount point is an image file)
+    // takes the container with it: no container, nothing mounted.
+    let bad = strata(
+        &root,
+        &[
+            "create",
+            "--mount",
+            "x",
+            "--name",
+            "c",
+            "-v",
+            "vol:/l7/f19/data",
+        ],
+    );
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("/l7/f19/data"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    assert!(Store::open(&root).unwrap().containers().unwrap().is_empty());
+    assert!(!fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .contains(root.join("containers").to_str().unwrap()));
+    ok(&root, &["check"]);
+
     // A kill between the overlay and the volume's bind, made by hand.
     let m = PathBuf::from(ok(&root, &args));
     let unbound = Command::new("umount").arg(m.join("data")).status().unwrap();
