@@ -381,7 +381,7 @@ impl Store {
     pub(crate) fn unmount_all(&self, c: &ContainerRecord, force: bool) -> Result<()> {
         let merged = self.merged_dir(&c.id);
         for v in c.volumes.iter().rev() {
-            let p = merged.join(v.path.trim_start_matches('/'));
+            let p = v.target_in(&merged);
             if mount::is_mountpoint(&p) {
                 mount::unmount(&p, force)?;
             }

@@ -5,8 +5,9 @@
 //! `StagingDir`) and makes it visible by rename; multi-step publishes
 //! (import, commit, image rm, create --mount, mount, umount, rm) also
 //! leave a `txn-*` marker from their first visible change to their last.
-//! So an interrupted operation always leaves an abandoned entry in `tmp/`, and the next command that
-//! sees one runs the full recovery under the store lock:
+//! So an interrupted operation always leaves an abandoned entry in `tmp/`,
+//! and the next command that sees one runs the full recovery under the
+//! store lock:
 //! - abandoned staging is deleted (the operation rolls back), as are
 //!   directories renamed in for deletion (rm rolls forward);
 //! - layers no image or container references are deleted (a half-published
@@ -268,7 +269,7 @@ impl Store {
             let unbound: Vec<&str> = c
                 .volumes
                 .iter()
-                .filter(|v| !mount::is_mountpoint(&merged.join(v.path.trim_start_matches('/'))))
+                .filter(|v| !mount::is_mountpoint(&v.target_in(&merged)))
                 .map(|v| v.path.as_str())
                 .collect();
             if !unbound.is_empty() {

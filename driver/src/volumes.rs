@@ -3,7 +3,7 @@
 //! the containers that use them.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +25,13 @@ pub struct VolumeMount {
     /// Absolute path inside the container.
     pub path: String,
     pub readonly: bool,
+}
+
+impl VolumeMount {
+    /// Where it is bound in a container mounted at `merged`.
+    pub fn target_in(&self, merged: &Path) -> PathBuf {
+        merged.join(self.path.trim_start_matches('/'))
+    }
 }
 
 impl std::str::FromStr for VolumeMount {

@@ -283,10 +283,9 @@ fn hand_deleted_links_and_metadata_are_found_and_repaired() {
     assert!(merged.join("l0/f3").exists() && merged.join("l1/f3").exists());
 }
 
-/// `create` syncs its record after renaming the container into place, so
-/// a power cut can leave a container directory whose record never reached
-/// the disk: empty, or zeros. The store must go on working around it, and
-/// `check --repair` remove it, unless someone wrote into it.
+/// `create --mount` publishes, then mounts: a SIGKILL anywhere leaves no
+/// container or a complete one, a failed mount removes what it created,
+/// and a mount missing its volume's bind is found and repaired.
 #[test]
 fn a_kill_during_create_mount_leaves_no_container_or_a_mountable_one() {
     if !privileged() {
@@ -379,6 +378,10 @@ fn a_kill_during_create_mount_leaves_no_container_or_a_mountable_one() {
     unmount_beneath(&ts.dir);
 }
 
+/// `create` syncs its record after renaming the container into place, so
+/// a power cut can leave a container directory whose record never reached
+/// the disk: empty, or zeros. The store must go on working around it, and
+/// `check --repair` remove it, unless someone wrote into it.
 #[test]
 fn a_power_cut_during_create_leaves_nothing_that_breaks_the_store() {
     if !privileged() {
