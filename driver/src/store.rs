@@ -10,7 +10,8 @@
 //!   images/<id>/image.json, images/<id>/config.json
 //!   containers/<id>/{upper,work,merged}, container.json
 //!   volumes/<name>/_data   outside the layer area; bind-mounted
-//!   snapshots/metadata.json  containerd's snapshots (see snapshots/)
+//!   snapshots/metadata.{0,1}  containerd's snapshots, two slots (see
+//!                          snapshots/slots)
 //!   snapshots/trash/       removed snapshots' data, until Cleanup
 //!   snapshots/empty/       what a view with no parent shows
 //!   tmp/                   staging; everything becomes visible by rename
@@ -46,7 +47,7 @@ pub struct Store {
     options: StoreOptions,
     /// The snapshot metadata as last read, shared by clones (see
     /// snapshots::metadata).
-    pub(crate) snapshot_cache: crate::fsutil::ParsedFile,
+    pub(crate) snapshot_cache: crate::snapshots::SnapshotCache,
 }
 
 /// A held store lock; released on drop.

@@ -16,7 +16,7 @@ use strata_driver::import::{import, ImportOptions};
 use strata_driver::pull::{pull, PullOptions, RemoteImage};
 use strata_driver::registry::credentials::Credentials;
 use strata_driver::testing::registry::{Registry, RegistryConfig};
-use strata_driver::testing::{privileged, snapshot, TestStore};
+use strata_driver::testing::{edit_snapshot_db, privileged, snapshot, TestStore};
 use strata_driver::Store;
 
 /// A base layer with files, a directory and a hardlink; a top layer that
@@ -511,14 +511,13 @@ fn unflushed_marks(store: &Store) -> Vec<Option<String>> {
 /// The machine went down before the flusher ran: every mark as if
 /// written in an earlier boot.
 fn as_if_rebooted(store: &Store) {
-    let path = store.snapshots_dir().join("metadata.json");
-    let mut db: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
-    for rec in db["snapshots"].as_object_mut().unwrap().values_mut() {
-        if !rec["unflushed_boot"].is_null() {
-            rec["unflushed_boot"] = "an-earlier-boot".into();
+    edit_snapshot_db(store, |db| {
+        for rec in db.snapshots.values_mut() {
+            if rec.unflushed_boot.is_some() {
+                rec.unflushed_boot = Some("an-earlier-boot".into());
+            }
         }
-    }
-    fs::write(&path, serde_json::to_vec(&db).unwrap()).unwrap();
+    });
 }
 
 #[test]

@@ -7,7 +7,8 @@ use std::fs;
 use strata_driver::digest::Digest;
 use strata_driver::layers::LayerRecord;
 use strata_driver::snapshots::SnapshotState;
-use strata_driver::testing::{privileged, TestStore};
+use strata_driver::testing::{edit_snapshot_db, privileged, TestStore};
+use strata_driver::Store;
 
 fn active_container(ts: &TestStore, key: &str) -> String {
     match &ts.store.snapshot_db().unwrap().require(key).unwrap().state {
@@ -182,10 +183,9 @@ fn snapshots_unflushed_in_an_earlier_boot_are_dropped_with_their_descendants() {
         .unwrap();
     // The machine went down before the flush: rewrite the mark as if
     // written in an earlier boot.
-    let path = s.snapshots_dir().join("metadata.json");
-    let mut db: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
-    db["snapshots"]["torn"]["unflushed_boot"] = "an-earlier-boot".into();
-    fs::write(&path, serde_json::to_vec(&db).unwrap()).unwrap();
+    edit_snapshot_db(s, |db| {
+        db.snapshots.get_mut("torn").unwrap().unflushed_boot = Some("an-earlier-boot".into())
+    });
 
     // Any command's start (the snapshotter's too) sees it, though no
     // operation was interrupted; here it is looked at before repairing.
@@ -214,4 +214,44 @@ fn snapshots_unflushed_in_an_earlier_boot_are_dropped_with_their_descendants() {
         "so is ctr's writable layer"
     );
     assert!(s.check(false).unwrap().is_empty());
+}
+
+/// A store written before the slots kept its snapshot metadata in one
+/// `metadata.json`: it is read as it is, and the first change moves it
+/// into the slots and removes it.
+#[test]
+fn metadata_of_a_store_made_before_the_slots_is_read_and_moved_into_them() {
+    if !privileged() {
+        return;
+    }
+    let ts = TestStore::new();
+    let s = &ts.store;
+    s.create_snapshot(false, "k1", "", BTreeMap::new()).unwrap();
+    s.commit_snapshot("old", "k1", BTreeMap::new()).unwrap();
+    let db = s.snapshot_db().unwrap();
+    let dir = s.snapshots_dir();
+    for slot in ["metadata.0", "metadata.1"] {
+        let _ = fs::remove_file(dir.join(slot));
+    }
+    let legacy = dir.join("metadata.json");
+    fs::write(&legacy, serde_json::to_vec_pretty(&*db).unwrap()).unwrap();
+
+    let reopened = Store::open(s.root()).unwrap();
+    let info = reopened.stat_snapshot("old").unwrap();
+    assert_eq!(info.name, "old");
+    reopened
+        .create_snapshot(false, "k2", "old", BTreeMap::new())
+        .unwrap();
+    assert!(!legacy.exists(), "the legacy file outlived the move");
+    assert!(dir.join("metadata.0").is_file());
+    let again = Store::open(s.root()).unwrap();
+    let keys: Vec<String> = again
+        .snapshot_db()
+        .unwrap()
+        .snapshots
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(keys, ["k2", "old"]);
+    assert!(again.check(false).unwrap().is_empty());
 }

@@ -1,22 +1,23 @@
-//! The snapshot metadata: one JSON document, replaced atomically (temp
-//! file, fsync, rename) on every change under the store lock. It is the
-//! single source of truth for what containerd has asked for, as
+//! The snapshot metadata: one JSON document, written whole on every
+//! change under the store lock, durable with one data flush (see slots).
+//! It is the single source of truth for what containerd has asked for, as
 //! containerd's overlay snapshotter keeps one bolt database.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::Read;
-use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::{self, FileId};
+use crate::fsutil;
 use crate::store::Store;
 
-const FILE: &str = "metadata.json";
+use super::slots::{SlotHeaders, Slots};
+
+/// `snapshots/metadata.0` and `.1` (see slots).
+const STEM: &str = "metadata";
+const LEGACY_FILE: &str = "metadata.json";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -52,47 +53,98 @@ pub struct SnapshotDb {
     pub snapshots: BTreeMap<String, SnapshotRecord>,
 }
 
+/// The metadata as last read or written, with the slot headers it was
+/// read under; shared by a store's clones.
+#[derive(Clone, Default)]
+pub struct SnapshotCache(Arc<Mutex<Option<Kept>>>);
+
+#[derive(Clone)]
+struct Kept {
+    headers: SlotHeaders,
+    /// The slot and generation `db` came from; None: no slot written yet.
+    newest: Option<(usize, u64)>,
+    db: Arc<SnapshotDb>,
+}
+
+impl SnapshotCache {
+    fn get(&self, headers: &SlotHeaders) -> Option<Kept> {
+        let kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        kept.as_ref().filter(|k| k.headers == *headers).cloned()
+    }
+
+    fn put(&self, kept: Kept) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(kept);
+    }
+}
+
+impl std::fmt::Debug for SnapshotCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SnapshotCache")
+    }
+}
+
 impl Store {
-    fn metadata_path(&self) -> std::path::PathBuf {
-        self.snapshots_dir().join(FILE)
+    fn snapshot_slots(&self) -> Slots {
+        Slots::new(&self.snapshots_dir(), STEM)
     }
 
     /// The snapshot metadata as last written (empty before the first).
     pub fn snapshot_db(&self) -> Result<Arc<SnapshotDb>> {
-        let path = self.metadata_path();
-        match std::fs::metadata(&path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Arc::new(SnapshotDb::default()))
-            }
-            Err(e) => return Err(e).ctx(|| format!("stat {}", path.display())),
-            Ok(md) => {
-                if let Some(db) = self.snapshot_cache.get::<SnapshotDb>(FileId::of(&md)) {
-                    return Ok(db);
-                }
-            }
-        }
-        self.read_snapshot_db(&path)
+        Ok(self.kept_snapshot_db()?.db)
     }
 
-    /// Parses the file, identified by the same open file it is read
-    /// from, so a concurrent replacement cannot pair old id, new contents.
-    fn read_snapshot_db(&self, path: &Path) -> Result<Arc<SnapshotDb>> {
-        let mut f = File::open(path).ctx(|| format!("opening {}", path.display()))?;
-        let id = FileId::of(&f.metadata().ctx(|| format!("stat {}", path.display()))?);
-        let mut data = Vec::new();
-        f.read_to_end(&mut data)
-            .ctx(|| format!("reading {}", path.display()))?;
-        let db: Arc<SnapshotDb> = Arc::new(fsutil::parse_json(path, &data)?);
-        self.snapshot_cache.put(id, db.clone());
-        Ok(db)
+    fn kept_snapshot_db(&self) -> Result<Kept> {
+        let slots = self.snapshot_slots();
+        let headers = slots.headers()?;
+        if let Some(kept) = self.snapshot_cache.get(&headers) {
+            return Ok(kept);
+        }
+        let (headers, newest) = slots.newest(&headers)?;
+        let kept = match newest {
+            Some(n) => Kept {
+                db: Arc::new(fsutil::parse_json(&slots.paths()[n.slot], &n.body)?),
+                newest: Some((n.slot, n.generation)),
+                headers,
+            },
+            None => Kept {
+                db: self.legacy_snapshot_db()?,
+                newest: None,
+                headers,
+            },
+        };
+        self.snapshot_cache.put(kept.clone());
+        Ok(kept)
+    }
+
+    /// What a store made before the slots kept: one JSON file, replaced
+    /// by rename. Read until the first change writes a slot.
+    fn legacy_snapshot_db(&self) -> Result<Arc<SnapshotDb>> {
+        let path = self.snapshots_dir().join(LEGACY_FILE);
+        match std::fs::read(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+            Err(e) => Err(e).ctx(|| format!("reading {}", path.display())),
+            Ok(data) => Ok(Arc::new(fsutil::parse_json(&path, &data)?)),
+        }
     }
 
     /// Replaces the metadata durably. Call with the store lock held.
     pub(crate) fn save_snapshot_db(&self, db: SnapshotDb) -> Result<()> {
-        let path = self.metadata_path();
-        fsutil::write_json_atomic(&path, &db)?;
-        let md = std::fs::metadata(&path).ctx(|| format!("stat {}", path.display()))?;
-        self.snapshot_cache.put(FileId::of(&md), Arc::new(db));
+        let kept = self.kept_snapshot_db()?;
+        let body = serde_json::to_vec(&db).expect("metadata always serialises");
+        let (headers, newest) = self.snapshot_slots().write(kept.newest, &body)?;
+        // Once a slot holds it, the legacy file is only a stale copy.
+        let legacy = self.snapshots_dir().join(LEGACY_FILE);
+        match std::fs::remove_file(&legacy) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).ctx(|| format!("removing {}", legacy.display()))
+            }
+            _ => {}
+        }
+        self.snapshot_cache.put(Kept {
+            headers,
+            newest: Some(newest),
+            db: Arc::new(db),
+        });
         Ok(())
     }
 }

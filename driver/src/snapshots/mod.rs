@@ -21,6 +21,7 @@ pub mod filter;
 mod flush;
 mod metadata;
 mod mounts;
+mod slots;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -31,7 +32,7 @@ use serde::Serialize;
 pub(crate) use fetched::FetchedLayer;
 pub use fetched::TARGET_REF_LABEL;
 pub use flush::boot_id;
-pub use metadata::{SnapshotDb, SnapshotRecord, SnapshotState};
+pub use metadata::{SnapshotCache, SnapshotDb, SnapshotRecord, SnapshotState};
 
 use crate::containers::ContainerRecord;
 use crate::digest::Digest;

@@ -193,6 +193,15 @@ pub fn docker_archive_dir(work: &Path, tag: &str, layers: Vec<LayerFn>) -> PathB
     archive
 }
 
+/// Rewrites the snapshot metadata by hand, under the store lock, as a
+/// test makes what a crash or an earlier boot would have left.
+pub fn edit_snapshot_db(store: &Store, edit: impl FnOnce(&mut crate::snapshots::SnapshotDb)) {
+    let _lock = store.lock().unwrap();
+    let mut db = (*store.snapshot_db().unwrap()).clone();
+    edit(&mut db);
+    store.save_snapshot_db(db).unwrap();
+}
+
 /// Writes one layer's entries.
 pub type LayerFn = Box<dyn FnOnce(&mut LayerTar)>;
 
