@@ -459,7 +459,7 @@ impl Store {
 /// The record in container directory `dir`; None when there is none: no
 /// record, or one emptied by a power cut before `create` returned (its
 /// data never reached the disk, so it reads as nothing or as zeros).
-fn read_record(dir: &Path) -> Result<Option<ContainerRecord>> {
+pub(crate) fn read_record(dir: &Path) -> Result<Option<ContainerRecord>> {
     let path = dir.join(RECORD);
     let data = match fs::read(&path) {
         Ok(data) => data,

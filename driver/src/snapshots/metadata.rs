@@ -169,6 +169,18 @@ impl SnapshotDb {
         })
     }
 
+    /// Each active snapshot's container and the layers it stands on; one
+    /// whose parents do not resolve is left out (its record says).
+    pub fn active_chains(&self) -> impl Iterator<Item = (&str, Vec<Digest>)> + '_ {
+        self.snapshots.values().filter_map(|r| match &r.state {
+            SnapshotState::Active { container } => self
+                .layer_chain(r.parent.as_deref())
+                .ok()
+                .map(|chain| (container.as_str(), chain)),
+            _ => None,
+        })
+    }
+
     /// The layers under a snapshot whose parent is `parent`, bottom first.
     pub fn layer_chain(&self, parent: Option<&str>) -> Result<Vec<Digest>> {
         let mut chain = Vec::new();
