@@ -230,7 +230,7 @@ fn metadata_of_a_store_made_before_the_slots_is_read_and_moved_into_them() {
     s.commit_snapshot("old", "k1", BTreeMap::new()).unwrap();
     let db = s.snapshot_db().unwrap();
     let dir = s.snapshots_dir();
-    for slot in ["metadata.0", "metadata.1"] {
+    for slot in ["metadata.0", "metadata.1", "metadata.journal"] {
         let _ = fs::remove_file(dir.join(slot));
     }
     let legacy = dir.join("metadata.json");

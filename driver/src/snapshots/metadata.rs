@@ -1,5 +1,7 @@
-//! The snapshot metadata: one JSON document, written whole on every
-//! change under the store lock, durable with one data flush (see slots).
+//! The snapshot metadata: one JSON document, changed under the store
+//! lock. Each change is one journal entry (see journal) after the newest
+//! checkpoint of the whole (see slots): one data flush, whatever the
+//! document's size.
 //! It is the single source of truth for what containerd has asked for, as
 //! containerd's overlay snapshotter keeps one bolt database.
 
@@ -13,10 +15,13 @@ use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 use crate::store::Store;
 
+use super::journal::Journal;
 use super::slots::{SlotHeaders, Slots};
 
-/// `snapshots/metadata.0` and `.1` (see slots).
+/// `snapshots/metadata.0` and `.1`: the checkpoints (see slots).
 const STEM: &str = "metadata";
+/// The changes since the newest checkpoint (see journal).
+const JOURNAL_FILE: &str = "metadata.journal";
 const LEGACY_FILE: &str = "metadata.json";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,7 +36,7 @@ pub enum SnapshotState {
     Committed { layer: Digest, inodes: u64 },
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotRecord {
     pub state: SnapshotState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -53,16 +58,21 @@ pub struct SnapshotDb {
     pub snapshots: BTreeMap<String, SnapshotRecord>,
 }
 
-/// The metadata as last read or written, with the slot headers it was
-/// read under; shared by a store's clones.
+/// The metadata as last read or written, with where it was read up to;
+/// shared by a store's clones. Only ever an older state than the files':
+/// every read catches it up with the journal, and a new checkpoint (other
+/// slot headers) discards it.
 #[derive(Clone, Default)]
 pub struct SnapshotCache(Arc<Mutex<Option<Kept>>>);
 
 #[derive(Clone)]
 struct Kept {
     headers: SlotHeaders,
-    /// The slot and generation `db` came from; None: no slot written yet.
-    newest: Option<(usize, u64)>,
+    /// The checkpoint's slot; None before the first.
+    slot: Option<usize>,
+    /// The generation `db` is at, and where the journal's next entry goes.
+    generation: u64,
+    journal_end: u64,
     db: Arc<SnapshotDb>,
 }
 
@@ -83,9 +93,40 @@ impl std::fmt::Debug for SnapshotCache {
     }
 }
 
+/// One journal entry's worth: what one save changed.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Change {
+    Put { key: String, record: SnapshotRecord },
+    Delete { key: String },
+}
+
+fn changes_between(old: &SnapshotDb, new: &SnapshotDb) -> Vec<Change> {
+    let mut changes: Vec<Change> = new
+        .snapshots
+        .iter()
+        .filter(|(k, r)| old.snapshots.get(*k) != Some(*r))
+        .map(|(k, r)| Change::Put {
+            key: k.clone(),
+            record: r.clone(),
+        })
+        .collect();
+    changes.extend(
+        old.snapshots
+            .keys()
+            .filter(|k| !new.snapshots.contains_key(*k))
+            .map(|k| Change::Delete { key: k.clone() }),
+    );
+    changes
+}
+
 impl Store {
     fn snapshot_slots(&self) -> Slots {
         Slots::new(&self.snapshots_dir(), STEM)
+    }
+
+    fn snapshot_journal(&self) -> Journal {
+        Journal::new(&self.snapshots_dir().join(JOURNAL_FILE))
     }
 
     /// The snapshot metadata as last written (empty before the first).
@@ -96,28 +137,63 @@ impl Store {
     fn kept_snapshot_db(&self) -> Result<Kept> {
         let slots = self.snapshot_slots();
         let headers = slots.headers()?;
-        if let Some(kept) = self.snapshot_cache.get(&headers) {
-            return Ok(kept);
+        let (kept, fresh) = match self.snapshot_cache.get(&headers) {
+            Some(kept) => (kept, false),
+            None => (self.read_checkpoint(&slots, headers)?, true),
+        };
+        let (kept, advanced) = self.caught_up(kept)?;
+        if fresh || advanced {
+            self.snapshot_cache.put(kept.clone());
         }
+        Ok(kept)
+    }
+
+    fn read_checkpoint(&self, slots: &Slots, headers: SlotHeaders) -> Result<Kept> {
         let (headers, newest) = slots.newest(&headers)?;
-        let kept = match newest {
+        Ok(match newest {
             Some(n) => Kept {
                 db: Arc::new(fsutil::parse_json(&slots.paths()[n.slot], &n.body)?),
-                newest: Some((n.slot, n.generation)),
+                slot: Some(n.slot),
+                generation: n.generation,
+                journal_end: 0,
                 headers,
             },
             None => Kept {
                 db: self.legacy_snapshot_db()?,
-                newest: None,
+                slot: None,
+                generation: 0,
+                journal_end: 0,
                 headers,
             },
-        };
-        self.snapshot_cache.put(kept.clone());
-        Ok(kept)
+        })
+    }
+
+    /// `kept` with the journal's entries after it applied, and whether
+    /// there were any.
+    fn caught_up(&self, mut kept: Kept) -> Result<(Kept, bool)> {
+        let journal = self.snapshot_journal();
+        let entries = journal.read_from(kept.journal_end, kept.generation)?;
+        if entries.is_empty() {
+            return Ok((kept, false));
+        }
+        let mut db = (*kept.db).clone();
+        for e in entries {
+            let changes: Vec<Change> = fsutil::parse_json(journal.path(), &e.body)?;
+            for c in changes {
+                match c {
+                    Change::Put { key, record } => db.snapshots.insert(key, record),
+                    Change::Delete { key } => db.snapshots.remove(&key),
+                };
+            }
+            kept.generation = e.generation;
+            kept.journal_end = e.end;
+        }
+        kept.db = Arc::new(db);
+        Ok((kept, true))
     }
 
     /// What a store made before the slots kept: one JSON file, replaced
-    /// by rename. Read until the first change writes a slot.
+    /// by rename. Read until the first change writes a checkpoint.
     fn legacy_snapshot_db(&self) -> Result<Arc<SnapshotDb>> {
         let path = self.snapshots_dir().join(LEGACY_FILE);
         match std::fs::read(&path) {
@@ -127,11 +203,41 @@ impl Store {
         }
     }
 
-    /// Replaces the metadata durably. Call with the store lock held.
+    /// Replaces the metadata durably: what changed as one journal entry,
+    /// or, once the journal is full (or before the first checkpoint), the
+    /// whole as a checkpoint. Call with the store lock held.
     pub(crate) fn save_snapshot_db(&self, db: SnapshotDb) -> Result<()> {
         let kept = self.kept_snapshot_db()?;
+        let changes = changes_between(&kept.db, &db);
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let generation = kept.generation + 1;
+        let appended = match kept.slot {
+            Some(_) => {
+                let entry = serde_json::to_vec(&changes).expect("changes always serialise");
+                self.snapshot_journal()
+                    .append(kept.journal_end, generation, &entry)?
+            }
+            None => None,
+        };
+        let saved = match appended {
+            Some(end) => Kept {
+                generation,
+                journal_end: end,
+                db: Arc::new(db),
+                ..kept
+            },
+            None => self.checkpoint(kept.slot, generation, db)?,
+        };
+        self.snapshot_cache.put(saved);
+        Ok(())
+    }
+
+    /// The whole metadata into the other slot; the journal starts over.
+    fn checkpoint(&self, current: Option<usize>, generation: u64, db: SnapshotDb) -> Result<Kept> {
         let body = serde_json::to_vec(&db).expect("metadata always serialises");
-        let (headers, newest) = self.snapshot_slots().write(kept.newest, &body)?;
+        let (headers, slot) = self.snapshot_slots().write(current, generation, &body)?;
         // Once a slot holds it, the legacy file is only a stale copy.
         let legacy = self.snapshots_dir().join(LEGACY_FILE);
         match std::fs::remove_file(&legacy) {
@@ -140,12 +246,13 @@ impl Store {
             }
             _ => {}
         }
-        self.snapshot_cache.put(Kept {
+        Ok(Kept {
             headers,
-            newest: Some(newest),
+            slot: Some(slot),
+            generation,
+            journal_end: 0,
             db: Arc::new(db),
-        });
-        Ok(())
+        })
     }
 }
 
@@ -217,5 +324,78 @@ impl SnapshotDb {
                 matches!(&r.state, SnapshotState::Active { container: c } if c == container)
             })
             .map(|(k, _)| k.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::TestStore;
+
+    /// What a process that never saw the store reads.
+    fn reread(s: &Store) -> Arc<SnapshotDb> {
+        Store::open(s.root()).unwrap().snapshot_db().unwrap()
+    }
+
+    fn keys(db: &SnapshotDb) -> Vec<String> {
+        db.snapshots.keys().cloned().collect()
+    }
+
+    /// Labels near containerd's limit make each entry ~4 KiB, so the
+    /// journal fills within a test.
+    fn labelled(s: &Store, key: &str) {
+        let labels = BTreeMap::from([("big".to_string(), "x".repeat(4000))]);
+        s.create_snapshot(true, key, "", labels).unwrap();
+    }
+
+    #[test]
+    fn changes_reach_a_fresh_reader_through_the_journal_and_across_checkpoints() {
+        let ts = TestStore::new();
+        let s = &ts.store;
+        labelled(s, "first");
+        let checkpoint = s.snapshot_slots().headers().unwrap();
+        labelled(s, "second");
+        assert_eq!(
+            s.snapshot_slots().headers().unwrap(),
+            checkpoint,
+            "journalled"
+        );
+        assert_eq!(keys(&reread(s)), ["first", "second"]);
+
+        let entries = super::super::journal::CAPACITY as usize / 4000 + 10;
+        for i in 0..entries {
+            labelled(s, &format!("k{i:04}"));
+        }
+        s.remove_snapshot("first").unwrap();
+        assert_ne!(
+            s.snapshot_slots().headers().unwrap(),
+            checkpoint,
+            "checkpointed"
+        );
+        let db = reread(s);
+        assert_eq!(db.snapshots.len(), entries + 1);
+        assert!(db.get("first").is_none() && db.get("second").is_some());
+        assert_eq!(db.snapshots, s.snapshot_db().unwrap().snapshots);
+    }
+
+    #[test]
+    fn a_torn_journal_entry_loses_only_its_own_change() {
+        let ts = TestStore::new();
+        let s = &ts.store;
+        labelled(s, "a");
+        labelled(s, "b");
+        let before_c = s.kept_snapshot_db().unwrap().journal_end;
+        labelled(s, "c");
+        // The entry adding "c" torn, as a power cut mid-write leaves it.
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(s.snapshot_journal().path())
+            .unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"torn", before_c + 100).unwrap();
+        assert_eq!(keys(&reread(s)), ["a", "b"]);
+        // The next change goes where the torn one was, and is read.
+        let fresh = Store::open(s.root()).unwrap();
+        labelled(&fresh, "d");
+        assert_eq!(keys(&reread(s)), ["a", "b", "d"]);
     }
 }

@@ -19,6 +19,7 @@
 mod fetched;
 pub mod filter;
 mod flush;
+mod journal;
 mod metadata;
 mod mounts;
 mod slots;

@@ -1,6 +1,6 @@
-//! A document made durable with one data flush per change: two slot files
-//! written alternately, in place, each headed by a generation number and
-//! the SHA-256 of its body, as bolt keeps two meta pages.
+//! Checkpoints of a document, each made durable with one data flush: two
+//! slot files written alternately, in place, each headed by a generation
+//! number and the SHA-256 of its body, as bolt keeps two meta pages.
 //!
 //! Replacing a file by rename costs two journal commits per change (the
 //! new file's fsync, then its directory's): 1.1 ms on a fresh ext4, most
@@ -162,19 +162,17 @@ impl Slots {
         }))
     }
 
-    /// Writes `body` as the generation after `current` (the newest valid
-    /// slot, None before the first) into the other slot and flushes it.
+    /// Writes `body` as `generation` into the slot that is not `current`
+    /// (the newest valid one; None before the first) and flushes it.
     /// Call with the store lock held. Returns the headers as they now are
-    /// and the slot and generation written.
+    /// and the slot written.
     pub fn write(
         &self,
-        current: Option<(usize, u64)>,
+        current: Option<usize>,
+        generation: u64,
         body: &[u8],
-    ) -> Result<(SlotHeaders, (usize, u64))> {
-        let (slot, generation) = match current {
-            Some((slot, generation)) => (1 - slot, generation + 1),
-            None => (0, 1),
-        };
+    ) -> Result<(SlotHeaders, usize)> {
+        let slot = current.map_or(0, |s| 1 - s);
         let path = &self.paths[slot];
         let mut data = format!(
             "{MAGIC} gen={generation:020} len={:020} sha256={}\n",
@@ -203,7 +201,7 @@ impl Slots {
         if created {
             fsutil::sync_dir(path.parent().expect("slot paths have a parent"))?;
         }
-        Ok((self.headers()?, (slot, generation)))
+        Ok((self.headers()?, slot))
     }
 }
 
@@ -274,7 +272,8 @@ mod tests {
 
     fn write(s: &Slots, body: &[u8]) {
         let (_, n) = s.newest(&s.headers().unwrap()).unwrap();
-        s.write(n.map(|n| (n.slot, n.generation)), body).unwrap();
+        let generation = n.as_ref().map_or(0, |n| n.generation) + 1;
+        s.write(n.map(|n| n.slot), generation, body).unwrap();
     }
 
     #[test]
