@@ -74,6 +74,31 @@ impl Store {
         Ok(Vec::new())
     }
 
+    /// The snapshotter's start: as recover_if_needed, and also where an
+    /// active snapshot lost its writable layer to a power cut after its
+    /// Prepare (see check_snapshot_data). Only containerd reaches those,
+    /// through the snapshotter, so only it pays a look at each.
+    pub fn recover_for_snapshotter(&self) -> Result<Vec<Problem>> {
+        let needed =
+            || -> Result<bool> { Ok(self.needs_recovery()? || self.some_writable_layer_lost()?) };
+        if needed()? {
+            let _lock = self.lock()?;
+            if needed()? {
+                return self.scan(true);
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    fn some_writable_layer_lost(&self) -> Result<bool> {
+        Ok(self.snapshot_db()?.snapshots.values().any(|r| {
+            matches!(&r.state, SnapshotState::Active { container }
+                if !self.upper_dir(container).is_dir()
+                    || fs::metadata(self.container_dir(container).join("container.json"))
+                        .map_or(true, |m| m.len() == 0))
+        }))
+    }
+
     /// Asked at every command's start: the boot id is read only when some
     /// snapshot is still unflushed.
     fn needs_recovery(&self) -> Result<bool> {
@@ -300,7 +325,22 @@ impl Store {
     /// is empty (no one knew its ID to write there); anything else in it
     /// is reported and kept.
     fn check_unfinished_containers(&self, found: &mut Findings) -> Result<()> {
+        let db = self.snapshot_db()?;
         for dir in self.unfinished_containers()? {
+            let id = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+            if let Some(key) = id.as_deref().and_then(|id| db.key_of_container(id)) {
+                // Prepare does not sync the record (see check_snapshot_data):
+                // the snapshot says what it was.
+                found.add(
+                    format!("writable layer of containerd snapshot {key:?} lost its record: rebuilt from the snapshot"),
+                    true,
+                    || {
+                        let record = self.expected_writable_layer(key)?;
+                        fsutil::write_json_atomic(&dir.join("container.json"), &record)
+                    },
+                );
+                continue;
+            }
             let untouched = fs::read_dir(dir.join("upper"))
                 .map(|mut entries| entries.next().is_none())
                 .unwrap_or(true);
@@ -356,13 +396,16 @@ impl Store {
     fn check_snapshot_data(&self, found: &mut Findings) -> Result<()> {
         for (key, rec) in &self.snapshot_db()?.snapshots {
             match &rec.state {
-                // Unsynced by design (see publish_container): after a
-                // power loss it may be gone, and the snapshot with it.
+                // Prepare syncs the snapshot's record, not its directories,
+                // which a power loss may take. Had anything in them been
+                // fsynced, the filesystem's log would hold the directories
+                // too (ext4, XFS): gone, they held nothing durable, so the
+                // snapshot Prepare promised, empty, is made again.
                 SnapshotState::Active { container } if !self.upper_dir(container).is_dir() => found
                     .add(
-                        format!("active containerd snapshot {key:?} lost its writable layer"),
+                        format!("active containerd snapshot {key:?} lost its writable layer: made again, empty"),
                         true,
-                        || self.forget_snapshot(key),
+                        || self.remake_writable_layer(key),
                     ),
                 SnapshotState::Committed { layer, .. }
                     if self.layer(layer).ok().flatten().is_none() =>
@@ -402,13 +445,6 @@ impl Store {
             },
         );
         Ok(())
-    }
-
-    /// Drops a snapshot record whose data is gone. Call with the lock held.
-    fn forget_snapshot(&self, key: &str) -> Result<()> {
-        let mut db = (*self.snapshot_db()?).clone();
-        db.snapshots.remove(key);
-        self.save_snapshot_db(db)
     }
 
     /// An unreferenced layer made from a snapshot whose container still

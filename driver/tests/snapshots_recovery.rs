@@ -64,7 +64,7 @@ fn a_commit_cut_short_after_its_rename_is_rolled_back() {
 }
 
 #[test]
-fn an_active_snapshot_whose_writable_layer_vanished_is_dropped_by_repair() {
+fn an_active_snapshot_whose_writable_layer_vanished_is_made_again_empty_by_repair() {
     if !privileged() {
         return;
     }
@@ -77,17 +77,61 @@ fn an_active_snapshot_whose_writable_layer_vanished_is_dropped_by_repair() {
     s.create_snapshot(false, "ns/2/ctr", "base", BTreeMap::new())
         .unwrap();
     // A power loss can take the unsynced writable layer with it.
-    fs::remove_dir_all(s.container_dir(&active_container(&ts, "ns/2/ctr"))).unwrap();
+    let container = active_container(&ts, "ns/2/ctr");
+    fs::remove_dir_all(s.container_dir(&container)).unwrap();
 
     let found = s.check(false).unwrap();
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(found[0].what.contains("ns/2/ctr") && found[0].repairable);
-    let repaired = s.check(true).unwrap();
-    assert!(repaired.iter().all(|p| p.repaired), "{repaired:?}");
-    assert!(s.stat_snapshot("ns/2/ctr").is_err());
     assert!(
-        s.stat_snapshot("base").is_ok(),
-        "the committed parent stays"
+        s.recover_if_needed().unwrap().is_empty(),
+        "no CLI command looks"
+    );
+    // The snapshotter's start, which containerd's next Mounts waits for.
+    let repaired = s.recover_for_snapshotter().unwrap();
+    assert!(
+        !repaired.is_empty() && repaired.iter().all(|p| p.repaired),
+        "{repaired:?}"
+    );
+    assert!(s.recover_for_snapshotter().unwrap().is_empty());
+    assert_eq!(active_container(&ts, "ns/2/ctr"), container);
+    assert_eq!(fs::read_dir(s.upper_dir(&container)).unwrap().count(), 0);
+    let c = s.find_container(&container).unwrap();
+    assert_eq!(c.snapshot.as_deref(), Some("ns/2/ctr"));
+    assert_eq!(c.layers.len(), 1, "over its parent's layer");
+    assert!(s.check(false).unwrap().is_empty());
+}
+
+/// The record a Prepare wrote, lost (never synced) while the data in the
+/// writable layer was: rebuilt from the snapshot, the data kept.
+#[test]
+fn a_writable_layer_that_lost_its_record_gets_it_back_from_its_snapshot() {
+    if !privileged() {
+        return;
+    }
+    let ts = TestStore::new();
+    let s = &ts.store;
+    s.create_snapshot(false, "ns/1/ctr", "", BTreeMap::new())
+        .unwrap();
+    let container = active_container(&ts, "ns/1/ctr");
+    fs::write(s.upper_dir(&container).join("kept"), b"data").unwrap();
+    fs::write(s.container_dir(&container).join("container.json"), b"").unwrap();
+
+    let found = s.check(false).unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].what.contains("lost its record"), "{found:?}");
+    let repaired = s.recover_for_snapshotter().unwrap();
+    assert!(
+        !repaired.is_empty() && repaired.iter().all(|p| p.repaired),
+        "{repaired:?}"
+    );
+    assert_eq!(
+        s.find_container(&container).unwrap().snapshot.as_deref(),
+        Some("ns/1/ctr")
+    );
+    assert_eq!(
+        fs::read(s.upper_dir(&container).join("kept")).unwrap(),
+        b"data"
     );
     assert!(s.check(false).unwrap().is_empty());
 }

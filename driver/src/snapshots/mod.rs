@@ -174,23 +174,8 @@ impl Store {
         let state = if view {
             SnapshotState::View
         } else {
-            let c = self.publish_container(
-                ContainerRecord {
-                    id: fsutil::random_hex(32),
-                    name: self.snapshot_container_name(key)?,
-                    image: None,
-                    layers,
-                    snapshot: Some(key.to_string()),
-                    volumes: Vec::new(),
-                    volatile: false,
-                    // containerd's mounts are described with metacopy off.
-                    metacopy: false,
-                    quota: None,
-                    mount_count: 0,
-                    created: now_secs(),
-                },
-                false,
-            )?;
+            let record = self.writable_layer_record(key, fsutil::random_hex(32), layers)?;
+            let c = self.publish_container(record, false)?;
             SnapshotState::Active { container: c.id }
         };
         let now = now_ns();
@@ -209,6 +194,54 @@ impl Store {
         self.save_snapshot_db(db)?;
         txn.done();
         Ok(mounts)
+    }
+
+    /// The record of active snapshot `key`'s writable layer, container
+    /// `id` over `layers`.
+    fn writable_layer_record(
+        &self,
+        key: &str,
+        id: String,
+        layers: Vec<Digest>,
+    ) -> Result<ContainerRecord> {
+        Ok(ContainerRecord {
+            id,
+            name: self.snapshot_container_name(key)?,
+            image: None,
+            layers,
+            snapshot: Some(key.to_string()),
+            volumes: Vec::new(),
+            volatile: false,
+            // containerd's mounts are described with metacopy off.
+            metacopy: false,
+            quota: None,
+            mount_count: 0,
+            created: now_secs(),
+        })
+    }
+
+    /// Active snapshot `key`, and the record its writable layer has.
+    pub(crate) fn expected_writable_layer(&self, key: &str) -> Result<ContainerRecord> {
+        let db = self.snapshot_db()?;
+        let rec = db.require(key)?;
+        let SnapshotState::Active { container } = &rec.state else {
+            return Err(Error::Invalid(format!("snapshot {key:?} is not active")));
+        };
+        let layers = db.layer_chain(rec.parent.as_deref())?;
+        self.writable_layer_record(key, container.clone(), layers)
+    }
+
+    /// Makes active snapshot `key`'s writable layer again, empty, where a
+    /// power cut took it (Prepare does not sync it: see check). Call with
+    /// the lock held.
+    pub(crate) fn remake_writable_layer(&self, key: &str) -> Result<()> {
+        let record = self.expected_writable_layer(key)?;
+        let dir = self.container_dir(&record.id);
+        if dir.exists() {
+            mount::unmount_beneath(&dir);
+            self.move_to_trash(&dir)?;
+        }
+        self.publish_container(record, false).map(drop)
     }
 
     /// The writable layer's name in `strata ps`: the key itself where it

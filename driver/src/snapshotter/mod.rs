@@ -118,9 +118,9 @@ pub async fn serve(
 ) -> Result<()> {
     let _serving = lock_store(&store)?;
     clear_stale_socket(&opts.address)?;
-    // Whatever a killed predecessor left half done is finished first,
-    // and what it committed in this boot made durable.
-    store.recover_if_needed()?;
+    // Whatever a killed predecessor or a power cut left half done is
+    // finished first, and what it committed in this boot made durable.
+    store.recover_for_snapshotter()?;
     store.flush_snapshots()?;
     let listener = bind(&opts.address, opts.group)?;
     let committed = Arc::new(tokio::sync::Notify::new());
