@@ -26,6 +26,10 @@ const CALLS: usize = 100;
 /// The bar (issue 27): each call within 1.1x the null proxy's.
 const NULL_BAR: f64 = 1.1;
 const NULL: &str = "null";
+/// strata makes committed layers durable 200 ms after a Commit, off the
+/// call (snapshotter FLUSH_DELAY); a sample waits this long after the
+/// commits before it, so that it does not pay for their flush.
+const FLUSH_SETTLE: std::time::Duration = std::time::Duration::from_millis(300);
 const BUILTIN: &str = "overlayfs";
 
 /// A running null-snapshotter; killed on drop.
@@ -204,6 +208,9 @@ fn calls<'a>(
                     }
                     _ => {}
                 }
+            }
+            if matches!(op, "commit" | "remove") {
+                std::thread::sleep(FLUSH_SETTLE);
             }
             Ok(())
         },
