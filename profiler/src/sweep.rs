@@ -255,11 +255,25 @@ pub fn run(
         violations: Vec::new(),
         retried: Vec::new(),
     };
-    for key in grid.cells() {
-        let reps = grid
-            .reps
+    let reps_of = |key: &CellKey| {
+        grid.reps
             .min((CELL_BYTES / key.file_size.max(1)).max(1) as usize)
-            .max(1);
+            .max(1)
+    };
+    // The run's first cell paid for first uses no later cell pays for
+    // (the probes', the copy-up path's): layer depth 1 read p50 196 us
+    // against 146 us at depth 8. One whole cell first, discarded.
+    if let Some(first) = grid.cells().first() {
+        run_cell(
+            &store,
+            &mut session,
+            *first,
+            reps_of(first),
+            (&mut Vec::new(), &mut Vec::new()),
+        )?;
+    }
+    for key in grid.cells() {
+        let reps = reps_of(&key);
         if progress {
             eprintln!(
                 "strata-prof: cell size={} layers={} dirs={} by {} ({reps} copy-ups)",
