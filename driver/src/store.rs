@@ -10,8 +10,8 @@
 //!   images/<id>/image.json, images/<id>/config.json
 //!   containers/<id>/{upper,work,merged}, container.json
 //!   volumes/<name>/_data   outside the layer area; bind-mounted
-//!   snapshots/metadata.{0,1}  containerd's snapshots, two slots (see
-//!                          snapshots/slots)
+//!   snapshots/metadata.{0,1}   containerd's snapshots: checkpoints,
+//!   snapshots/metadata.journal and the changes since (see snapshots/)
 //!   snapshots/trash/       removed snapshots' data, until Cleanup
 //!   snapshots/empty/       what a view with no parent shows
 //!   tmp/                   staging; everything becomes visible by rename

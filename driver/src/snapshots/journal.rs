@@ -30,6 +30,9 @@ const WINDOW: usize = 16 << 10;
 
 pub struct Journal {
     path: PathBuf,
+    /// Where the file is made before it is renamed into place: the
+    /// store's tmp/, whose leftovers recovery removes.
+    staging: PathBuf,
 }
 
 /// One change, the generation it makes, and where the next entry goes.
@@ -40,9 +43,10 @@ pub struct Entry {
 }
 
 impl Journal {
-    pub fn new(path: &Path) -> Journal {
+    pub fn new(path: &Path, staging: &Path) -> Journal {
         Journal {
             path: path.to_path_buf(),
+            staging: staging.to_path_buf(),
         }
     }
 
@@ -116,7 +120,9 @@ impl Journal {
             Err(_) => {}
         }
         let dir = self.path.parent().expect("journal paths have a parent");
-        let staged = dir.join(format!(".journal.tmp-{}", fsutil::random_hex(8)));
+        let staged = self
+            .staging
+            .join(format!("journal-{}", fsutil::random_hex(8)));
         let f = File::create(&staged).ctx(|| format!("creating {}", staged.display()))?;
         f.write_all_at(&vec![0; CAPACITY as usize], 0)
             .and_then(|()| f.sync_all())
@@ -196,7 +202,7 @@ mod tests {
     #[test]
     fn entries_are_read_back_while_their_generations_follow() {
         let ts = TestStore::new();
-        let j = Journal::new(&ts.scratch("j").join("log"));
+        let j = Journal::new(&ts.scratch("j").join("log"), &ts.scratch("staging"));
         assert!(j.read_from(0, 0).unwrap().is_empty());
         let mut at = 0;
         for g in 1..=3 {
@@ -218,7 +224,7 @@ mod tests {
     fn a_torn_entry_ends_the_journal_and_one_that_does_not_fit_is_refused() {
         let ts = TestStore::new();
         let path = ts.scratch("j").join("log");
-        let j = Journal::new(&path);
+        let j = Journal::new(&path, &ts.scratch("staging"));
         let end = j.append(0, 1, b"one").unwrap().unwrap();
         j.append(end, 2, b"two").unwrap().unwrap();
         let f = OpenOptions::new().write(true).open(&path).unwrap();

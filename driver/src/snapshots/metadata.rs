@@ -126,7 +126,7 @@ impl Store {
     }
 
     fn snapshot_journal(&self) -> Journal {
-        Journal::new(&self.snapshots_dir().join(JOURNAL_FILE))
+        Journal::new(&self.snapshots_dir().join(JOURNAL_FILE), &self.tmp_dir())
     }
 
     /// The snapshot metadata as last written (empty before the first).
