@@ -319,3 +319,24 @@ pub fn get_xattr(path: &Path, name: &str) -> Result<Option<Vec<u8>>> {
 pub fn xattr_is(path: &Path, name: &str, value: &[u8]) -> bool {
     matches!(get_xattr(path, name), Ok(Some(v)) if v == value)
 }
+
+/// A file opened for reading on first use, once it exists, and kept open:
+/// for files overwritten in place and never replaced (the snapshot
+/// metadata's), so that a read on a hot path costs no open.
+#[derive(Debug, Default)]
+pub struct KeptOpen(std::sync::Mutex<Option<std::sync::Arc<File>>>);
+
+impl KeptOpen {
+    /// The open file, None while `path` does not exist.
+    pub fn get(&self, path: &Path) -> Result<Option<std::sync::Arc<File>>> {
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = kept.as_ref() {
+            return Ok(Some(f.clone()));
+        }
+        match File::open(path) {
+            Ok(f) => Ok(Some(kept.insert(std::sync::Arc::new(f)).clone())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).ctx(|| format!("opening {}", path.display())),
+        }
+    }
+}

@@ -16,7 +16,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{IoContext, Result};
-use crate::fsutil;
+use crate::fsutil::{self, KeptOpen};
 
 const MAGIC: &[u8; 4] = b"SJ01";
 /// magic, generation (u64 LE), body length (u32 LE), CRC-32 (u32 LE) of
@@ -33,6 +33,7 @@ pub struct Journal {
     /// Where the file is made before it is renamed into place: the
     /// store's tmp/, whose leftovers recovery removes.
     staging: PathBuf,
+    reader: KeptOpen,
 }
 
 /// One change, the generation it makes, and where the next entry goes.
@@ -47,16 +48,15 @@ impl Journal {
         Journal {
             path: path.to_path_buf(),
             staging: staging.to_path_buf(),
+            reader: KeptOpen::default(),
         }
     }
 
     /// The entries from `offset` on whose generations follow `after` one
     /// by one; none if the file does not exist.
     pub fn read_from(&self, mut offset: u64, after: u64) -> Result<Vec<Entry>> {
-        let f = match File::open(&self.path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e).ctx(|| format!("opening {}", self.path.display())),
+        let Some(f) = self.reader.get(&self.path)? else {
+            return Ok(Vec::new());
         };
         let mut entries: Vec<Entry> = Vec::new();
         let mut window = Window::default();

@@ -63,7 +63,11 @@ pub struct SnapshotDb {
 /// every read catches it up with the journal, and a new checkpoint (other
 /// slot headers) discards it.
 #[derive(Clone, Default)]
-pub struct SnapshotCache(Arc<Mutex<Option<Kept>>>);
+pub struct SnapshotCache {
+    kept: Arc<Mutex<Option<Kept>>>,
+    /// The slots and the journal, with the files they keep open.
+    files: Arc<std::sync::OnceLock<(Slots, Journal)>>,
+}
 
 #[derive(Clone)]
 struct Kept {
@@ -78,12 +82,12 @@ struct Kept {
 
 impl SnapshotCache {
     fn get(&self, headers: &SlotHeaders) -> Option<Kept> {
-        let kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         kept.as_ref().filter(|k| k.headers == *headers).cloned()
     }
 
     fn put(&self, kept: Kept) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(kept);
+        *self.kept.lock().unwrap_or_else(|e| e.into_inner()) = Some(kept);
     }
 }
 
@@ -121,12 +125,20 @@ fn changes_between(old: &SnapshotDb, new: &SnapshotDb) -> Vec<Change> {
 }
 
 impl Store {
-    fn snapshot_slots(&self) -> Slots {
-        Slots::new(&self.snapshots_dir(), STEM)
+    fn snapshot_files(&self) -> &(Slots, Journal) {
+        self.snapshot_cache.files.get_or_init(|| {
+            let dir = self.snapshots_dir();
+            let journal = Journal::new(&dir.join(JOURNAL_FILE), &self.tmp_dir());
+            (Slots::new(&dir, STEM), journal)
+        })
     }
 
-    fn snapshot_journal(&self) -> Journal {
-        Journal::new(&self.snapshots_dir().join(JOURNAL_FILE), &self.tmp_dir())
+    fn snapshot_slots(&self) -> &Slots {
+        &self.snapshot_files().0
+    }
+
+    fn snapshot_journal(&self) -> &Journal {
+        &self.snapshot_files().1
     }
 
     /// The snapshot metadata as last written (empty before the first).
@@ -139,7 +151,7 @@ impl Store {
         let headers = slots.headers()?;
         let (kept, fresh) = match self.snapshot_cache.get(&headers) {
             Some(kept) => (kept, false),
-            None => (self.read_checkpoint(&slots, headers)?, true),
+            None => (self.read_checkpoint(slots, headers)?, true),
         };
         let (kept, advanced) = self.caught_up(kept)?;
         if fresh || advanced {

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil;
+use crate::fsutil::{self, KeptOpen};
 
 const MAGIC: &str = "strata-slot v1";
 /// `MAGIC gen=<20 digits> len=<20 digits> sha256=<64 hex>\n`
@@ -47,12 +47,14 @@ struct Header {
 /// The two slot files `DIR/STEM.0` and `DIR/STEM.1`.
 pub struct Slots {
     paths: [PathBuf; 2],
+    readers: [KeptOpen; 2],
 }
 
 impl Slots {
     pub fn new(dir: &Path, stem: &str) -> Slots {
         Slots {
             paths: [0, 1].map(|i| dir.join(format!("{stem}.{i}"))),
+            readers: Default::default(),
         }
     }
 
@@ -64,10 +66,8 @@ impl Slots {
     pub fn headers(&self) -> Result<SlotHeaders> {
         let mut out = [None, None];
         for (i, path) in self.paths.iter().enumerate() {
-            let f = match File::open(path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                Err(e) => return Err(e).ctx(|| format!("opening {}", path.display())),
+            let Some(f) = self.readers[i].get(path)? else {
+                continue;
             };
             let mut buf = vec![0; HEADER_LEN];
             let n = read_at_most(&f, &mut buf, 0).ctx(|| format!("reading {}", path.display()))?;
@@ -147,7 +147,9 @@ impl Slots {
         };
         let raw = headers.0[slot].as_deref().unwrap_or_default();
         let path = &self.paths[slot];
-        let f = File::open(path).ctx(|| format!("opening {}", path.display()))?;
+        let Some(f) = self.readers[slot].get(path)? else {
+            return Ok(None);
+        };
         let mut body = vec![0; header.len as usize];
         let n = read_at_most(&f, &mut body, HEADER_LEN as u64)
             .ctx(|| format!("reading {}", path.display()))?;
