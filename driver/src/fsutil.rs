@@ -320,6 +320,22 @@ pub fn xattr_is(path: &Path, name: &str, value: &[u8]) -> bool {
     matches!(get_xattr(path, name), Ok(Some(v)) if v == value)
 }
 
+/// Reads at `offset` until `buf` is full or the file ends; returns how
+/// much it read. A positional read may return less than asked.
+pub fn read_full_at(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read_at(&mut buf[n..], offset + n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 /// A file opened for reading on first use, once it exists, and kept open:
 /// for files overwritten in place and never replaced (the snapshot
 /// metadata's), so that a read on a hot path costs no open.

@@ -174,13 +174,7 @@ impl Window {
         if !covered {
             self.start = offset;
             self.data.resize(len.max(WINDOW), 0);
-            let mut n = 0;
-            while n < self.data.len() {
-                match f.read_at(&mut self.data[n..], offset + n as u64)? {
-                    0 => break,
-                    k => n += k,
-                }
-            }
+            let n = fsutil::read_full_at(f, &mut self.data, offset)?;
             self.data.truncate(n);
         }
         let from = (offset - self.start) as usize;

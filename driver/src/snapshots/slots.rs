@@ -70,7 +70,8 @@ impl Slots {
                 continue;
             };
             let mut buf = vec![0; HEADER_LEN];
-            let n = read_at_most(&f, &mut buf, 0).ctx(|| format!("reading {}", path.display()))?;
+            let n = fsutil::read_full_at(&f, &mut buf, 0)
+                .ctx(|| format!("reading {}", path.display()))?;
             buf.truncate(n);
             out[i] = Some(buf);
         }
@@ -151,7 +152,7 @@ impl Slots {
             return Ok(None);
         };
         let mut body = vec![0; header.len as usize];
-        let n = read_at_most(&f, &mut body, HEADER_LEN as u64)
+        let n = fsutil::read_full_at(&f, &mut body, HEADER_LEN as u64)
             .ctx(|| format!("reading {}", path.display()))?;
         let sum = &raw[raw.len() - 65..raw.len() - 1];
         if n != body.len() || Digest::of_bytes(&body).hex().as_bytes() != sum {
@@ -244,18 +245,6 @@ fn parse_header(raw: &[u8]) -> Option<Header> {
     let sum = fields.next()?.strip_prefix("sha256=")?;
     (raw.len() == HEADER_LEN && sum.len() == 64 && fields.next().is_none())
         .then_some(Header { generation, len })
-}
-
-/// Fills as much of `buf` as the file has from `offset`.
-fn read_at_most(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read_at(&mut buf[n..], offset + n as u64)? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
 
 #[cfg(test)]
