@@ -336,6 +336,14 @@ pub fn read_full_at(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<us
     Ok(n)
 }
 
+/// Writes zeros over `from..to` of `f`: blocks written now, not a hole or
+/// an unwritten preallocation, so that a later overwrite there allocates
+/// nothing and its fdatasync commits no filesystem metadata.
+pub fn write_zeros(f: &File, from: u64, to: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(&vec![0; to.saturating_sub(from) as usize], from)
+}
+
 /// A file opened for reading on first use, once it exists, and kept open:
 /// for files overwritten in place and never replaced (the snapshot
 /// metadata's), so that a read on a hot path costs no open.

@@ -109,8 +109,8 @@ impl Journal {
         Ok(Some(end))
     }
 
-    /// The file, made at its full size on first use: zeros written, not
-    /// a hole or a preallocation, so that no later write allocates.
+    /// The file, made at its full size on first use, in zeros (see
+    /// fsutil::write_zeros), so that no later write allocates.
     fn open_for_writing(&self) -> Result<File> {
         match OpenOptions::new().write(true).open(&self.path) {
             Ok(f) => return Ok(f),
@@ -124,7 +124,7 @@ impl Journal {
             .staging
             .join(format!("journal-{}", fsutil::random_hex(8)));
         let f = File::create(&staged).ctx(|| format!("creating {}", staged.display()))?;
-        f.write_all_at(&vec![0; CAPACITY as usize], 0)
+        fsutil::write_zeros(&f, 0, CAPACITY)
             .and_then(|()| f.sync_all())
             .ctx(|| format!("writing {}", staged.display()))?;
         std::fs::rename(&staged, &self.path)

@@ -191,11 +191,11 @@ impl Slots {
             .ctx(|| format!("stat {}", path.display()))?
             .len();
         if (data.len() as u64) > len {
-            // Grown ahead, so the writes after this one fit: this one
-            // pays the allocation's journal commit for several.
+            // Grown ahead in zeros, not a hole (a write into a hole
+            // allocates), so the writes after this one fit: this one pays
+            // the allocation's journal commit for several.
             let want = (data.len() as u64 * 2).next_multiple_of(GROWTH);
-            f.set_len(want)
-                .ctx(|| format!("growing {}", path.display()))?;
+            fsutil::write_zeros(&f, len, want).ctx(|| format!("growing {}", path.display()))?;
         }
         f.write_all_at(&data, 0)
             .ctx(|| format!("writing {}", path.display()))?;
