@@ -90,13 +90,21 @@ impl Store {
         Ok(Vec::new())
     }
 
+    /// What the scan would find: an upper gone, or a record read_record
+    /// takes for none (missing, or emptied by the power cut).
     fn some_writable_layer_lost(&self) -> Result<bool> {
-        Ok(self.snapshot_db()?.snapshots.values().any(|r| {
-            matches!(&r.state, SnapshotState::Active { container }
-                if !self.upper_dir(container).is_dir()
-                    || fs::metadata(self.container_dir(container).join("container.json"))
-                        .map_or(true, |m| m.len() == 0))
-        }))
+        let lost = |container: &str| {
+            !self.upper_dir(container).is_dir()
+                || matches!(
+                    crate::containers::read_record(&self.container_dir(container)),
+                    Ok(None)
+                )
+        };
+        Ok(self
+            .snapshot_db()?
+            .snapshots
+            .values()
+            .any(|r| matches!(&r.state, SnapshotState::Active { container } if lost(container))))
     }
 
     /// Asked at every command's start: the boot id is read only when some
